@@ -1,0 +1,43 @@
+"""loglinear: distributionally robust DPO on log-linear policies.
+
+The core imports numpy, scipy and (lazily) cvxpy only; torch lives in ``loglinear.torch``.
+Heavy submodules are imported on first use, so ``import loglinear`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .data import PreferenceData
+from .env import LogLinearEnv, mix_rewards
+from .estimation import coverage
+from .fit import FitResult, SeparableDataError, fit_dpo
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved on first attribute access (PEP 562).
+_LAZY = {
+    "solve_kl": "loglinear.robust",
+    "solve_wasserstein": "loglinear.robust",
+    "fit_wdpo": "loglinear.approx",
+    "fit_kldpo": "loglinear.approx",
+}
+
+__all__ = [
+    "FitResult",
+    "LogLinearEnv",
+    "PreferenceData",
+    "SeparableDataError",
+    "coverage",
+    "fit_dpo",
+    "mix_rewards",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'loglinear' has no attribute {name!r}")

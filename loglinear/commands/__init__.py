@@ -1,0 +1,1 @@
+"""Subcommands of the ``loglinear`` CLI, one module each (discovered by ``loglinear.cli``)."""

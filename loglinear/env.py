@@ -1,0 +1,286 @@
+r"""Finite log-linear environments in which every population quantity is exact.
+
+States s ~ mu, actions a in {0..A-1}, features psi(s, a) in R^d with ||psi|| <= 1,
+policies pi_theta(a|s) proportional to exp(theta . psi(s, a)), a sampling policy pi_o
+for both responses, and Bradley-Terry labels y ~ Bernoulli(sigma(r(s,a1) - r(s,a2)))
+(paper.md section 1). With a linear reward r = omega . psi, DPO's population optimum
+is theta* = theta_ref + omega / beta.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import expit, log_softmax, softmax
+
+from .data import PreferenceData
+from .estimation import Coverage, coverage
+
+FEATURE_NORM_TOL = 1e-9
+
+
+class PolicyValue(NamedTuple):
+    """Evaluation of a policy: E[r], KL(pi || pi_ref) and E[r] - beta KL, averaged over mu."""
+
+    reward: float
+    kl: float
+    objective: float
+
+
+def mix_rewards(r1, r2, alpha: float, *, kind: str = "convex") -> np.ndarray:
+    r"""Reward mixtures for preference shift (the paper's emotion experiment).
+
+    ``convex``: alpha r1 + (1 - alpha) r2; ``geometric``: r1^alpha r2^(1-alpha), which
+    needs positive rewards.
+    """
+    r1, r2 = np.asarray(r1, float), np.asarray(r2, float)
+    if r1.shape != r2.shape:
+        raise ValueError(f"reward tables differ in shape: {r1.shape} vs {r2.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if kind == "convex":
+        return alpha * r1 + (1.0 - alpha) * r2
+    if kind == "geometric":
+        if np.any(r1 <= 0) or np.any(r2 <= 0):
+            raise ValueError("the geometric mixture needs strictly positive rewards")
+        return np.exp(alpha * np.log(r1) + (1.0 - alpha) * np.log(r2))
+    raise ValueError(f"kind must be 'convex' or 'geometric', got {kind!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class LogLinearEnv:
+    """A finite log-linear preference environment.
+
+    Args:
+        features: (S, A, d) psi(s, a), each of norm at most 1.
+        state_dist: (S,) mu, a probability vector.
+        sampling_policy: (S, A) pi_o(a|s), rows summing to one.
+        theta_ref: (d,) the reference parameter (pi_ref = pi_{theta_ref}).
+        beta: the DPO temperature, > 0.
+        omega: (d,) linear reward weights, or None when ``reward_table`` is given.
+        reward_table: (S, A) an arbitrary reward, or None for the linear reward.
+    """
+
+    features: np.ndarray
+    state_dist: np.ndarray
+    sampling_policy: np.ndarray
+    theta_ref: np.ndarray
+    beta: float
+    omega: np.ndarray | None = None
+    reward_table: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        psi = np.asarray(self.features, dtype=float)
+        if psi.ndim != 3:
+            raise ValueError(f"features must have shape (S, A, d), got {psi.shape}")
+        S, A, d = psi.shape
+        if A < 2:
+            raise ValueError(f"need at least 2 actions per state, got {A}")
+        norms = np.linalg.norm(psi, axis=-1)
+        if not np.all(np.isfinite(psi)) or norms.max() > 1 + FEATURE_NORM_TOL:
+            raise ValueError(f"feature norms must be finite and <= 1, max is {norms.max():.6g}")
+        mu = np.asarray(self.state_dist, dtype=float)
+        if mu.shape != (S,) or np.any(mu < 0) or abs(mu.sum() - 1) > 1e-9:
+            raise ValueError(f"state_dist must be a probability vector of length {S}")
+        pi_o = np.asarray(self.sampling_policy, dtype=float)
+        if pi_o.shape != (S, A) or np.any(pi_o < 0) or np.max(np.abs(pi_o.sum(1) - 1)) > 1e-9:
+            raise ValueError(f"sampling_policy must be (S, A) = {(S, A)} with rows summing to 1")
+        theta_ref = np.asarray(self.theta_ref, dtype=float)
+        if theta_ref.shape != (d,) or not np.all(np.isfinite(theta_ref)):
+            raise ValueError(f"theta_ref must be a finite vector of shape ({d},)")
+        if not (np.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if (self.omega is None) == (self.reward_table is None):
+            raise ValueError("give exactly one of omega (linear reward) and reward_table")
+        omega = None if self.omega is None else np.asarray(self.omega, dtype=float)
+        if omega is not None and omega.shape != (d,):
+            raise ValueError(f"omega must have shape ({d},), got {omega.shape}")
+        table = None if self.reward_table is None else np.asarray(self.reward_table, float)
+        if table is not None and (table.shape != (S, A) or not np.all(np.isfinite(table))):
+            raise ValueError(f"reward_table must be a finite (S, A) = {(S, A)} array")
+        for name, arr in (("features", psi), ("state_dist", mu), ("sampling_policy", pi_o),
+                          ("theta_ref", theta_ref), ("omega", omega), ("reward_table", table)):
+            if arr is not None:
+                arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "beta", float(self.beta))
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def random(cls, rng: np.random.Generator, *, n_states: int = 8, n_actions: int = 6,
+               dim: int = 4, beta: float = 1.0, concentration: float = 0.0,
+               spectrum=None, reward_scale: float = 2.0, ref_scale: float = 0.0,
+               state_dist: str = "uniform") -> LogLinearEnv:
+        """A random environment.
+
+        Args:
+            rng: the source of randomness.
+            n_states, n_actions, dim: S, A, d.
+            beta: DPO temperature.
+            concentration: gamma >= 0 in pi_o proportional to exp(gamma g(s, a)) with
+                g ~ N(0, 1); 0 is uniform sampling (best coverage), large values
+                concentrate pi_o on few actions and shrink lambda_min(Sigma).
+            spectrum: optional (d,) per-coordinate feature scales (controls the geometry
+                of Sigma; a small entry makes that direction poorly covered).
+            reward_scale: ||omega||.
+            ref_scale: ||theta_ref|| (0 gives a uniform reference policy).
+            state_dist: ``"uniform"`` or ``"dirichlet"``.
+        """
+        if concentration < 0:
+            raise ValueError(f"concentration must be >= 0, got {concentration}")
+        S, A, d = int(n_states), int(n_actions), int(dim)
+        psi = rng.standard_normal((S, A, d))
+        if spectrum is not None:
+            spectrum = np.asarray(spectrum, dtype=float)
+            if spectrum.shape != (d,) or np.any(spectrum < 0):
+                raise ValueError(f"spectrum must be a nonnegative vector of length {d}")
+            psi = psi * spectrum
+        psi /= max(float(np.linalg.norm(psi, axis=-1).max()), 1e-300)
+        if state_dist == "uniform":
+            mu = np.full(S, 1.0 / S)
+        elif state_dist == "dirichlet":
+            mu = rng.dirichlet(np.ones(S))
+        else:
+            raise ValueError(f"state_dist must be 'uniform' or 'dirichlet', got {state_dist!r}")
+        pi_o = softmax(concentration * rng.standard_normal((S, A)), axis=1)
+        omega = _random_direction(rng, d) * reward_scale
+        theta_ref = _random_direction(rng, d) * ref_scale
+        return cls(psi, mu, pi_o, theta_ref, beta, omega=omega)
+
+    def with_reward(self, reward) -> LogLinearEnv:
+        """A copy with a new reward: a (d,) omega (linear) or an (S, A) table."""
+        reward = np.asarray(reward, dtype=float)
+        if reward.shape == (self.dim,):
+            return replace(self, omega=reward, reward_table=None)
+        return replace(self, omega=None, reward_table=reward)
+
+    def with_sampling_policy(self, sampling_policy) -> LogLinearEnv:
+        return replace(self, sampling_policy=sampling_policy)
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n_states(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_actions(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[2]
+
+    @property
+    def reward(self) -> np.ndarray:
+        """(S, A) the reward table r(s, a)."""
+        if self.reward_table is not None:
+            return self.reward_table
+        return self.features @ self.omega
+
+    # --------------------------------------------------------------- policies
+    def logits(self, theta) -> np.ndarray:
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (self.dim,):
+            raise ValueError(f"theta must have shape ({self.dim},), got {theta.shape}")
+        return self.features @ theta
+
+    def policy(self, theta) -> np.ndarray:
+        """(S, A) pi_theta(a|s)."""
+        return softmax(self.logits(theta), axis=1)
+
+    def log_policy(self, theta) -> np.ndarray:
+        return log_softmax(self.logits(theta), axis=1)
+
+    def theta_star(self) -> np.ndarray:
+        """DPO's population optimum: theta_ref + omega / beta for a linear reward,
+        otherwise the exact population DPO fit (the best log-linear approximation)."""
+        if self.omega is not None:
+            return self.theta_ref + self.omega / self.beta
+        from .fit import fit_dpo
+
+        return fit_dpo(self.population(), beta=self.beta).theta
+
+    def value(self, theta, reward=None) -> PolicyValue:
+        """E_s E_{a ~ pi_theta}[r(s, a)], KL(pi_theta || pi_ref) and E[r] - beta KL."""
+        r = self.reward if reward is None else np.asarray(reward, dtype=float)
+        if r.shape != (self.n_states, self.n_actions):
+            raise ValueError(f"reward must be an (S, A) table, got {r.shape}")
+        logp = self.log_policy(theta)
+        p = np.exp(logp)
+        er = float(self.state_dist @ np.sum(p * r, axis=1))
+        kl = float(self.state_dist @ np.sum(p * (logp - self.log_policy(self.theta_ref)), axis=1))
+        return PolicyValue(er, kl, er - self.beta * kl)
+
+    # ------------------------------------------------------------------- data
+    def _pairs(self, s, a1, a2, y, weight, centered, normalize=False) -> PreferenceData:
+        x = self.features[s, a1] - self.features[s, a2]
+        offset = np.zeros(len(s)) if centered else x @ self.theta_ref
+        return PreferenceData(x, y, offset, weight, s, a1, a2, normalize=normalize)
+
+    def preference_prob(self) -> np.ndarray:
+        """(S, A, A) P(a1 preferred to a2 | s) = sigma(r(s, a1) - r(s, a2))."""
+        r = self.reward
+        return expit(r[:, :, None] - r[:, None, :])
+
+    def sample(self, n: int, rng: np.random.Generator, *, centered: bool = False
+               ) -> PreferenceData:
+        """n i.i.d. pairs: s ~ mu, a1, a2 ~ pi_o(.|s) independently, y ~ Bradley-Terry.
+
+        ``centered=True`` gives zero offsets (parameter w = theta - theta_ref);
+        otherwise offsets are the reference log-ratios theta_ref . x.
+        """
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be a positive integer, got {n}")
+        S, A = self.n_states, self.n_actions
+        s = rng.choice(S, size=n, p=self.state_dist)
+        cdf = np.cumsum(self.sampling_policy, axis=1)
+        cdf[:, -1] = 1.0
+        u = rng.random((2, n))
+        a1 = np.minimum((u[0][:, None] > cdf[s]).sum(1), A - 1)
+        a2 = np.minimum((u[1][:, None] > cdf[s]).sum(1), A - 1)
+        y = (rng.random(n) < self.preference_prob()[s, a1, a2]).astype(float)
+        return self._pairs(s, a1, a2, y, None, centered)
+
+    def population(self, *, exclude_ties: bool = False, centered: bool = False
+                   ) -> PreferenceData:
+        """Every (s, a1, a2, y) atom with its exact probability (zero-probability atoms
+        dropped). ``exclude_ties`` removes a1 == a2 pairs (x = 0) and renormalises."""
+        S, A = self.n_states, self.n_actions
+        p1 = self.preference_prob()
+        joint = (self.state_dist[:, None, None] * self.sampling_policy[:, :, None]
+                 * self.sampling_policy[:, None, :])
+        if exclude_ties:
+            joint = joint * (1.0 - np.eye(A))[None]
+        prob = np.stack([joint * p1, joint * (1.0 - p1)], axis=-1)  # y = 1, y = 0
+        s, a1, a2, k = np.nonzero(prob > 0)
+        if s.size == 0:
+            raise ValueError("the population is empty (all atoms have zero probability)")
+        y = (k == 0).astype(float)
+        return self._pairs(s, a1, a2, y, prob[s, a1, a2, k], centered, normalize=True)
+
+    def sample_counts(self, n: int, rng: np.random.Generator, *, centered: bool = False
+                      ) -> PreferenceData:
+        """n i.i.d. pairs in compressed form: multinomial counts over the population atoms.
+
+        Equal in distribution to ``sample(n, rng).compress()`` (with ties kept), at a
+        cost independent of n.
+        """
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be a positive integer, got {n}")
+        pop = self.population(centered=centered)
+        counts = rng.multinomial(n, pop.weight)
+        return pop.subset(counts > 0).with_weight(counts[counts > 0] / n)
+
+    def coverage(self, data: PreferenceData | None = None) -> Coverage:
+        """Sigma = E[x x^T] and its smallest eigenvalue, for the population (default,
+        ties included, as sampled) or for ``data``."""
+        return coverage(self.population() if data is None else data)
+
+
+def _random_direction(rng: np.random.Generator, d: int) -> np.ndarray:
+    v = rng.standard_normal(d)
+    return v / np.linalg.norm(v)

@@ -1,0 +1,1 @@
+"""Runners: config -> tidy records on disk."""
