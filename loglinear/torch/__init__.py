@@ -1,0 +1,26 @@
+"""Torch backend: the same preference losses on log-linear policies and Hugging Face LMs.
+
+Modules (import them directly; nothing heavy runs at import):
+
+* :mod:`~loglinear.torch.losses` — per-pair DPO/IPO losses, WDPO and KLDPO pieces.
+* :mod:`~loglinear.torch.loglinear_policy` — a log-linear policy as an ``nn.Module``.
+* :mod:`~loglinear.torch.sequence` — sequence log-probs for any causal LM.
+* :mod:`~loglinear.torch.penalty` — the batched WDPO input-embedding gradient penalty.
+* :mod:`~loglinear.torch.distributed` — KLDPO weights over the global batch.
+* :mod:`~loglinear.torch.models` — tiny offline models and the SmolLM2 loader.
+* :mod:`~loglinear.torch.train` — a minimal training loop.
+* :mod:`~loglinear.torch.trl` — ``RobustDPOTrainer`` (imports trl, so it is loaded lazily).
+"""
+
+from __future__ import annotations
+
+__all__ = ["RobustDPOTrainer"]
+
+
+def __getattr__(name: str):
+    # Lazy so that ``import loglinear.torch`` never imports trl/transformers.
+    if name == "RobustDPOTrainer":
+        from .trl import RobustDPOTrainer
+
+        return RobustDPOTrainer
+    raise AttributeError(f"module 'loglinear.torch' has no attribute {name!r}")

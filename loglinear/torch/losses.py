@@ -1,0 +1,232 @@
+r"""Per-pair preference losses in torch, the same formulas as the numpy core.
+
+Every DPO-type loss here is a function of the policy/reference log-ratios of the chosen
+and rejected responses,
+
+.. math::  c_i = \log\frac{\pi_\theta(a^+_i|s_i)}{\pi_{ref}(a^+_i|s_i)}, \qquad
+           r_i = \log\frac{\pi_\theta(a^-_i|s_i)}{\pi_{ref}(a^-_i|s_i)}, \qquad
+           h_i = c_i - r_i,
+
+so that the signed margin of the numpy core (``loglinear.losses.margins``) is
+m_i = beta h_i. For a log-linear policy, pass ``c = (2y-1)(theta.x - o)`` and ``r = 0``.
+The functions return per-pair tensors of shape (n,); reductions and robust reweighting are
+separate functions (:func:`wdpo_objective`, :func:`kldpo_weights`, :func:`kldpo_objective`)
+so that callers (the training loop, TRL, the distributed gather) choose where to reduce.
+
+The robust pieces (paper.md section 4):
+
+* WDPO, paper (Algorithm 1): L + rho * sqrt(sum_i q_i ||grad_z l_i||^2).
+* WDPO, official code: sum_i q_i (l_i + rho ||grad_z l_i||^2) (squared norm, no root).
+* KLDPO, paper (Algorithm 2): P_i ∝ q_i exp(l_i / tau), detached; loss sum_i P_i l_i.
+* KLDPO, official code: w_i = min(exp((l_i - mean l) / tau), 10), detached, not
+  normalised; loss mean_i w_i l_i.
+
+The squared gradient norms g_i = ||grad_z l_i||^2 come from :mod:`loglinear.torch.penalty`
+(language models) or :mod:`loglinear.torch.loglinear_policy` (log-linear policies).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "LOSSES", "WDPO_FORMS", "KLDPO_FORMS", "OFFICIAL_WEIGHT_CAP",
+    "dpo_loss", "ipo_loss", "margin_loss", "get_loss",
+    "weighted_mean", "wdpo_penalty", "wdpo_objective",
+    "kldpo_weights", "kldpo_objective",
+]
+
+WDPO_FORMS = ("paper", "official")
+KLDPO_FORMS = ("paper", "official")
+OFFICIAL_WEIGHT_CAP = 10.0  # the official code's clamp(max=10) on the KLDPO weights
+
+
+def _check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def _check_nonneg(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a nonnegative finite number, got {value}")
+    return value
+
+
+def _check_pair(chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+    if not (torch.is_tensor(chosen) and torch.is_tensor(rejected)):
+        raise ValueError("chosen and rejected log-ratios must be torch tensors")
+    if chosen.shape != rejected.shape or chosen.ndim != 1:
+        raise ValueError(
+            "chosen and rejected log-ratios must be 1-D tensors of the same shape (n,), got "
+            f"{tuple(chosen.shape)} and {tuple(rejected.shape)}")
+
+
+def _check_form(form: str, allowed: tuple[str, ...], what: str) -> str:
+    if form not in allowed:
+        raise ValueError(f"unknown {what} form {form!r}; allowed: {list(allowed)}")
+    return form
+
+
+def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, *,
+             beta: float) -> torch.Tensor:
+    r"""Per-pair DPO loss (paper.md section 1), shape (n,).
+
+    .. math::  l_i = -\log\sigma(\beta(c_i - r_i)) = \mathrm{softplus}(-\beta(c_i - r_i)).
+
+    Computed as a stable softplus; equals ``loglinear.losses.dpo_loss`` on the same margins.
+    """
+    _check_pair(chosen_logratios, rejected_logratios)
+    beta = _check_positive("beta", beta)
+    return F.softplus(-beta * (chosen_logratios - rejected_logratios))
+
+
+def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, *,
+             beta: float) -> torch.Tensor:
+    r"""Per-pair IPO loss (Azar et al. 2024), shape (n,).
+
+    .. math::  l_i = \left(c_i - r_i - \frac{1}{2\beta}\right)^2,
+
+    the numpy core's ``((m - 1/2)/beta)^2`` with m = beta (c - r). Sequence log-ratios are
+    used as given (TRL's ``ipo`` averages them per token first; we do not).
+    """
+    _check_pair(chosen_logratios, rejected_logratios)
+    beta = _check_positive("beta", beta)
+    return (chosen_logratios - rejected_logratios - 0.5 / beta) ** 2
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {"dpo": dpo_loss, "ipo": ipo_loss}
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    """Look a per-pair base loss up by name in :data:`LOSSES`."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}") from None
+
+
+def margin_loss(name: str, margins: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """Per-pair base loss of the signed margins m = beta h (the numpy core's convention)."""
+    if not torch.is_tensor(margins) or margins.ndim != 1:
+        raise ValueError("margins must be a 1-D torch tensor of shape (n,)")
+    beta = _check_positive("beta", beta)
+    h = margins / beta
+    return get_loss(name)(h, torch.zeros_like(h), beta=beta)
+
+
+def _base_weight(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Base weights q (default uniform 1/n), validated; same dtype/device as the losses."""
+    if not torch.is_tensor(losses) or losses.ndim != 1 or losses.numel() == 0:
+        raise ValueError("losses must be a non-empty 1-D tensor of per-pair values (n,)")
+    if weight is None:
+        return torch.full_like(losses, 1.0 / losses.numel()).detach()
+    weight = torch.as_tensor(weight, dtype=losses.dtype, device=losses.device)
+    if weight.shape != losses.shape:
+        raise ValueError(f"weight must have shape {tuple(losses.shape)}, got {tuple(weight.shape)}")
+    if bool((weight < 0).any()) or not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight must be finite and nonnegative")
+    if float(weight.sum()) <= 0:
+        raise ValueError("weight must have positive total mass")
+    return weight.detach()
+
+
+def weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i q_i l_i (q = 1/n by default); the weights are used as given, not renormalised."""
+    return (_base_weight(losses, weight) * losses).sum()
+
+
+def wdpo_penalty(grad_sq_norms: torch.Tensor, *, rho: float, form: str = "paper",
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The WDPO gradient penalty from per-pair squared gradient norms g_i = ||grad_z l_i||^2.
+
+    .. math::
+        \text{paper (Alg. 1):}\quad \rho\Big(\sum_i q_i g_i\Big)^{1/2}, \qquad
+        \text{official:}\quad \rho \sum_i q_i g_i.
+
+    Returns a scalar. The paper form's square root has an infinite derivative at 0; it is
+    evaluated as sqrt(max(s, tiny)) so a zero penalty (theta = 0) has a zero gradient.
+    """
+    _check_form(form, WDPO_FORMS, "WDPO")
+    rho = _check_nonneg("rho", rho)
+    q = _base_weight(grad_sq_norms, weight)
+    s = (q * grad_sq_norms).sum()
+    if form == "official":
+        return rho * s
+    return rho * torch.sqrt(torch.clamp(s, min=torch.finfo(s.dtype).tiny))
+
+
+def wdpo_objective(losses: torch.Tensor, grad_sq_norms: torch.Tensor, *, rho: float,
+                   form: str = "paper", weight: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The WDPO training objective, a scalar.
+
+    .. math::
+        \text{paper:}\quad \sum_i q_i l_i + \rho\Big(\sum_i q_i g_i\Big)^{1/2}, \qquad
+        \text{official:}\quad \sum_i q_i (l_i + \rho g_i).
+
+    For gradients to flow through the penalty, ``grad_sq_norms`` must come from an
+    ``autograd.grad(..., create_graph=True)`` (see :mod:`loglinear.torch.penalty`).
+    """
+    if grad_sq_norms.shape != losses.shape:
+        raise ValueError("losses and grad_sq_norms must have the same shape (n,)")
+    return weighted_mean(losses, weight) + wdpo_penalty(grad_sq_norms, rho=rho, form=form,
+                                                         weight=weight)
+
+
+@torch.no_grad()
+def kldpo_weights(losses: torch.Tensor, *, tau: float, form: str = "paper",
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Detached KLDPO pair weights, shape (n,).
+
+    .. math::
+        \text{paper (Alg. 2):}\quad P_i = \frac{q_i e^{(l_i - \bar l)/\tau}}
+              {\sum_j q_j e^{(l_j - \bar l)/\tau}} \quad(\text{sums to } 1),\qquad
+        \text{official:}\quad w_i = \min\big(e^{(l_i - \bar l)/\tau},\, 10\big),
+
+    with l̄ the (q-weighted) mean loss. The paper form is a softmax, so it is computed
+    stably for any tau; the official form is unnormalised (mean weight >= 1 by Jensen) and
+    capped at :data:`OFFICIAL_WEIGHT_CAP`. Pass the GLOBAL batch of losses here (see
+    :mod:`loglinear.torch.distributed`); the weights never carry gradient.
+    """
+    _check_form(form, KLDPO_FORMS, "KLDPO")
+    tau = _check_positive("tau", tau)
+    losses = losses.detach()
+    q = _base_weight(losses, weight)
+    if not bool(torch.isfinite(losses).all()):
+        raise ValueError("losses contain NaN or infinite values")
+    if form == "paper":
+        logits = torch.where(q > 0, torch.log(q) + losses / tau,
+                             torch.full_like(losses, -math.inf))
+        return torch.softmax(logits, dim=0)
+    mean = (q * losses).sum() / q.sum()
+    return torch.clamp(torch.exp((losses - mean) / tau), max=OFFICIAL_WEIGHT_CAP)
+
+
+def kldpo_objective(losses: torch.Tensor, *, tau: float, form: str = "paper",
+                    weight: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The KLDPO training objective, a scalar whose gradient is the reweighted gradient.
+
+    .. math::
+        \text{paper:}\quad \sum_i P_i l_i, \qquad
+        \text{official:}\quad \frac1n\sum_i w_i l_i \;(\text{or } \textstyle\sum_i q_i w_i l_i).
+
+    ``weights`` are precomputed (e.g. global, all-gathered) detached weights for these
+    pairs; by default they are :func:`kldpo_weights` of ``losses`` itself. The paper form's
+    gradient is the Danskin gradient of tau log sum_i q_i exp(l_i/tau) (paper.md §4).
+    """
+    _check_form(form, KLDPO_FORMS, "KLDPO")
+    if weights is None:
+        weights = kldpo_weights(losses, tau=tau, form=form, weight=weight)
+    elif weights.shape != losses.shape:
+        raise ValueError("weights and losses must have the same shape (n,)")
+    weights = weights.detach()
+    if form == "paper":
+        return (weights * losses).sum()
+    return (_base_weight(losses, weight) * weights * losses).sum()

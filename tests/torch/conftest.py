@@ -1,0 +1,32 @@
+"""Torch tests: skipped cleanly without torch; one thread, offline Hugging Face.
+
+pytest keeps a single ``conftest`` entry in ``sys.modules``; with this file imported last,
+``from conftest import FLOAT64_TOL`` in the top-level tests would find this module. So the
+top-level conftest's named tolerances are re-exported here unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+
+import pytest
+
+torch = pytest.importorskip("torch")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# With 2 threads on a busy 2-core machine, steps were 50-100x slower in a prototype.
+torch.set_num_threads(int(os.environ.get("LOGLINEAR_TORCH_THREADS", "1")))
+
+_spec = importlib.util.spec_from_file_location(
+    "_loglinear_root_conftest", pathlib.Path(__file__).resolve().parent.parent / "conftest.py")
+_root = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root)
+for _name in dir(_root):
+    if _name.isupper():
+        globals()[_name] = getattr(_root, _name)
+
+# dtype-tied tolerances for torch-vs-numpy parity
+TORCH_F64_TOL = 1e-12
+TORCH_F32_TOL = 1e-6
