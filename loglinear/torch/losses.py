@@ -196,16 +196,21 @@ def kldpo_weights(losses: torch.Tensor, *, tau: float, form: str = "paper",
     """
     _check_form(form, KLDPO_FORMS, "KLDPO")
     tau = _check_positive("tau", tau)
-    losses = losses.detach()
+    out_dtype = losses.dtype
+    # exp((l - mean)/tau) amplifies rounding in the exponent by |l|/tau; the weights are an
+    # n-vector, so compute them in float64 and round once (bf16/fp32 training included).
+    work = torch.float64 if losses.device.type != "mps" else torch.float32
+    losses = losses.detach().to(work)
     q = _base_weight(losses, weight)
     if not bool(torch.isfinite(losses).all()):
         raise ValueError("losses contain NaN or infinite values")
     if form == "paper":
         logits = torch.where(q > 0, torch.log(q) + losses / tau,
                              torch.full_like(losses, -math.inf))
-        return torch.softmax(logits, dim=0)
+        return torch.softmax(logits, dim=0).to(out_dtype)
     mean = (q * losses).sum() / q.sum()
-    return torch.clamp(torch.exp((losses - mean) / tau), max=OFFICIAL_WEIGHT_CAP)
+    w = torch.clamp(torch.exp((losses - mean) / tau), max=OFFICIAL_WEIGHT_CAP)
+    return w.to(out_dtype)
 
 
 def kldpo_objective(losses: torch.Tensor, *, tau: float, form: str = "paper",
