@@ -248,7 +248,7 @@ class LogLinearEnv:
                    ) -> PreferenceData:
         """Every (s, a1, a2, y) atom with its exact probability (zero-probability atoms
         dropped). ``exclude_ties`` removes a1 == a2 pairs (x = 0) and renormalises."""
-        S, A = self.n_states, self.n_actions
+        A = self.n_actions
         p1 = self.preference_prob()
         joint = (self.state_dist[:, None, None] * self.sampling_policy[:, :, None]
                  * self.sampling_policy[:, None, :])

@@ -19,7 +19,9 @@ from .data import PreferenceData
 from .losses import _check_beta, get_loss, objective
 from .optim import newton
 
+SINGULAR_RTOL = 1e-10
 SATURATED_MARGIN = 20.0  # sigma(-20) ~ 2e-9: past this a pair no longer pulls on theta
+EAGER_LP = 100_000  # n * d up to which separability is checked before fitting
 
 
 class SeparableDataError(ValueError):
@@ -47,7 +49,10 @@ class FitResult:
         seconds: wall time.
         loss: registry name of the loss.
         bound_multiplier: mu >= 0 of the ball constraint (0 if inactive).
-        min_hessian_eig: smallest eigenvalue of the Hessian at theta (0: not unique).
+        min_hessian_eig: smallest eigenvalue of the Hessian at theta.
+        unique: False when the Hessian is singular (relative eigenvalue below 1e-10) and
+            the bound is inactive: the minimisers then form an affine set (theta is the
+            one Newton reached from 0) and the parameter is not identifiable from the data.
     """
 
     theta: np.ndarray
@@ -59,6 +64,7 @@ class FitResult:
     loss: str = "dpo"
     bound_multiplier: float = 0.0
     min_hessian_eig: float = float("nan")
+    unique: bool = True
     info: dict = field(default_factory=dict)
 
 
@@ -109,14 +115,24 @@ def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
     if bound is not None and not (np.isfinite(bound) and bound > 0):
         raise ValueError(f"bound must be a positive finite radius or None, got {bound}")
     x0 = np.zeros(data.d) if theta0 is None else np.asarray(theta0, dtype=float)
-    rep = _margin_newton(data, beta, loss, 0.0, x0, gtol, max_iter)
     spec = get_loss(loss)
     vanishing = spec.phi(np.array([50.0]), beta)[0] < 1e-12
-    m = data.sign * beta * (data.x @ rep.x - data.offset)
-    suspicious = (not rep.converged) or (vanishing and np.max(m[data.weight > 0]) > SATURATED_MARGIN)
-    direction = separating_direction(data) if (suspicious and vanishing) else None
-    iters = rep.iterations
-    if direction is None and rep.converged and (bound is None or np.linalg.norm(rep.x) <= bound):
+    # Small problems: settle separability up front (an LP costs microseconds there).
+    # Large ones: only when the Newton run looks suspicious (saturated margins, divergence).
+    direction = separating_direction(data) if vanishing and data.n * data.d <= EAGER_LP else None
+    if direction is None or bound is None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            rep = _margin_newton(data, beta, loss, 0.0, x0, gtol, max_iter)
+        m = data.sign * beta * (data.x @ rep.x - data.offset)
+        saturated = np.max(m[data.weight > 0]) > SATURATED_MARGIN
+        if vanishing and direction is None and data.n * data.d > EAGER_LP and (
+                saturated or not rep.converged):
+            direction = separating_direction(data)
+    else:
+        rep = None
+    iters = 0 if rep is None else rep.iterations
+    if (direction is None and rep.converged
+            and (bound is None or np.linalg.norm(rep.x) <= bound)):
         theta, mult, gnorm, status = rep.x, 0.0, rep.grad_norm, "converged"
     elif bound is None:
         if direction is not None:
@@ -133,9 +149,10 @@ def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
         iters += inner
         status = "converged"
     obj = objective(theta, data, beta=beta, loss=loss)
-    eig = float(np.linalg.eigvalsh(obj.hess)[0])
+    eigs = np.linalg.eigvalsh(obj.hess)
+    unique = mult > 0 or eigs[0] > SINGULAR_RTOL * max(eigs[-1], 1e-300)
     return FitResult(theta, obj.value, gnorm, iters, status, time.perf_counter() - t0, loss,
-                     mult, eig, {"separating_direction": direction})
+                     mult, float(eigs[0]), bool(unique), {"separating_direction": direction})
 
 
 def _fit_on_sphere(data, beta, loss, bound, gtol, max_iter):

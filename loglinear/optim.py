@@ -16,6 +16,7 @@ import scipy.linalg as sla
 
 ARMIJO_C = 1e-4
 MAX_BACKTRACK = 60
+DIVERGING_STEP = 1e6
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class NewtonReport:
     iterations: int
     converged: bool
     status: str
+
+
+def _ray(fun, x, step):
+    return lambda t: fun(x + t * step, False)[0]
 
 
 def _solve(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
@@ -53,12 +58,15 @@ def newton(
     x0: np.ndarray,
     *,
     gtol: float = 1e-10,
+    xtol: float = 1e-10,
     max_iter: int = 200,
     line: Callable[[np.ndarray, np.ndarray], Callable[[float], float]] | None = None,
 ) -> NewtonReport:
     """Minimise a smooth convex function by damped Newton steps.
 
-    Stops when the gradient norm is at most ``gtol``, or when the Newton decrement shows
+    Stops when the gradient norm is at most ``gtol`` and the Newton step is at most
+    ``xtol * (1 + ||x||)`` (that last step is taken: near the optimum Newton converges
+    quadratically, so it lands at float precision), or when the Newton decrement shows
     that no further decrease is representable in floating point (status
     ``"converged"`` in both cases, with the achieved gradient norm reported). Returns
     status ``"max_iter"`` or ``"line_search_failed"`` otherwise; callers decide
@@ -68,24 +76,43 @@ def newton(
     value, grad, hess = fun(x, True)
     status = "max_iter"
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         gnorm = float(np.linalg.norm(grad))
         if not np.isfinite(value) or not np.isfinite(gnorm):
             status = "non_finite"
             break
-        if gnorm <= gtol:
+        if gnorm == 0.0:
             status = "converged"
-            it -= 1
             break
         step = _solve(hess, grad)
+        if np.linalg.norm(step) > DIVERGING_STEP * (1.0 + np.linalg.norm(x)):
+            status = "diverging"  # a flat direction (e.g. separable data): let the caller see
+            break
+        if gnorm <= gtol and np.linalg.norm(step) <= xtol * (1.0 + np.linalg.norm(x)):
+            x = x + step
+            value, grad, hess = fun(x, True)
+            status = "converged"
+            break
         slope = float(grad @ step)
         if slope >= 0:  # regularisation fell back to a non-descent direction
             step, slope = -grad, -gnorm**2
-        # Newton decrement^2 / 2 below the float resolution of the value: done.
+        # Newton decrement^2 / 2 below the float resolution of the value: the line search
+        # can no longer see progress, but the gradient still can. Take full Newton steps
+        # (we are deep in the quadratic region) while they keep shrinking the gradient.
         if -slope < 4 * np.finfo(float).eps * max(1.0, abs(value)):
+            for _ in range(5):
+                trial = x + step
+                tv, tg, th = fun(trial, True)
+                if not np.linalg.norm(tg) < gnorm:
+                    break
+                x, value, grad, hess, gnorm = trial, tv, tg, th, float(np.linalg.norm(tg))
+                if np.linalg.norm(step) <= xtol * (1.0 + np.linalg.norm(x)):
+                    break
+                step = _solve(hess, grad)
             status = "converged"
             break
-        f_along = line(x, step) if line is not None else (lambda t: fun(x + t * step, False)[0])
+        f_along = line(x, step) if line is not None else _ray(fun, x, step)
         t = 1.0
         for _ in range(MAX_BACKTRACK):
             trial = f_along(t)

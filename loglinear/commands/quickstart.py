@@ -26,7 +26,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from loglinear import LogLinearEnv, coverage, fit_dpo
 
-    env_rng, data_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(2))
+    seeds = np.random.SeedSequence(args.seed).spawn(2)
+    env_rng, data_rng = (np.random.default_rng(s) for s in seeds)
     env = LogLinearEnv.random(env_rng, n_states=args.states, n_actions=args.actions,
                               dim=args.dim, beta=args.beta, concentration=args.concentration)
     data = env.sample(args.n, data_rng)
