@@ -21,7 +21,9 @@ from .optim import newton
 
 SINGULAR_RTOL = 1e-10
 SATURATED_MARGIN = 20.0  # sigma(-20) ~ 2e-9: past this a pair no longer pulls on theta
-EAGER_LP = 100_000  # n * d up to which separability is checked before fitting
+HESS_REUSE = 1e-3  # relative move below which the previous Hessian is reused
+FLOAT32_HESS_SIZE = 1_000_000  # n * d from which the Hessian is formed in float32
+EAGER_LP = 5_000  # n * d up to which separability is checked before fitting
 
 
 class SeparableDataError(ValueError):
@@ -86,24 +88,114 @@ def separating_direction(data: PreferenceData, *, tol: float = 1e-9) -> np.ndarr
     return v
 
 
+def _dpo_pieces(m: np.ndarray, need_value: bool = True):
+    """softplus(-m), -sigma(-m) and sigma(m) sigma(-m) from a single exp(-|m|)."""
+    e = np.abs(m)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    inv = 1.0 + e
+    np.reciprocal(inv, out=inv)
+    value = None
+    if need_value:
+        value = np.log1p(e)
+        value += np.maximum(-m, 0.0)
+    d2 = e * inv
+    d1 = np.where(m >= 0, d2, inv)
+    np.negative(d1, out=d1)
+    d2 *= inv
+    return value, d1, d2
+
+
+class _MarginProblem:
+    """Value/gradient/Hessian of sum_i q_i phi(m_i) + ridge/2 ||theta||^2 with the margins
+    cached, so that the line search and the next evaluation share one pass over x."""
+
+    def __init__(self, data, beta, loss, ridge):
+        self.data, self.beta, self.ridge = data, beta, ridge
+        self.spec = get_loss(loss)
+        self.fast = loss == "dpo"
+        self.sb = data.sign * beta
+        self.sbo = self.sb * data.offset
+        self.q = data.weight
+        self._key = None
+        self._m = None
+        self._value_key = None
+        self._value = None
+        self._hess = None
+        self._hess_at = None
+        self._x32 = None
+
+    def margins(self, theta):
+        if self._key is not None and np.array_equal(theta, self._key):
+            return self._m
+        m = self.sb * (self.data.x @ theta) - self.sbo
+        self._key, self._m = theta.copy(), m
+        return m
+
+    def pieces(self, m, need_hess):
+        if self.fast:
+            return _dpo_pieces(m, need_value=True)
+        b = self.beta
+        return self.spec.phi(m, b), self.spec.dphi(m, b), (
+            self.spec.d2phi(m, b) if need_hess else None)
+
+    def __call__(self, theta, need_hess):
+        m = self.margins(theta)
+        cached = self._value if self._value_key is self._key else None
+        if self.fast:
+            v, d1, d2 = _dpo_pieces(m, need_value=cached is None)
+        else:
+            v, d1, d2 = self.pieces(m, need_hess)
+        if cached is not None:
+            value = cached
+        else:
+            value = float(self.q @ v) + 0.5 * self.ridge * float(theta @ theta)
+        grad = self.data.x.T @ (self.q * d1 * self.sb) + self.ridge * theta
+        hess = None
+        if need_hess:
+            hess = self._hessian(theta, d2)
+        return value, grad, hess
+
+    def _hessian(self, theta, d2):
+        # Near the optimum the Hessian barely moves: reuse it (a chord step; the gradient
+        # stays exact, so the fixed point and the certificate are unchanged).
+        if self._hess is not None and np.linalg.norm(theta - self._hess_at) <= (
+                HESS_REUSE * (1.0 + np.linalg.norm(theta))):
+            return self._hess
+        c = self.q * d2 * self.beta**2
+        x = self.data.x
+        if x.size >= FLOAT32_HESS_SIZE:
+            # The Hessian only steers the step; float32 halves the GEMM for large data.
+            x32 = self._x32 if self._x32 is not None else x.astype(np.float32)
+            self._x32 = x32
+            hess = ((x32 * c[:, None].astype(np.float32)).T @ x32).astype(np.float64)
+        else:
+            hess = (x * c[:, None]).T @ x
+        hess = 0.5 * (hess + hess.T)
+        hess[np.diag_indices_from(hess)] += self.ridge
+        self._hess, self._hess_at = hess, theta.copy()
+        return hess
+
+    def line(self, theta, step):
+        base = self.margins(theta)
+        dm = self.sb * (self.data.x @ step)
+
+        def along(t):
+            m = base + t * dm
+            pt = theta + t * step
+            # the accepted trial is evaluated next: reuse its margins and value
+            self._key, self._m = pt, m
+            v = self.pieces(m, False)[0]
+            self._value_key = pt
+            self._value = float(self.q @ v) + 0.5 * self.ridge * float(pt @ pt)
+            return self._value
+
+        return along
+
+
 def _margin_newton(data, beta, loss, ridge, x0, gtol, max_iter):
-    spec = get_loss(loss)
-
-    def fun(theta, hess):
-        obj = objective(theta, data, beta=beta, loss=loss, hessian=hess)
-        value = obj.value + 0.5 * ridge * float(theta @ theta)
-        grad = obj.grad + ridge * theta
-        h = None if obj.hess is None else obj.hess + ridge * np.eye(data.d)
-        return value, grad, h
-
-    def line(theta, step):
-        base = data.sign * beta * (data.x @ theta - data.offset)
-        dm = data.sign * beta * (data.x @ step)
-        q = data.weight
-        return lambda t: float(q @ spec.phi(base + t * dm, beta)) + 0.5 * ridge * float(
-            (theta + t * step) @ (theta + t * step))
-
-    return newton(fun, x0, gtol=gtol, max_iter=max_iter, line=line)
+    prob = _MarginProblem(data, beta, loss, ridge)
+    return newton(prob, x0, gtol=gtol, max_iter=max_iter, line=prob.line)
 
 
 def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
@@ -148,10 +240,14 @@ def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
         theta, mult, gnorm, inner = _fit_on_sphere(data, beta, loss, bound, gtol, max_iter)
         iters += inner
         status = "converged"
-    obj = objective(theta, data, beta=beta, loss=loss)
-    eigs = np.linalg.eigvalsh(obj.hess)
+    if mult == 0.0 and rep is not None and rep.hess is not None:
+        value, hess = rep.value, rep.hess
+    else:
+        obj = objective(theta, data, beta=beta, loss=loss)
+        value, hess = obj.value, obj.hess
+    eigs = np.linalg.eigvalsh(hess)
     unique = mult > 0 or eigs[0] > SINGULAR_RTOL * max(eigs[-1], 1e-300)
-    return FitResult(theta, obj.value, gnorm, iters, status, time.perf_counter() - t0, loss,
+    return FitResult(theta, value, gnorm, iters, status, time.perf_counter() - t0, loss,
                      mult, float(eigs[0]), bool(unique), {"separating_direction": direction})
 
 

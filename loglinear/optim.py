@@ -30,6 +30,7 @@ class NewtonReport:
     iterations: int
     converged: bool
     status: str
+    hess: np.ndarray | None = None
 
 
 def _ray(fun, x, step):
@@ -125,4 +126,4 @@ def newton(
         x = x + t * step
         value, grad, hess = fun(x, True)
     gnorm = float(np.linalg.norm(grad))
-    return NewtonReport(x, float(value), grad, gnorm, it, status == "converged", status)
+    return NewtonReport(x, float(value), grad, gnorm, it, status == "converged", status, hess)
