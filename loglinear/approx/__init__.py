@@ -1,0 +1,68 @@
+r"""The paper's cheap surrogates for robust DPO (paper.md section 4), as written and as run.
+
+**WDPO** (gradient penalty). With the per-pair input gradient
+:math:`\nabla_x l_i = -(2y_i-1)\,\beta\,\sigma(-m_i)\,\theta`, write
+
+.. math::
+    G(\theta) = \Big(\sum_i q_i \|\nabla_x l_i\|^2\Big)^{1/2}
+              = \beta\,\|\theta\|_2\,R(\theta), \qquad
+    R(\theta) = \Big(\sum_i q_i\,\sigma(-m_i)^2\Big)^{1/2} \le 1.
+
+* ``form="paper"`` (Algorithm 1): :math:`L(\theta) + \rho\,G(\theta)`, Gao et al.'s
+  first-order expansion of the W2 worst case at radius rho;
+* ``form="official"`` (the released code): :math:`\sum_i q_i (l_i + \rho\|\nabla_x l_i\|^2)
+  = L(\theta) + \rho\,G(\theta)^2`, a ridge-like penalty.
+
+Neither objective is convex in general (:math:`\sigma(-m)` decays along directions that
+increase the margins); the paper form is also not differentiable at theta = 0. Fits use
+damped Newton with the exact Hessian (regularised where indefinite) from several starts,
+and report the smallest Hessian eigenvalue at the solution (a local-minimum certificate).
+
+**KLDPO** (reweighting). Weights recomputed from the current losses and held constant in
+the gradient step:
+
+* ``form="paper"`` (Algorithm 2): :math:`P_i \propto q_i \exp((l_i - \bar l)/\tau)`, normalised;
+* ``form="official"``: :math:`w_i = \min(\exp((l_i-\bar l)/\tau), 10)`, not normalised, with
+  :math:`\bar l = \sum_i q_i l_i` and the loss :math:`\sum_i q_i w_i l_i`.
+
+The paper iteration is gradient descent on the convex function
+:math:`F_\tau(\theta) = \tau\log\sum_i q_i e^{l_i/\tau}`; its minimiser is the exact KL-DRO
+solution at radius :math:`\rho(\tau) = \mathrm{KL}(P^*\|q)` with dual :math:`\lambda^* = \tau`.
+
+Calibration helpers map a surrogate's hyperparameter to the radius it buys:
+:func:`implied_radius_kl` (exact), :func:`w2_radius` (first order) and the W1 rescaling
+factor :func:`w1_rescaling` (``R``).
+"""
+
+from __future__ import annotations
+
+from ._common import ApproxResult
+from .kldpo import (
+    KLDPO_FORMS,
+    KLDPO_METHODS,
+    OFFICIAL_CAP,
+    fit_kldpo,
+    implied_radius_kl,
+    kldpo_objective,
+    kldpo_weights,
+    refit_contraction,
+    tau_for_radius_kl,
+)
+from .wdpo import (
+    WDPO_FORMS,
+    fit_wdpo,
+    grad_x_norm,
+    rho_for_w2_radius,
+    w1_rescaling,
+    w2_radius,
+    wdpo_objective,
+    wdpo_pair_loss,
+    wdpo_penalty,
+)
+
+__all__ = [
+    "KLDPO_FORMS", "KLDPO_METHODS", "OFFICIAL_CAP", "WDPO_FORMS", "ApproxResult",
+    "fit_kldpo", "fit_wdpo", "grad_x_norm", "implied_radius_kl", "kldpo_objective",
+    "kldpo_weights", "refit_contraction", "rho_for_w2_radius", "tau_for_radius_kl",
+    "w1_rescaling", "w2_radius", "wdpo_objective", "wdpo_pair_loss", "wdpo_penalty",
+]
