@@ -1,0 +1,169 @@
+"""Figures for the exploration notebooks. Each function takes records (a DataFrame or a
+list of dicts) or a result tuple and returns a matplotlib Figure; none computes science."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _frame(records):
+    import pandas as pd
+
+    df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+    if df.empty:
+        raise ValueError("no records to plot")
+    return df
+
+
+def _require(df, cols):
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"records lack columns {missing}; have {list(df.columns)}")
+
+
+def plot_lines(records, *, x: str, y: str, hue: str | None = None, title: str,
+               xlabel: str | None = None, ylabel: str | None = None, logx: bool = False,
+               logy: bool = False, band: bool = True, ref_slope: float | None = None,
+               hue_format=None, stat: str = "mean", floor: float | None = None, ax=None):
+    """Mean of ``y`` against ``x`` (one line per ``hue``), with a min-max band over the
+    other rows (replicates). ``ref_slope`` adds a dotted power-law guide x^slope;
+    ``hue_format(key) -> str`` names the lines (default ``"hue = key"``); ``stat`` is
+    ``"mean"`` or ``"median"``; ``floor`` clips ``y`` from below (e.g. a singular Sigma's
+    lambda_min = 0 on a log axis)."""
+    import matplotlib.pyplot as plt
+
+    df = _frame(records)
+    _require(df, [x, y] + ([hue] if hue else []))
+    if stat not in ("mean", "median"):
+        raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
+    if floor is not None:
+        df = df.assign(**{y: np.maximum(df[y], floor)})
+    fig, ax = (plt.subplots(figsize=(6.4, 4.2)) if ax is None else (ax.figure, ax))
+    groups = df.groupby(hue, sort=True) if hue else [(None, df)]
+    for key, sub in groups:
+        stats = sub.groupby(x)[y].agg([stat, "min", "max"]).sort_index()
+        if hue is None:
+            label = None
+        elif hue_format is not None:
+            label = hue_format(key)
+        else:
+            label = f"{hue} = {key:g}" if isinstance(key, float) else f"{hue} = {key}"
+        (line,) = ax.plot(stats.index, stats[stat], marker="o", ms=3.5, label=label)
+        if band and len(sub) > len(stats):
+            ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.18,
+                            color=line.get_color(), lw=0)
+    if ref_slope is not None:
+        xs = np.sort(df[x].unique().astype(float))
+        if xs[0] <= 0:
+            raise ValueError(f"ref_slope needs positive {x} values, got min {xs[0]:g}")
+        ys = df.groupby(x)[y].agg(stat).sort_index().to_numpy()
+        anchor = ys[0] * (xs / xs[0]) ** ref_slope
+        ax.plot(xs, anchor, ":", color="k", label=f"slope {ref_slope:g}")
+    ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if hue or ref_slope is not None:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(records, *, x: str, y: str, value: str, title: str, log10: bool = True,
+                 floor: float = 1e-12, xlabel: str | None = None, ylabel: str | None = None,
+                 cbar_label: str | None = None, fmt: str = ".1f", ax=None):
+    """Seaborn heatmap of the mean of ``value`` over two knobs (log10 colours by default;
+    values below ``floor`` are shown at the floor, i.e. as no coverage)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    df = _frame(records)
+    _require(df, [x, y, value])
+    table = df.pivot_table(index=y, columns=x, values=value, aggfunc="mean").sort_index(
+        ascending=False)
+    shown = np.log10(np.maximum(table, floor)) if log10 else table
+    fig, ax = (plt.subplots(figsize=(6.4, 4.6)) if ax is None else (ax.figure, ax))
+    label = cbar_label or (f"log10 {value}" if log10 else value)
+    sns.heatmap(shown, annot=True, fmt=fmt, cmap="viridis", ax=ax,
+                cbar_kws={"label": label}, annot_kws={"fontsize": 8})
+    ax.set_xticklabels([f"{float(t):g}" for t in table.columns], rotation=0)
+    ax.set_yticklabels([f"{float(t):g}" for t in table.index], rotation=0)
+    ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
+    fig.tight_layout()
+    return fig
+
+
+def plot_eigen_paths(records, *, title: str = "Spectrum of Σ as sampling concentrates"):
+    """Every eigenvalue of Sigma against the concentration (records from
+    ``explore.eigen_paths``), log scale; the legend names each eigenvector's main axis at
+    the largest concentration."""
+    import matplotlib.pyplot as plt
+
+    df = _frame(records)
+    _require(df, ["concentration", "k", "eigval", "axis"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    last = df[df.concentration == df.concentration.max()].set_index("k")
+    for k, sub in df.groupby("k"):
+        sub = sub.sort_values("concentration")
+        ax.plot(sub.concentration, np.maximum(sub.eigval, 1e-16), marker="o", ms=3,
+                label=f"λ_{k + 1} (mostly axis {last.loc[k, 'axis']})")
+    ax.set_yscale("log")
+    ax.set(title=title, xlabel="sampling concentration γ (π_o ∝ exp(γ g))",
+           ylabel="eigenvalue of Σ")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_projections(projections: dict, *, title: str):
+    """One panel per labelled ``explore.FeatureProjection``: each action's centred feature
+    on the weakest (u_min, vertical) and strongest (u_max, horizontal) eigenvector of
+    Sigma, marker area proportional to its sampling mass mu(s) pi_o(a|s), colour = state."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(projections), figsize=(4.6 * len(projections), 4.2),
+                             squeeze=False, sharex=True, sharey=True)
+    for ax, (label, proj) in zip(axes[0], projections.items()):
+        S, A, _ = proj.centered.shape
+        colors = plt.cm.tab10(np.arange(S) % 10)
+        for s in range(S):
+            ax.scatter(proj.centered[s, :, -1], proj.centered[s, :, 0],
+                       s=4 + 900 * proj.mass[s], color=colors[s], alpha=0.6,
+                       edgecolor="k", lw=0.3)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set(title=f"{label}\nλ_min = {proj.eigvals[0]:.2e}, λ_max = {proj.eigvals[-1]:.2e}",
+               xlabel="centred feature · u_max", ylabel="centred feature · u_min")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_direction_variance(proj, *, title: str):
+    """Stacked bars: each state's share of every eigenvalue lambda_k, i.e.
+    2 mu(s) Var_{pi_o}[psi . u_k] / lambda_k (an ``explore.FeatureProjection``), with
+    lambda_k written above its bar."""
+    import matplotlib.pyplot as plt
+
+    var = proj.direction_variance
+    S, d = var.shape
+    share = var / np.maximum(var.sum(axis=0), 1e-300)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    bottom = np.zeros(d)
+    colors = plt.cm.tab10(np.arange(S) % 10)
+    for s in range(S):
+        ax.bar(np.arange(d), share[s], bottom=bottom, color=colors[s], label=f"state {s}")
+        bottom += share[s]
+    for k in range(d):
+        ax.text(k, 1.01, f"λ={proj.eigvals[k]:.1e}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(np.arange(d), [f"u_{k + 1}" for k in range(d)])
+    ax.set_ylim(0, 1.1)
+    ax.set(title=title, xlabel="eigenvector of Σ (ascending eigenvalue)",
+           ylabel="share of λ_k supplied by each state")
+    ax.legend(fontsize=7, ncol=2, loc="lower right", framealpha=0.8)
+    fig.tight_layout()
+    return fig

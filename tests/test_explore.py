@@ -1,0 +1,164 @@
+"""Contracts of loglinear.explore (the computations behind the notebooks) and its views."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from conftest import FLOAT64_TOL  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from strategies import environments  # noqa: E402
+
+from loglinear import explore  # noqa: E402
+from loglinear import plots_explore as views  # noqa: E402
+
+# Eigenvalues of matrices with entries O(1), computed two ways in float64.
+EIG_TOL = 1e-10
+
+
+@settings(deadline=None)
+@given(env=environments())
+def test_sigma_identity_matches_enumerated_pairs(env):
+    """Sigma over every enumerated (s, a1, a2, y) atom = 2 sum_s mu Cov_{pi_o}(psi)."""
+    np.testing.assert_allclose(explore.sigma_from_covariances(env), env.coverage().sigma,
+                               atol=FLOAT64_TOL * 100)
+
+
+def test_sigma_identity_against_monte_carlo():
+    env = explore.random_env(np.random.default_rng(3), n_states=3, n_actions=3, dim=2,
+                             concentration=1.0)
+    data = env.sample(200_000, np.random.default_rng(4))
+    sigma_mc = data.x.T @ data.x / data.n
+    # Monte Carlo error of a mean of O(1) terms over 2e5 draws is ~ 2e-3.
+    np.testing.assert_allclose(sigma_mc, explore.sigma_from_covariances(env), atol=1e-2)
+
+
+def test_fewer_states_than_dimensions_is_singular_with_two_actions():
+    """With A = 2 each state adds a rank-one term, so S < d forces lambda_min = 0."""
+    rows = explore.coverage_sweep(grid={"n_states": [1, 2, 3, 4, 5]},
+                                  base={"n_actions": 2, "dim": 4, "concentration": 0.5},
+                                  replicates=2, seed=1)
+    for r in rows:
+        if r["n_states"] < 4:
+            assert r["lambda_min"] < EIG_TOL
+        else:
+            assert r["lambda_min"] > 1e-6
+
+
+def test_sweep_population_rows_match_direct_eigenvalues():
+    rows = explore.coverage_sweep(grid={"concentration": [0.0, 2.0]}, base={"dim": 3},
+                                  replicates=2, seed=5)
+    assert len(rows) == 4 and all(r["n"] == 0 for r in rows)
+    seqs = np.random.SeedSequence(5).spawn(2)
+    for r in rows:
+        env_ss, _ = seqs[r["replicate"]].spawn(2)
+        env = explore.random_env(np.random.default_rng(env_ss), dim=3,
+                                 concentration=r["concentration"])
+        vals = np.linalg.eigvalsh(explore.sigma_from_covariances(env))
+        assert r["lambda_min"] == pytest.approx(vals[0], abs=EIG_TOL)
+        assert r["lambda_max"] == pytest.approx(vals[-1], abs=EIG_TOL)
+        assert r["lambda_ratio"] == pytest.approx(1.0)
+
+
+def test_common_random_numbers_across_concentration():
+    a = explore.random_env(np.random.default_rng(9), concentration=0.0)
+    b = explore.random_env(np.random.default_rng(9), concentration=4.0)
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_allclose(a.sampling_policy, 1.0 / a.n_actions)
+    assert b.sampling_policy.max() > a.sampling_policy.max()
+
+
+def test_sample_sigma_error_shrinks_like_root_n():
+    rows = pd.DataFrame(explore.coverage_sweep(grid={"concentration": [1.0]}, base={"dim": 3},
+                                               n_values=[100, 10_000], replicates=12, seed=2))
+    err = rows[rows.n > 0].groupby("n").sigma_error.mean()
+    # E||Sigma_D - Sigma|| ~ c / sqrt(n): a 100x larger n gives ~10x smaller error.
+    assert 4.0 < err[100] / err[10_000] < 25.0
+    ratio = rows[rows.n == 10_000].lambda_ratio
+    assert np.all(np.abs(ratio - 1) < 0.2)
+
+
+def test_sweep_is_deterministic_under_a_seed():
+    kw = dict(grid={"concentration": [1.0]}, n_values=[50], replicates=2, seed=11)
+    assert explore.coverage_sweep(**kw) == explore.coverage_sweep(**kw)
+    assert explore.coverage_sweep(**kw) != explore.coverage_sweep(**{**kw, "seed": 12})
+
+
+def test_spectrum_decay_scales_coordinates():
+    env = explore.random_env(np.random.default_rng(0), n_states=40, n_actions=6, dim=3,
+                             spectrum_decay=0.1)
+    std = env.features.reshape(-1, 3).std(axis=0)
+    assert std[1] / std[0] == pytest.approx(0.1, rel=0.3)
+    assert std[2] / std[1] == pytest.approx(0.1, rel=0.3)
+
+
+def test_projection_decomposes_each_eigenvalue_by_state():
+    env = explore.random_env(np.random.default_rng(4), n_states=5, n_actions=4, dim=3,
+                             concentration=2.0)
+    proj = explore.project_features(env)
+    vals = np.linalg.eigvalsh(explore.sigma_from_covariances(env))
+    np.testing.assert_allclose(proj.direction_variance.sum(axis=0), vals, atol=EIG_TOL)
+    np.testing.assert_allclose(proj.mass.sum(), 1.0, atol=FLOAT64_TOL * 10)
+    # centred coordinates have zero pi_o-mean in every state
+    np.testing.assert_allclose(np.einsum("sa,sak->sk", env.sampling_policy, proj.centered),
+                               0.0, atol=EIG_TOL)
+
+
+def test_eigen_paths_match_direct_spectra():
+    rows = pd.DataFrame(explore.eigen_paths(concentrations=[0.0, 3.0], base={"dim": 3},
+                                            seed=6))
+    for c, sub in rows.groupby("concentration"):
+        env = explore.random_env(np.random.default_rng(6), dim=3, concentration=c)
+        np.testing.assert_allclose(sub.sort_values("k").eigval,
+                                   np.linalg.eigvalsh(env.coverage().sigma), atol=EIG_TOL)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(grid={"colour": [1]}), "unknown grid knobs"),
+    (dict(grid={"dim": [2]}, base={"dim": 3}), "both grid and base"),
+    (dict(grid={}, replicates=0), "replicates"),
+    (dict(grid={}, n_values=[0]), "sample sizes"),
+])
+def test_sweep_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        explore.coverage_sweep(**kwargs)
+
+
+def test_random_env_rejects_bad_input():
+    with pytest.raises(ValueError, match="spectrum_decay"):
+        explore.random_env(np.random.default_rng(0), spectrum_decay=0.0)
+    with pytest.raises(ValueError, match="unknown environment parameters"):
+        explore.random_env(np.random.default_rng(0), dimension=3)
+
+
+def test_views_return_labelled_figures():
+    rows = explore.coverage_sweep(grid={"concentration": [0.0, 2.0], "dim": [2, 3]},
+                                  n_values=[30], replicates=2, seed=0)
+    figs = [
+        views.plot_lines(rows, x="concentration", y="lambda_min", hue="n", title="t",
+                         logy=True, floor=1e-8, stat="median"),
+        views.plot_lines([r for r in rows if r["n"] > 0], x="n", y="sigma_error",
+                         hue="dim", title="t", logx=True, ref_slope=-0.5),
+        views.plot_heatmap(rows, x="concentration", y="dim", value="lambda_min", title="h"),
+        views.plot_eigen_paths(explore.eigen_paths(concentrations=[0.0, 1.0])),
+        views.plot_feature_projections(
+            {"a": explore.project_features(explore.random_env(np.random.default_rng(0)))},
+            title="p"),
+        views.plot_direction_variance(
+            explore.project_features(explore.random_env(np.random.default_rng(0))), title="v"),
+    ]
+    for fig in figs:
+        ax = fig.axes[0]
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        plt.close(fig)
+    with pytest.raises(ValueError, match="lack columns"):
+        views.plot_lines(rows, x="nope", y="lambda_min", title="t")
+    with pytest.raises(ValueError, match="positive"):
+        views.plot_lines(rows, x="concentration", y="lambda_min", title="t", ref_slope=-1)
+    with pytest.raises(ValueError, match="no records"):
+        views.plot_heatmap([], x="a", y="b", value="c", title="t")
