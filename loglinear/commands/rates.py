@@ -1,0 +1,34 @@
+"""``loglinear rates --config FILE --out DIR``: the estimation-rate and coverage study."""
+
+from __future__ import annotations
+
+NAME = "rates"
+HELP = ("Run (or resume) the estimation-rate study: error of DPO and the robust estimators "
+        "against n, seeds, radius schedules and coverage levels; records written as they finish.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", required=True, help="study TOML (e.g. simulations/rates.toml)")
+    p.add_argument("--out", required=True, help="records directory (resumed if it exists)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="local worker processes (joblib); -1 uses every core")
+    p.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address tcp://HOST:PORT (runs there instead of locally)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--report", action="store_true",
+                   help="also build the report (loglinear report rates OUT) afterwards")
+
+
+def run(args) -> int:
+    from loglinear.experiments import rates
+
+    if args.jobs == 0 or args.jobs < -1:
+        raise ValueError(f"--jobs must be a positive count or -1, got {args.jobs}")
+    path = rates.main(args.config, args.out, jobs=args.jobs, scheduler=args.scheduler,
+                      progress=not args.no_progress)
+    print(f"records written to {path}")
+    if args.report:
+        from loglinear import report
+
+        print(f"report written to {report.build('rates', args.out)}")
+    return 0
