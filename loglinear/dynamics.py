@@ -143,6 +143,7 @@ class ObjectiveSpec:
     evaluate: Callable[..., Evaluation]
     params: tuple[str, ...]
     doc: str = ""
+    potential: bool = True  # False: the step direction is not the gradient of ``value``
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {}
@@ -214,42 +215,56 @@ def _pair_objective(name: str) -> Callable[..., Evaluation]:
     return evaluate
 
 
-def _module(name: str):
+def _function(module: str, name: str):
+    """``module.name``, imported on first use (the objective's module is optional)."""
     try:
-        return importlib.import_module(name)
-    except ImportError as exc:  # the module is optional for the dynamics themselves
-        raise ValueError(f"this objective needs {name}, which cannot be imported: {exc}") from exc
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"this objective needs {module}.{name}, which cannot be imported: "
+                         f"{exc}") from exc
 
 
 def _wdpo(form: str) -> Callable[..., Evaluation]:
     def evaluate(w, setting, *, beta, rho):
-        value, grad = _module("loglinear.approx").wdpo_objective(
+        value, grad = _function("loglinear.approx", "wdpo_objective")(
             w, setting.centered, beta=beta, rho=rho, form=form)
         return Evaluation(value, grad)
 
     return evaluate
 
 
-def _kldpo(form: str) -> Callable[..., Evaluation]:
+def _kldpo_step(w, setting, beta, tau, form) -> Evaluation:
     """KLDPO as the algorithms run it: weights from the current losses, held constant."""
+    data = setting.centered
+    losses = get_loss("dpo").value(w, data, beta=beta)
+    weight = np.asarray(_function("loglinear.approx", "kldpo_weights")(
+        losses, data.weight, tau=tau, form=form), dtype=float)
+    return _reweighted_margin(w, setting, "dpo", beta, weight)
 
-    def evaluate(w, setting, *, beta, tau):
-        data = setting.centered
-        losses = get_loss("dpo").value(w, data, beta=beta)
-        weight = np.asarray(_module("loglinear.approx").kldpo_weights(
-            losses, data.weight, tau=tau, form=form), dtype=float)
-        return _reweighted_margin(w, setting, "dpo", beta, weight)
 
-    return evaluate
+def _kldpo_paper(w, setting, *, beta, tau):
+    # The normalised step is the gradient of F = tau log sum q e^{l/tau}; report F.
+    ev = _kldpo_step(w, setting, beta, tau, "paper")
+    value, _ = _function("loglinear.approx", "kldpo_objective")(w, setting.centered,
+                                                                beta=beta, tau=tau)
+    return ev._replace(value=value)
+
+
+def _kldpo_official(w, setting, *, beta, tau):
+    # No potential: the step is sum W grad l with W capped and unnormalised; the value is
+    # the loss the official code reports, sum W l.
+    return _kldpo_step(w, setting, beta, tau, "official")
 
 
 def _kl_exact(w, setting, *, beta, radius):
-    res = _module("loglinear.robust").kl_value(w, setting.centered, beta=beta, radius=radius)
-    return Evaluation(res.value, res.grad)
+    res = _function("loglinear.robust", "kl_value")(w, setting.centered, beta=beta,
+                                                    radius=radius)
+    ev = _reweighted_margin(w, setting, "dpo", beta, np.asarray(res.weights, dtype=float))
+    return ev._replace(value=res.value, grad=res.grad)
 
 
 def _wasserstein_exact(w, setting, *, beta, radius, p):
-    res = _module("loglinear.robust").wasserstein_value(w, setting.centered, beta=beta,
+    res = _function("loglinear.robust", "wasserstein_value")(w, setting.centered, beta=beta,
                                                         radius=radius, p=int(p))
     return Evaluation(res.value, res.grad)
 
@@ -265,10 +280,11 @@ for _spec in (
                   "WDPO, Algorithm 1: L + rho (sum q ||grad_x l||^2)^(1/2)"),
     ObjectiveSpec("wdpo-official", _wdpo("official"), ("beta", "rho"),
                   "WDPO as the official code runs it: sum q (l + rho ||grad_x l||^2)"),
-    ObjectiveSpec("kldpo-paper", _kldpo("paper"), ("beta", "tau"),
+    ObjectiveSpec("kldpo-paper", _kldpo_paper, ("beta", "tau"),
                   "KLDPO, Algorithm 2: normalised detached weights q exp(l / tau)"),
-    ObjectiveSpec("kldpo-official", _kldpo("official"), ("beta", "tau"),
-                  "KLDPO as the official code runs it: min(exp((l - mean l)/tau), 10)"),
+    ObjectiveSpec("kldpo-official", _kldpo_official, ("beta", "tau"),
+                  "KLDPO as the official code runs it: min(exp((l - mean l)/tau), 10)",
+                  potential=False),
     ObjectiveSpec("kl-exact", _kl_exact, ("beta", "radius"), "exact KL-DRO value"),
     ObjectiveSpec("wasserstein-exact", _wasserstein_exact, ("beta", "radius", "p"),
                   "exact Wasserstein-DRO value (kappa = inf)"),
@@ -415,6 +431,7 @@ def train(setting: PairSetting, objective_name: str, *, params: dict, lr: float,
         raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}"
                          ) from None
     beta = dpo_beta if dpo_beta is not None else params.get("beta", params.get("beta_plus"))
+    get_objective(objective_name)
     if beta is None:
         raise ValueError("pass dpo_beta: the objective has no beta hyperparameter")
     tags = dict(tags or {})
