@@ -1,0 +1,20 @@
+"""Exact distributionally robust DPO: KL and Wasserstein balls, solved through convex duals.
+
+Dedicated solvers (profiled Newton, closed forms, exact 1-D inner suprema) are the
+default; cvxpy + Clarabel formulations are kept as the independent cross-check and as a
+documented fallback. cvxpy is imported only when a cvxpy method runs.
+"""
+
+from ._base import RobustResult, RobustSolverError, Transport, Verification
+from .kl import KLValue, collapse_radius_kl, kl_value, solve_kl
+
+__all__ = [
+    "KLValue",
+    "RobustResult",
+    "RobustSolverError",
+    "Transport",
+    "Verification",
+    "collapse_radius_kl",
+    "kl_value",
+    "solve_kl",
+]
