@@ -15,7 +15,7 @@ def available() -> list[str]:
 
 def build(study: str, records_dir, out_dir=None):
     """Regenerate the report of ``study`` from ``records_dir``."""
-    if study not in available():
+    if study.replace("-", "_") not in available():
         raise ValueError(f"no report builder for {study!r}; available: {available()}")
     return importlib.import_module(f"{__name__}.{study.replace('-', '_')}").build(records_dir,
                                                                                    out_dir)
