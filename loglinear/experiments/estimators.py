@@ -75,7 +75,7 @@ def _fit_dpo(data: PreferenceData, *, beta, param, bound):
 def _fit_kl(data, *, beta, param, bound):
     from ..robust import solve_kl
 
-    return np.asarray(solve_kl(data, beta=beta, radius=param).theta, float)
+    return np.asarray(solve_kl(data, beta=beta, radius=param, bound=bound).theta, float)
 
 
 def _fit_w1(data, *, beta, param, bound):

@@ -101,7 +101,8 @@ class Schedule:
 
     The base is ``collapse_fraction`` times the estimator's population collapse radius
     (the radius at which the robust optimum becomes w = 0) when that is set and the
-    estimator has one; otherwise ``scale[estimator]``. A temperature (KLDPO) gets
+    estimator has one; otherwise ``scale[estimator]``. ``only`` (if non-empty) restricts the
+    schedule to those estimators. A temperature (KLDPO) gets
     base * (n / reference_n)^{+exponent}. Estimators without a hyperparameter (DPO) ignore
     schedules; an estimator with neither a scale nor a collapse radius skips the schedule.
     """
@@ -111,11 +112,13 @@ class Schedule:
     scale: dict = field(default_factory=dict)
     collapse_fraction: float | None = None
     reference_n: float = 1.0
+    only: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "only", tuple(self.only))
         if not self.name or self.name == NO_SCHEDULE:
             raise ValueError(f"schedule name must be non-empty and not {NO_SCHEDULE!r}")
-        unknown = sorted(set(self.scale) - set(ESTIMATORS))
+        unknown = sorted((set(self.scale) | set(self.only)) - set(ESTIMATORS))
         if unknown:
             raise ValueError(f"schedule {self.name}: unknown estimators {unknown}")
         if any(not float(v) > 0 for v in self.scale.values()):
@@ -130,7 +133,7 @@ class Schedule:
         return self.collapse_fraction is not None and est.collapse is not None
 
     def applies(self, est) -> bool:
-        if est.param is None:
+        if est.param is None or (self.only and est.name not in self.only):
             return False
         return self.uses_collapse(est) or est.name in self.scale
 
