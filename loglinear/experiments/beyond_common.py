@@ -1,0 +1,91 @@
+"""Shared pieces of the "beyond log-linear" runners: environments, shifted rewards, seeds.
+
+Every study draws its environments from an :class:`~loglinear.experiments.rates.EnvSpec`
+(same fields and validation as the rates study) and a shifted reward: a second linear
+reward :math:`\\omega'` of the same norm, drawn from the same seed. The evaluation rewards
+are the paper's convex mixtures :math:`r(\\alpha) = \\alpha r + (1-\\alpha) r'`, so
+alpha = 1 is the training reward and alpha = 0 the shifted one.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from functools import lru_cache
+
+import numpy as np
+
+from ..env import LogLinearEnv, mix_rewards
+from .config import from_mapping, load_toml
+from .rates import EnvSpec
+
+__all__ = ["EnvSpec", "Timer", "environment", "mixture", "parse_settings", "row_rng",
+           "shifted_reward"]
+
+
+def _stable(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+@lru_cache(maxsize=32)
+def environment(spec: EnvSpec, seed: int) -> LogLinearEnv:
+    """The environment of a setting (deterministic in (seed, name, env_seed))."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _stable(spec.name),
+                                                        spec.env_seed]))
+    return LogLinearEnv.random(
+        rng, n_states=spec.n_states, n_actions=spec.n_actions, dim=spec.dim, beta=spec.beta,
+        concentration=spec.concentration, spectrum=spec.spectrum,
+        reward_scale=spec.reward_scale, ref_scale=spec.ref_scale, state_dist=spec.state_dist)
+
+
+@lru_cache(maxsize=32)
+def shifted_reward(spec: EnvSpec, seed: int) -> np.ndarray:
+    """(S, A) a second linear reward of the same norm as the training one."""
+    env = environment(spec, seed)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _stable(spec.name),
+                                                        spec.env_seed, 1]))
+    v = rng.standard_normal(env.dim)
+    omega2 = v / np.linalg.norm(v) * spec.reward_scale
+    return env.features @ omega2
+
+
+def mixture(spec: EnvSpec, seed: int, alpha: float) -> np.ndarray:
+    """r(alpha) = alpha r_train + (1 - alpha) r_shift, an (S, A) table."""
+    return mix_rewards(environment(spec, seed).reward, shifted_reward(spec, seed), alpha)
+
+
+def row_rng(seed: int, *parts) -> np.random.Generator:
+    """A generator for one record row: independent of execution order."""
+    key = [int(seed)] + [(_stable(p) if isinstance(p, str) else int(p)) for p in parts]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def parse_settings(raw: dict, path) -> tuple[dict, tuple[EnvSpec, ...]]:
+    """Split a parsed TOML into (remaining keys, settings from [env] + [[setting]])."""
+    raw = dict(raw)
+    defaults = raw.pop("env", {})
+    settings = tuple(from_mapping(EnvSpec, {**defaults, **s}, where=f"{path} [[setting]]")
+                     for s in raw.pop("setting", []))
+    return raw, settings
+
+
+def load(cls, path):
+    """A study config (frozen dataclass with a ``settings`` field) from TOML."""
+    raw, settings = parse_settings(load_toml(path), path)
+    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return from_mapping(cls, {**raw, "settings": settings}, where=str(path))
+
+
+class Timer:
+    """Wall-clock timer that prints the study's runtime when it stops."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __enter__(self) -> Timer:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        print(f"{self.label}: runtime {self.seconds:.1f} s", flush=True)
