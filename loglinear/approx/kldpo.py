@@ -222,9 +222,12 @@ def _kldpo_gradient(data, beta, tau, form, cap, theta0, gtol, max_iter, step):
     hist = []
     status = "max_iter"
     for _ in range(max_iter + 1):
-        W, l, g = _weighted_grad(theta, data, beta, tau, form, cap)
-        hist.append(float(W @ l) if form == "official" else
-                    _kldpo_terms(theta, data, beta, tau, False)[0])
+        if form == "paper":
+            v, g, _ = _kldpo_terms(theta, data, beta, tau, False)
+        else:
+            W, l, g = _weighted_grad(theta, data, beta, tau, form, cap)
+            v = float(W @ l)
+        hist.append(v)
         gn = float(np.linalg.norm(g))
         if not np.isfinite(gn) or np.linalg.norm(theta) > STALL_NORM:
             status = "diverged"
