@@ -7,6 +7,12 @@ documented fallback. cvxpy is imported only when a cvxpy method runs.
 
 from ._base import RobustResult, RobustSolverError, Transport, Verification
 from .kl import KLValue, collapse_radius_kl, kl_value, solve_kl
+from .wasserstein import (
+    WassersteinValue,
+    collapse_radius_wasserstein,
+    solve_wasserstein,
+    wasserstein_value,
+)
 
 __all__ = [
     "KLValue",
@@ -14,7 +20,11 @@ __all__ = [
     "RobustSolverError",
     "Transport",
     "Verification",
+    "WassersteinValue",
     "collapse_radius_kl",
+    "collapse_radius_wasserstein",
     "kl_value",
     "solve_kl",
+    "solve_wasserstein",
+    "wasserstein_value",
 ]

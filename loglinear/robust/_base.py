@@ -17,6 +17,7 @@ from scipy.optimize import brentq
 from ..data import PreferenceData
 from ..losses import _check_beta, softplus
 
+CERT_TOL = 1e-6          # a smooth solve whose KKT residual exceeds this is "inaccurate"
 VERIFY_RTOL = 1e-7      # verify(): primal value of the worst case vs the objective
 BUDGET_RTOL = 1e-7      # verify(): the worst case lies in the ball up to this relative slack
 

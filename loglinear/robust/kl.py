@@ -35,6 +35,7 @@ from ..fit import FitError, SeparableDataError, fit_dpo, separating_direction
 from ..losses import sigmoid
 from ..optim import newton
 from ._base import (
+    CERT_TOL,
     RobustResult,
     RobustSolverError,
     check_problem,
@@ -291,6 +292,8 @@ def _newton_kl(data, beta, rho, ridge, theta0):
 def _result(theta, data, beta, rho, bound, mu, solver, t0, status, info, ev=None):
     ev = ev or kl_value(theta, data, beta=beta, radius=rho)
     cert = float(np.linalg.norm(ev.grad + mu * theta))
+    if status == "converged" and cert > CERT_TOL:
+        status = "inaccurate"
     return RobustResult(theta, ev.value, ev.dual, ev.weights, status, cert, solver,
                         time.perf_counter() - t0, "kl", rho, beta, 1, np.inf, bound, mu, data,
                         info)
