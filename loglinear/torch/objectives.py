@@ -1,0 +1,123 @@
+"""Batch objectives for causal LMs: one registry shared by the loop, TRL and the benchmark.
+
+An objective maps (policy, batch of pairs, reference log-probs) to a scalar to minimise:
+
+* ``"dpo"``/``"ipo"``: the mean per-pair base loss;
+* ``"wdpo"``: the base loss plus the embedding-gradient penalty (paper or official form),
+  :mod:`loglinear.torch.penalty`;
+* ``"kldpo"``: the KL-reweighted loss with detached weights (paper or official form). The
+  weights default to the local batch; pass ``kl_coef`` (from
+  :mod:`loglinear.torch.distributed`) to use weights over the global batch.
+
+Runners look objectives up by name in :data:`OBJECTIVES`; none branches on the name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .losses import get_loss, kldpo_objective, weighted_mean
+from .penalty import check_double_backward, embedding_grad_sq_norms
+from .sequence import PairBatch, logratios, pair_logps, reference_logps
+
+__all__ = ["ObjectiveOutput", "OBJECTIVES", "get_objective", "batch_objective",
+           "pair_losses"]
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """loss: scalar to backpropagate; losses: per-pair base losses (B,);
+    grad_sq_norms: WDPO g_i (B,) or None; weights: KLDPO coefficients (B,) or None;
+    logps: policy sequence log-probs (2B,); margins: beta (c - r) per pair (B,)."""
+
+    loss: torch.Tensor
+    losses: torch.Tensor
+    logps: torch.Tensor
+    margins: torch.Tensor
+    grad_sq_norms: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """Detached scalar summaries for logging."""
+        out = {"loss": float(self.loss.detach()),
+               "base_loss": float(self.losses.detach().mean()),
+               "margin": float(self.margins.detach().mean()),
+               "accuracy": float((self.margins.detach() > 0).float().mean())}
+        if self.grad_sq_norms is not None:
+            out["grad_sq_norm"] = float(self.grad_sq_norms.detach().mean())
+        if self.weights is not None:
+            out["weight_max"] = float(self.weights.detach().max())
+        return out
+
+
+def pair_losses(model, batch: PairBatch, *, ref_model=None, base_loss: str = "dpo",
+                beta: float, embeddings_grad: bool = False):
+    """Per-pair base losses (B,), margins (B,) and the forward output of ``model``."""
+    if batch.ref_logps is None and ref_model is None:
+        raise ValueError("need batch.ref_logps (precomputed) or a ref_model")
+    ref = reference_logps(ref_model, batch)
+    out = pair_logps(model, batch, embeddings_grad=embeddings_grad)
+    c, r = logratios(out.logps, ref)
+    return get_loss(base_loss)(c, r, beta=beta), beta * (c - r).detach(), out
+
+
+def _plain(model, batch, *, ref_model, base_loss, beta, **_):
+    losses, margins, out = pair_losses(model, batch, ref_model=ref_model, base_loss=base_loss,
+                                       beta=beta)
+    return ObjectiveOutput(weighted_mean(losses), losses, out.logps, margins)
+
+
+def _wdpo(model, batch, *, ref_model, base_loss, beta, rho, form, **_):
+    from .losses import wdpo_objective
+
+    check_double_backward(model)
+    losses, margins, out = pair_losses(model, batch, ref_model=ref_model, base_loss=base_loss,
+                                       beta=beta, embeddings_grad=True)
+    g = embedding_grad_sq_norms(losses, out.embeddings, batch.attention_mask,
+                                create_graph=torch.is_grad_enabled())
+    loss = wdpo_objective(losses, g, rho=rho, form=form)
+    return ObjectiveOutput(loss, losses, out.logps, margins, grad_sq_norms=g)
+
+
+def _kldpo(model, batch, *, ref_model, base_loss, beta, tau, form, kl_coef=None, **_):
+    losses, margins, out = pair_losses(model, batch, ref_model=ref_model, base_loss=base_loss,
+                                       beta=beta)
+    if kl_coef is None:
+        loss = kldpo_objective(losses, tau=tau, form=form)
+        from .losses import kldpo_weights
+
+        coef = kldpo_weights(losses, tau=tau, form=form)
+    else:
+        # precomputed global coefficients c_i (distributed.kldpo_coefficients): sum c_i l_i
+        coef = kl_coef.detach()
+        loss = (coef * losses).sum()
+    return ObjectiveOutput(loss, losses, out.logps, margins, weights=coef)
+
+
+OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
+    "dpo": _plain, "ipo": _plain, "wdpo": _wdpo, "kldpo": _kldpo,
+}
+DEFAULT_BASE = {"ipo": "ipo"}
+
+
+def get_objective(name: str) -> Callable[..., ObjectiveOutput]:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}") from None
+
+
+def batch_objective(model, batch: PairBatch, *, objective: str = "dpo", beta: float,
+                    ref_model=None, base_loss: str | None = None, rho: float = 0.0,
+                    tau: float = 1.0, form: str = "paper",
+                    kl_coef: torch.Tensor | None = None) -> ObjectiveOutput:
+    """Evaluate the named objective on one batch. ``base_loss`` defaults to "dpo" (to
+    "ipo" for the "ipo" objective); ``rho`` is used by WDPO, ``tau`` by KLDPO, ``form``
+    selects the paper or the official variant of either."""
+    fn = get_objective(objective)
+    base = base_loss or DEFAULT_BASE.get(objective, "dpo")
+    return fn(model, batch, ref_model=ref_model, base_loss=base, beta=beta, rho=rho, tau=tau,
+              form=form, kl_coef=kl_coef)
