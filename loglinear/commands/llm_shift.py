@@ -1,0 +1,36 @@
+"""``loglinear llm-shift --config FILE``: the preference-shift (emotion) study, resumable."""
+
+from __future__ import annotations
+
+NAME = "llm-shift"
+HELP = ("Preference-shift study (the paper's emotion experiment, offline): DPO/WDPO/KLDPO on a "
+        "causal LM, reward sweep over alpha. Resumable; rerun to continue.")
+
+EXIT_INCOMPLETE = 75  # EX_TEMPFAIL: stopped by --max-minutes, rerun the same command
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", required=True,
+                   help="TOML file (e.g. simulations/llm_shift_cpu.toml)")
+    p.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (checkpointed) after this many minutes; exit code 75 means rerun")
+    p.add_argument("--report", action="store_true",
+                   help="build the report from the records when the study is complete")
+
+
+def run(args) -> int:
+    from loglinear.torch.shift import run as run_study
+    from loglinear.torch.shift_config import load_config
+
+    config = load_config(args.config, out=args.out)
+    seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
+    status = run_study(config, max_seconds=seconds)
+    if not status["complete"]:
+        print(f"incomplete: rerun `loglinear llm-shift --config {args.config}` to resume")
+        return EXIT_INCOMPLETE
+    if args.report:
+        from loglinear.report.llm_shift import build
+
+        print(f"report written to {build(status['out'])}")
+    return 0

