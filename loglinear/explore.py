@@ -182,3 +182,145 @@ def project_features(env: LogLinearEnv) -> FeatureProjection:
     var = np.einsum("sa,sak->sk", env.sampling_policy, centered ** 2)
     return FeatureProjection(coords, centered, env.state_dist[:, None] * env.sampling_policy,
                              cov.eigvals, cov.eigvecs, 2.0 * env.state_dist[:, None] * var)
+
+
+# --------------------------------------------------------------------------------------
+# lambda dependence: summaries of rate records, collapse radii and shrinkage paths
+# --------------------------------------------------------------------------------------
+
+_RATE_COLUMNS = ["setting", "estimator", "n", "error", "lambda_min", "tr_hinv", "tr_sandwich"]
+
+
+def summarize_rates(records) -> list[dict]:
+    r"""Per (setting, estimator, schedule, n): RMSE over seeds and its local predictions.
+
+    .. math::  \mathrm{RMSE} = \Big(\tfrac{1}{R}\sum_r \|\hat w_r - w\|^2\Big)^{1/2},\quad
+               \text{pred}_H = \sqrt{\mathrm{tr} H^{-1}/n},\quad
+               \text{pred}_V = \sqrt{\mathrm{tr} V/n}
+
+    Args:
+        records: rows of the rates study (``loglinear.experiments.rates``), a DataFrame or
+            a list of dicts with at least ``setting, estimator, n, error, lambda_min,
+            tr_hinv, tr_sandwich`` (``schedule`` and ``status`` are optional).
+
+    Returns:
+        records with the group keys, ``lambda_min``, ``rmse``, ``seeds`` (rows used),
+        ``failed`` (rows whose error is missing), ``pred_hinv`` and ``pred_sandwich``
+        (NaN where the study has no local prediction).
+    """
+    import pandas as pd
+
+    df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+    missing = [c for c in _RATE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"rate records lack columns {missing}")
+    df = df.copy()
+    if "schedule" not in df.columns:
+        df["schedule"] = "none"
+    rows = []
+    for (setting, est, sched, n), g in df.groupby(["setting", "estimator", "schedule", "n"],
+                                                  sort=True):
+        err = g["error"].to_numpy(float)
+        ok = np.isfinite(err)
+        n = int(n)
+        tr_h, tr_v = float(g["tr_hinv"].iloc[0]), float(g["tr_sandwich"].iloc[0])
+        rows.append({"setting": setting, "estimator": est, "schedule": sched, "n": n,
+                     "lambda_min": float(g["lambda_min"].iloc[0]),
+                     "rmse": float(np.sqrt(np.mean(err[ok] ** 2))) if ok.any() else np.nan,
+                     "seeds": int(ok.sum()), "failed": int((~ok).sum()),
+                     "pred_hinv": float(np.sqrt(tr_h / n)) if tr_h >= 0 else np.nan,
+                     "pred_sandwich": float(np.sqrt(tr_v / n)) if tr_v >= 0 else np.nan})
+    return rows
+
+
+def collapse_sweep(*, concentrations: Sequence[float], base: Mapping | None = None,
+                   replicates: int = 1, seed: int = 0) -> list[dict]:
+    r"""The exact robust collapse radii against coverage along a concentration path.
+
+    For each environment (common random numbers across concentrations, as in
+    :func:`coverage_sweep`), the centred population gives lambda_min(Sigma) and the radius
+    at and beyond which the robust optimum is w = 0 (pi = pi_ref): the KL radius
+    rho_0 = -min_nu log E e^{nu . z} (``loglinear.robust.collapse_radius_kl``) and, when
+    the Wasserstein solvers are installed, ``collapse_radius_wasserstein`` for p = 1, 2.
+
+    Returns:
+        records ``concentration, replicate, lambda_min, kind, collapse_radius`` with
+        kind in {"kl", "w1", "w2"}.
+    """
+    from . import robust
+
+    base = dict(base or {})
+    base.pop("concentration", None)
+    wass = getattr(robust, "collapse_radius_wasserstein", None)
+    seqs = np.random.SeedSequence(seed).spawn(replicates)
+    rows = []
+    for c in concentrations:
+        for r, ss in enumerate(seqs):
+            env = random_env(np.random.default_rng(ss), concentration=float(c), **base)
+            pop = env.population(centered=True)
+            lam = coverage(pop).lambda_min
+            radii = {"kl": robust.collapse_radius_kl(pop, beta=env.beta)}
+            if wass is not None:
+                for p in (1, 2):
+                    radii[f"w{p}"] = wass(pop, beta=env.beta, p=p)
+            for kind, rad in radii.items():
+                rows.append({"concentration": float(c), "replicate": r, "lambda_min": lam,
+                             "kind": kind, "collapse_radius": float(rad)})
+    return rows
+
+
+def shrinkage_path(env: LogLinearEnv, *, fractions: Sequence[float], kind: str = "kl"
+                   ) -> list[dict]:
+    r"""The exact population robust solution as the radius grows to the collapse radius.
+
+    Radius = fraction * collapse radius of ``kind`` ("kl", or "w1"/"w2" when the
+    Wasserstein solvers exist), solved on the centred population (w = theta - theta_ref,
+    so w = 0 is pi_ref). For each radius: ||w_rho|| / ||w*|| (w* the DPO optimum),
+    cos(w_rho, w*), KL(pi_theta || pi_ref) and the expected reward of pi_theta, with
+    theta = theta_ref + w_rho, and the solver's dual variable.
+
+    For KL and a linear Bradley-Terry reward the two labels of every pair balance at
+    w = c w* with c = lambda*/(1 + lambda*) (the tilted weights q_y e^{l_y/lambda} make the
+    pair's gradient vanish), so ``norm_ratio`` equals lambda*/(1 + lambda*) and ``cosine``
+    equals 1; ``tests/test_explore.py`` checks this.
+
+    Returns:
+        records ``kind, fraction, radius, norm_ratio, cosine, kl_to_ref, reward, dual,
+        status``.
+    """
+    from . import robust
+
+    if kind not in ("kl", "w1", "w2"):
+        raise ValueError(f"kind must be 'kl', 'w1' or 'w2', got {kind!r}")
+    fractions = [float(f) for f in fractions]
+    if any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be >= 0, got {fractions}")
+    pop = env.population(centered=True)
+    w_star = env.theta_star() - env.theta_ref
+    if kind == "kl":
+        rho0 = robust.collapse_radius_kl(pop, beta=env.beta)
+
+        def solve(radius):
+            return robust.solve_kl(pop, beta=env.beta, radius=radius)
+    else:
+        if not hasattr(robust, "solve_wasserstein"):
+            raise ValueError(f"kind {kind!r} needs loglinear.robust.solve_wasserstein, "
+                             "which is not available in this installation")
+        p = int(kind[1])
+        rho0 = robust.collapse_radius_wasserstein(pop, beta=env.beta, p=p)
+
+        def solve(radius):
+            return robust.solve_wasserstein(pop, beta=env.beta, radius=radius, p=p)
+    rows = []
+    for f in fractions:
+        res = solve(f * rho0)
+        w = np.asarray(res.theta, float)
+        theta = env.theta_ref + w
+        value = env.value(theta)
+        nw = float(np.linalg.norm(w))
+        cos = float(w @ w_star / (nw * np.linalg.norm(w_star))) if nw > 0 else 0.0
+        rows.append({"kind": kind, "fraction": f, "radius": f * rho0,
+                     "norm_ratio": nw / float(np.linalg.norm(w_star)), "cosine": cos,
+                     "kl_to_ref": value.kl, "reward": value.reward, "dual": float(res.dual),
+                     "status": res.status})
+    return rows

@@ -167,3 +167,129 @@ def plot_direction_variance(proj, *, title: str):
     ax.legend(fontsize=7, ncol=2, loc="lower right", framealpha=0.8)
     fig.tight_layout()
     return fig
+
+
+def _markers():
+    return ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def plot_error_vs_lambda(summary, *, title: str, prediction: str = "pred_sandwich"):
+    """RMSE against lambda_min (log-log), one panel per n, one colour per estimator; the
+    local prediction ``prediction`` (a column of ``explore.summarize_rates``) is drawn as a
+    dashed line of the same colour."""
+    import matplotlib.pyplot as plt
+
+    df = _frame(summary)
+    _require(df, ["n", "estimator", "lambda_min", "rmse", prediction])
+    ns = sorted(df.n.unique())
+    fig, axes = plt.subplots(1, len(ns), figsize=(4.8 * len(ns), 4.2), squeeze=False,
+                             sharey=True)
+    ests = sorted(df.estimator.unique())
+    colors = {e: plt.cm.tab10(i % 10) for i, e in enumerate(ests)}
+    for ax, n in zip(axes[0], ns):
+        for i, e in enumerate(ests):
+            sub = df[(df.n == n) & (df.estimator == e)].sort_values("lambda_min")
+            ax.plot(sub.lambda_min, sub.rmse, _markers()[i % 8], color=colors[e], label=e)
+            ok = sub[np.isfinite(sub[prediction])]
+            ax.plot(ok.lambda_min, ok[prediction], "--", color=colors[e], lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set(title=f"n = {n}", xlabel="λ_min(Σ) of the population")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("RMSE ‖ŵ − w‖ (markers); local prediction (dashed)")
+    axes[0][0].legend(fontsize=8, title="estimator", title_fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prediction_scatter(summary, *, title: str, prediction: str = "pred_sandwich"):
+    """Measured RMSE against the local prediction: colour = estimator, marker = n, with
+    the diagonal y = x."""
+    import matplotlib.pyplot as plt
+
+    df = _frame(summary)
+    _require(df, ["n", "estimator", "rmse", prediction])
+    df = df[np.isfinite(df[prediction]) & np.isfinite(df.rmse)]
+    if df.empty:
+        raise ValueError(f"no rows with both rmse and {prediction}")
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    ests, ns = sorted(df.estimator.unique()), sorted(df.n.unique())
+    for i, e in enumerate(ests):
+        for j, n in enumerate(ns):
+            sub = df[(df.estimator == e) & (df.n == n)]
+            ax.scatter(sub[prediction], sub.rmse, marker=_markers()[j % 8],
+                       color=plt.cm.tab10(i % 10), s=30, alpha=0.8,
+                       label=e if j == 0 else None)
+    lo = float(min(df[prediction].min(), df.rmse.min())) * 0.8
+    hi = float(max(df[prediction].max(), df.rmse.max())) * 1.25
+    ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="y = x")
+    for j, n in enumerate(ns):
+        ax.scatter([], [], marker=_markers()[j % 8], color="grey", label=f"n = {n}")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), title=title,
+           xlabel=f"predicted RMSE ({prediction.replace('pred_', '√tr ')}/n)",
+           ylabel="measured RMSE over seeds")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_against_lambda(records, *, y: str, hue: str, title: str, ylabel: str,
+                        style: str | None = None, references: dict | None = None):
+    """``y`` against lambda_min (log-log): colour = ``hue``, marker = ``style`` (rows with
+    equal hue and style are joined by a line), plus named reference curves
+    ``{label: (lambda_values, y_values)}`` drawn as dashed black lines."""
+    import matplotlib.pyplot as plt
+
+    df = _frame(records)
+    _require(df, ["lambda_min", y, hue] + ([style] if style else []))
+    fig, ax = plt.subplots(figsize=(6.6, 4.5))
+    hues = sorted(df[hue].unique())
+    styles = sorted(df[style].unique()) if style else [None]
+    for i, h in enumerate(hues):
+        for j, st in enumerate(styles):
+            sub = df[(df[hue] == h) & ((df[style] == st) if style else True)]
+            if sub.empty:
+                continue
+            sub = sub.sort_values("lambda_min")
+            ax.plot(sub.lambda_min, sub[y], _markers()[(j if style else i) % 8] + "-", lw=0.8,
+                    ms=5, color=plt.cm.tab10(i % 10), label=f"{h}" if j == 0 else None)
+    if style:
+        for j, st in enumerate(styles):
+            ax.plot([], [], _markers()[j % 8], color="grey", label=f"{style} {st}")
+    for label, (xs, ys) in (references or {}).items():
+        order = np.argsort(xs)
+        ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], "--", color="k", lw=1,
+                label=label)
+    ax.set(xscale="log", yscale="log", title=title, xlabel="λ_min(Σ) of the population",
+           ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bound_curves(summary, bounds: dict, *, title: str, ylim=None, ax=None):
+    """Measured RMSE against n (one colour per estimator) next to theory bound curves
+    ``{label: (n_values, bound_values)}`` (black, dashed styles), log-log."""
+    import matplotlib.pyplot as plt
+
+    df = _frame(summary)
+    _require(df, ["n", "estimator", "rmse"])
+    fig, ax = (plt.subplots(figsize=(6.6, 4.6)) if ax is None else (ax.figure, ax))
+    for i, (e, sub) in enumerate(df.groupby("estimator", sort=True)):
+        sub = sub.sort_values("n")
+        ax.plot(sub.n, sub.rmse, _markers()[i % 8] + "-", color=plt.cm.tab10(i % 10),
+                label=f"{e}: measured RMSE")
+    styles = ["--", "-.", ":", (0, (5, 1, 1, 1))]
+    for j, (label, (ns, vals)) in enumerate(bounds.items()):
+        ax.plot(ns, vals, linestyle=styles[j % 4], color="k", lw=1.2, label=label)
+    ax.set(xscale="log", yscale="log", title=title, xlabel="sample size n",
+           ylabel="error ‖ŵ − w‖₂")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7.5)
+    fig.tight_layout()
+    return fig

@@ -162,3 +162,85 @@ def test_views_return_labelled_figures():
         views.plot_lines(rows, x="concentration", y="lambda_min", title="t", ref_slope=-1)
     with pytest.raises(ValueError, match="no records"):
         views.plot_heatmap([], x="a", y="b", value="c", title="t")
+
+
+# ------------------------------------------------------------ lambda dependence
+def test_summarize_rates_by_hand():
+    rows = [dict(setting="a", estimator="dpo", n=100, seed=s, error=e, lambda_min=0.1,
+                 tr_hinv=4.0, tr_sandwich=9.0, schedule="none")
+            for s, e in enumerate([0.1, 0.2, np.nan, 0.4])]
+    (out,) = explore.summarize_rates(rows)
+    assert out["rmse"] == pytest.approx(np.sqrt((0.01 + 0.04 + 0.16) / 3))
+    assert (out["seeds"], out["failed"]) == (3, 1)
+    assert out["pred_hinv"] == pytest.approx(0.2)
+    assert out["pred_sandwich"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="lack columns"):
+        explore.summarize_rates([{"setting": "a"}])
+
+
+def test_collapse_radius_matches_direct_minimisation():
+    """rho_0 = -min_nu log E_q exp(nu . z), minimised here by BFGS from scratch."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    base = {"n_states": 4, "n_actions": 3, "dim": 2}
+    rows = explore.collapse_sweep(concentrations=[0.0, 3.0], base=base, seed=2)
+    for r in rows:
+        env = explore.random_env(np.random.default_rng(np.random.SeedSequence(2).spawn(1)[0]),
+                                 concentration=r["concentration"], **base)
+        pop = env.population(centered=True)
+        f = lambda nu, pop=pop: logsumexp(pop.z @ nu, b=pop.weight)
+        mean_z = float(np.linalg.norm(pop.weight @ pop.z))
+        if r["kind"] == "kl":
+            best = minimize(f, np.zeros(2), method="BFGS", options={"gtol": 1e-12})
+            assert r["collapse_radius"] == pytest.approx(-best.fun, rel=1e-6, abs=1e-10)
+        else:
+            # kappa = inf: W1 collapses at ||E z|| / 2 (closed form L + eps beta ||w||);
+            # W2 at ||E z|| (first-order penalty eps beta ||w|| sqrt(E sigma^2), sigma = 1/2)
+            want = mean_z / 2 if r["kind"] == "w1" else mean_z
+            assert r["collapse_radius"] == pytest.approx(want, rel=1e-9)
+        assert r["lambda_min"] == pytest.approx(env.coverage().lambda_min, abs=EIG_TOL)
+    assert {r["kind"] for r in rows} >= {"kl"}
+
+
+def test_kl_shrinkage_is_radial_with_closed_form_scale():
+    """Linear BT reward: the KL-robust population optimum is w* lambda*/(1 + lambda*)."""
+    env = explore.random_env(np.random.default_rng(1), n_states=5, n_actions=3, dim=2,
+                             reward_scale=1.5, concentration=1.0)
+    rows = explore.shrinkage_path(env, fractions=[0.0, 0.2, 0.7, 1.0, 1.5])
+    assert rows[0]["norm_ratio"] == pytest.approx(1.0, abs=1e-8)
+    assert rows[0]["kl_to_ref"] == pytest.approx(env.value(env.theta_star()).kl)
+    for r in rows[1:3]:
+        assert r["norm_ratio"] == pytest.approx(r["dual"] / (1 + r["dual"]), abs=1e-7)
+        assert r["cosine"] == pytest.approx(1.0, abs=1e-9)
+    for r in rows[3:]:
+        assert r["norm_ratio"] == 0.0 and r["kl_to_ref"] == pytest.approx(0.0, abs=1e-15)
+    ratios = [r["norm_ratio"] for r in rows]
+    assert all(a >= b for a, b in zip(ratios, ratios[1:]))
+    with pytest.raises(ValueError, match="kind"):
+        explore.shrinkage_path(env, fractions=[0.1], kind="tv")
+    with pytest.raises(ValueError, match="fractions"):
+        explore.shrinkage_path(env, fractions=[-0.1])
+
+
+def test_lambda_views_return_labelled_figures():
+    summary = [dict(setting=s, estimator=e, schedule="none", n=n, lambda_min=lam,
+                    rmse=1 / np.sqrt(n * lam), seeds=3, failed=0,
+                    pred_hinv=1.1 / np.sqrt(n * lam), pred_sandwich=1 / np.sqrt(n * lam))
+               for s, lam in (("a", 0.1), ("b", 0.01)) for e in ("dpo", "kl")
+               for n in (100, 1000)]
+    ns = np.array([100.0, 1000.0])
+    figs = [
+        views.plot_error_vs_lambda(summary, title="e"),
+        views.plot_prediction_scatter(summary, title="p"),
+        views.plot_against_lambda(summary, y="rmse", hue="estimator", title="a", ylabel="y",
+                                  references={"ref": (np.array([0.01, 0.1]),
+                                                      np.array([1.0, 0.1]))}),
+        views.plot_bound_curves([r for r in summary if r["setting"] == "a"],
+                                {"bound": (ns, 10 / ns ** 0.25)}, title="b"),
+    ]
+    for fig in figs:
+        ax = fig.axes[0]
+        assert ax.get_xlabel() and ax.get_ylabel()
+        assert ax.get_title() or fig._suptitle is not None
+        plt.close(fig)
