@@ -81,13 +81,15 @@ def _fit_kl(data, *, beta, param, bound):
 def _fit_w1(data, *, beta, param, bound):
     from ..robust import solve_wasserstein
 
-    return np.asarray(solve_wasserstein(data, beta=beta, radius=param, p=1).theta, float)
+    res = solve_wasserstein(data, beta=beta, radius=param, p=1, bound=bound)
+    return np.asarray(res.theta, float)
 
 
 def _fit_w2(data, *, beta, param, bound):
     from ..robust import solve_wasserstein
 
-    return np.asarray(solve_wasserstein(data, beta=beta, radius=param, p=2).theta, float)
+    res = solve_wasserstein(data, beta=beta, radius=param, p=2, bound=bound)
+    return np.asarray(res.theta, float)
 
 
 def _fit_wdpo(data, *, beta, param, bound):
