@@ -1,0 +1,221 @@
+r"""Neural policies in the finite environments: estimation error in policy space against n.
+
+For every setting and architecture (depth x width; depth 0 is log-linear):
+
+1. **Population optimum** (``targets.csv``): ``restarts`` L-BFGS runs from random inits on
+   the exact population (weights = atom probabilities). The best objective defines
+   :math:`\pi^\star_{arch}`; each restart row records its objective gap to the best, its
+   TV distance to the best policy (restart agreement), the Hessian spectrum at its
+   solution, and the best policy's TV distance to the log-linear :math:`\pi_{\theta^*}`.
+2. **Sample fits** (``records.csv``): for each n and seed, n pairs drawn as multinomial
+   counts (the same sample for every architecture), DPO fitted by L-BFGS from the
+   population optimum's parameters (the local estimator around the population optimum,
+   which side-steps the label-switching symmetries of MLPs), then
+   ``error = sqrt(KL(pi* || pi_hat))`` and ``tv`` averaged over states, the Hessian
+   spectrum (``hess_min``, ``hess_min_pos``: smallest eigenvalue above
+   ``NULL_RTOL * hess_max``, ``hess_null``: count below it) and the sample's coverage.
+
+The exponent of the error in n (with seed-bootstrap CIs, :mod:`loglinear.stats`) is
+computed by the report from these records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..estimation import coverage
+from .beyond_common import EnvSpec, Timer, environment, load, row_rng
+from .config import write_resolved
+from .records import RecordStore, read_records
+
+NULL_RTOL = 1e-6
+TARGET_KEY = ["setting", "arch", "restart"]
+TARGET_COLUMNS = TARGET_KEY + [
+    "depth", "width", "n_params", "objective", "objective_gap", "tv_to_best", "kl_to_best",
+    "tv_best_to_loglinear", "grad_norm", "iterations", "status", "hess_min", "hess_min_pos",
+    "hess_null", "hess_max", "lambda_min", "seconds"]
+KEY = ["setting", "arch", "n", "seed"]
+COLUMNS = KEY + [
+    "depth", "width", "n_params", "error", "kl", "tv", "objective", "grad_norm", "iterations",
+    "status", "hess_min", "hess_min_pos", "hess_null", "hess_max", "lambda_min",
+    "lambda_min_sample", "seconds"]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: ``depth`` hidden layers of ``width`` units (depth 0: log-linear)."""
+
+    depth: int
+    width: int = 16
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        if self.depth < 0 or self.width < 1:
+            raise ValueError(f"arch needs depth >= 0 and width >= 1, got {self}")
+
+    @property
+    def name(self) -> str:
+        return "loglinear" if self.depth == 0 else f"mlp{self.depth}x{self.width}"
+
+
+@dataclass(frozen=True)
+class NeuralConfig:
+    """The neural-policy study.
+
+    Attributes:
+        name: study name.
+        seed: master seed.
+        settings: environments (coverage varies with ``concentration``).
+        archs: architectures (``[[arch]]`` tables with depth, width, activation).
+        n: sample sizes.
+        seeds: replicates per (setting, n).
+        restarts: random restarts on the exact population.
+        init_scale: scale of the random initialisation.
+        max_iter: L-BFGS iterations per fit.
+        gtol: gradient tolerance.
+    """
+
+    name: str = "beyond_neural"
+    seed: int = 20261122
+    settings: tuple[EnvSpec, ...] = ()
+    archs: tuple[Arch, ...] = (Arch(0), Arch(1, 16), Arch(2, 16))
+    n: tuple[int, ...] = (300, 1000, 3000, 10000, 30000)
+    seeds: int = 6
+    restarts: int = 6
+    init_scale: float = 1.0
+    max_iter: int = 1500
+    gtol: float = 1e-8
+
+    def __post_init__(self):
+        object.__setattr__(self, "n", tuple(int(v) for v in self.n))
+        object.__setattr__(self, "archs", tuple(a if isinstance(a, Arch) else Arch(**a)
+                                                for a in self.archs))
+        if not self.settings or len({s.name for s in self.settings}) != len(self.settings):
+            raise ValueError("need at least one setting, with unique names")
+        if not self.archs or len({a.name for a in self.archs}) != len(self.archs):
+            raise ValueError("need at least one arch, with unique (depth, width)")
+        if len(self.n) < 2 or min(self.n) < 2 or self.seeds < 2 or self.restarts < 1:
+            raise ValueError("need >= 2 sample sizes >= 2, seeds >= 2 and restarts >= 1")
+        if not self.init_scale > 0 or self.max_iter < 1 or not self.gtol > 0:
+            raise ValueError("init_scale, max_iter and gtol must be positive")
+
+    @classmethod
+    def from_toml(cls, path) -> NeuralConfig:
+        return load(cls, path)
+
+
+def _hess(eigs) -> dict:
+    top = float(np.max(np.abs(eigs)))
+    thr = NULL_RTOL * max(top, 1e-300)
+    pos = eigs[eigs > thr]
+    return dict(hess_min=float(eigs[0]), hess_max=float(eigs[-1]),
+                hess_min_pos=float(pos[0]) if pos.size else float("nan"),
+                hess_null=int(np.sum(np.abs(eigs) <= thr)))
+
+
+def _policy(arch: Arch, dim: int):
+    from ..torch.neural import NeuralPolicy
+
+    return NeuralPolicy(dim, depth=arch.depth, width=arch.width, activation=arch.activation)
+
+
+def population_targets(config: NeuralConfig, spec: EnvSpec, arch: Arch):
+    """Restart rows for (setting, arch) and the best parameters."""
+    from ..torch import neural as nn
+
+    env = environment(spec, config.seed)
+    pop = env.population()
+    pairs = nn.PairTensors.from_data(pop, env.features)
+    pol = _policy(arch, env.dim)
+    lam = coverage(pop).lambda_min
+    fits, rows = [], []
+    for r in range(config.restarts):
+        t0 = time.perf_counter()
+        p0 = pol.init(row_rng(config.seed, spec.name, arch.name, "restart", r),
+                      scale=config.init_scale)
+        f = nn.fit(pol, pairs, beta=env.beta, params0=p0, max_iter=config.max_iter,
+                   gtol=config.gtol)
+        eigs = nn.hessian_eigs(pol, f.params, pairs, beta=env.beta)
+        fits.append(f)
+        rows.append(dict(setting=spec.name, arch=arch.name, restart=r, depth=arch.depth,
+                         width=arch.width * (arch.depth > 0), n_params=pol.n_params,
+                         objective=f.objective,
+                         grad_norm=f.grad_norm, iterations=f.iterations, status=f.status,
+                         lambda_min=lam, **_hess(eigs), seconds=time.perf_counter() - t0))
+    best = min(range(len(fits)), key=lambda i: fits[i].objective)
+    pi_best = pol.policy(fits[best].params, env.features)
+    tv_ll = nn.policy_divergence(env.policy(env.theta_star()), pi_best, env.state_dist)[1]
+    for f, row in zip(fits, rows):
+        kl, tv = nn.policy_divergence(pi_best, pol.policy(f.params, env.features),
+                                      env.state_dist)
+        row.update(objective_gap=f.objective - fits[best].objective, tv_to_best=tv,
+                   kl_to_best=kl, tv_best_to_loglinear=tv_ll)
+    return rows, fits[best].params
+
+
+def sample_row(config: NeuralConfig, spec: EnvSpec, arch: Arch, n: int, seed: int,
+               params_star) -> dict:
+    """One sample fit (the sample depends on (setting, n, seed) only, not on the arch)."""
+    from ..torch import neural as nn
+
+    t0 = time.perf_counter()
+    env = environment(spec, config.seed)
+    pol = _policy(arch, env.dim)
+    data = env.sample_counts(n, row_rng(config.seed, spec.name, n, seed))
+    pairs = nn.PairTensors.from_data(data, env.features)
+    f = nn.fit(pol, pairs, beta=env.beta, params0=params_star, max_iter=config.max_iter,
+               gtol=config.gtol)
+    pi_star = pol.policy(params_star, env.features)
+    kl, tv = nn.policy_divergence(pi_star, pol.policy(f.params, env.features), env.state_dist)
+    eigs = nn.hessian_eigs(pol, f.params, pairs, beta=env.beta)
+    return dict(setting=spec.name, arch=arch.name, n=n, seed=seed, depth=arch.depth,
+                width=arch.width * (arch.depth > 0), n_params=pol.n_params,
+                error=float(np.sqrt(kl)), kl=kl,
+                tv=tv, objective=f.objective, grad_norm=f.grad_norm, iterations=f.iterations,
+                status=f.status, **_hess(eigs), lambda_min=coverage(env.population()).lambda_min,
+                lambda_min_sample=coverage(data).lambda_min, seconds=time.perf_counter() - t0)
+
+
+def run(config: NeuralConfig, out) -> Path:
+    """Run (or resume) the study into ``out``; returns the records path."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved(config, out / "config.json")
+    with Timer(f"beyond neural study ({config.name})"):
+        with RecordStore(out / "targets.csv", TARGET_COLUMNS, TARGET_KEY) as targets, \
+                RecordStore(out / "records.csv", COLUMNS, KEY) as store:
+            for spec in config.settings:
+                for arch in config.archs:
+                    npz = out / f"optimum_{spec.name}_{arch.name}.npy"
+                    if npz.exists() and all(targets.done(dict(setting=spec.name,
+                                                              arch=arch.name, restart=r))
+                                            for r in range(config.restarts)):
+                        params_star = np.load(npz)
+                    else:
+                        rows, params_star = population_targets(config, spec, arch)
+                        np.save(npz, params_star)
+                        targets.write_many(rows)
+                    for n in config.n:
+                        for seed in range(config.seeds):
+                            key = dict(setting=spec.name, arch=arch.name, n=n, seed=seed)
+                            if not store.done(key):
+                                store.write(sample_row(config, spec, arch, n, seed,
+                                                       params_star))
+    return out / "records.csv"
+
+
+def main(config_path, out) -> Path:
+    return run(NeuralConfig.from_toml(config_path), out)
+
+
+def read(out):
+    """(records, targets) DataFrames of a finished or partial run."""
+    out = Path(out)
+    return read_records(out / "records.csv"), read_records(out / "targets.csv")
