@@ -386,10 +386,13 @@ def _execute(func, config, chunks, *, jobs, scheduler, desc, total, sink, progre
         bar.close()
 
 
+MAX_CHUNK = 8  # units per task: small enough that finished rows reach disk promptly
+
+
 def _chunks(items: list, parts: int) -> list[list]:
     if not items:
         return []
-    size = max(1, int(np.ceil(len(items) / parts)))
+    size = max(1, min(MAX_CHUNK, int(np.ceil(len(items) / parts))))
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
