@@ -21,6 +21,8 @@ the Schur-complement Hessian of the jointly convex g(theta, lambda):
 
 Collapse: with zero offsets every loss equals log 2 at theta = 0, and 0 is a robust
 minimiser iff rho >= rho_0 = -min_nu log sum_i q_i e^{nu . z_i} (z_i = (2y_i-1) x_i).
+The same holds at any theta_k where all margins tie (degenerate data with offsets, at
+most d + 1 affinely independent atoms): the solver returns theta_k there.
 """
 
 from __future__ import annotations
@@ -248,6 +250,28 @@ def _mgf_newton(zk, qk, *, max_iter):
     return rep.value, pk / pk.sum()
 
 
+def _equaliser(data, beta):
+    """A theta at which every weighted margin is equal (all losses tie), or None.
+
+    Such a point is a kink of V, as theta = 0 is with zero offsets; it exists only for
+    degenerate data (at most d + 1 affinely independent atoms). A random subset of
+    2(d + 1) atoms is tested first, since consistency of the full system implies theirs.
+    """
+    keep = np.flatnonzero(data.weight > 0)
+    a_mat = np.column_stack([beta * np.asarray(data.z)[keep], -np.ones(len(keep))])
+    rhs = beta * (data.sign * data.offset)[keep]
+    scale = max(1.0, float(np.abs(a_mat).max()), float(np.abs(rhs).max()))
+    k = 2 * (data.d + 1)
+    rows = [np.arange(len(keep))]
+    if len(keep) > k:
+        rows.insert(0, np.random.default_rng(0).choice(len(keep), k, replace=False))
+    for idx in rows:
+        sol = np.linalg.lstsq(a_mat[idx], rhs[idx], rcond=None)[0]
+        if np.abs(a_mat[idx] @ sol - rhs[idx]).max() > 1e-10 * scale:
+            return None
+    return sol[:-1]
+
+
 def collapse_radius_kl(data: PreferenceData, *, beta: float) -> float:
     r"""The KL radius at and beyond which the robust optimum is theta = 0 exactly.
 
@@ -329,19 +353,26 @@ def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float |
         theta, info = cvx_kl(data, beta=beta, radius=rho, bound=bound)
         ev = kl_value(theta, data, beta=beta, radius=rho)
         mu = info.pop("bound_multiplier", 0.0)
-        return _result(theta, data, beta, rho, bound, mu, "cvxpy-clarabel", t0, "converged",
-                       info, ev)
+        res = _result(theta, data, beta, rho, bound, mu, "cvxpy-clarabel", t0, "converged",
+                      info, ev)
+        if info["clarabel_status"] != "optimal" and res.status != "converged":
+            raise RobustSolverError(
+                f"Clarabel returned {info['clarabel_status']!r} and the exact KKT residual at "
+                f"its theta is {res.certificate:.3g} > {CERT_TOL}")
+        return res
     if rho == 0:
         fit = fit_dpo(data, beta=beta, bound=bound)
         return _result(fit.theta, data, beta, rho, bound, fit.bound_multiplier, "newton", t0,
                        "nominal", {"iterations": fit.iterations})
-    if zero_offset(data):
+    theta_k = np.zeros(data.d) if zero_offset(data) else _equaliser(data, beta)
+    if theta_k is not None:
         logm, pstar = _min_log_mgf(np.asarray(data.z), np.asarray(data.weight))
         rho0 = -logm
         if rho >= rho0 * (1 - COLLAPSE_RTOL):
-            theta = np.zeros(data.d)
+            theta = theta_k
             ev = kl_value(theta, data, beta=beta, radius=rho)
-            g = data.x.T @ (pstar * -sigmoid(0.0) * data.sign * beta)
+            g = data.x.T @ (-pstar * sigmoid(
+                -(data.sign * beta * (data.x @ theta - data.offset))) * data.sign * beta)
             return RobustResult(theta, ev.value, ev.dual, pstar, "collapsed",
                                 float(np.linalg.norm(g)), "closed-form",
                                 time.perf_counter() - t0, "kl", rho, beta, 1, np.inf, bound,

@@ -316,8 +316,14 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
 
         theta, info = cvx_w1(data, beta=beta, radius=eps, kappa=kappa, bound=bound)
         mu = info.pop("bound_multiplier", 0.0)
-        return _finish(theta, data, beta, eps, p, kappa, bound, mu, "cvxpy-clarabel", t0,
-                       "converged", info)
+        res = _finish(theta, data, beta, eps, p, kappa, bound, mu, "cvxpy-clarabel", t0,
+                      "converged", info)
+        if info["clarabel_status"] != "optimal" and (
+                np.isfinite(kappa) or res.status != "converged"):
+            raise RobustSolverError(
+                f"Clarabel returned {info['clarabel_status']!r} (KKT residual at its theta "
+                f"{res.certificate:.3g})")
+        return res
     if eps == 0:
         fit = fit_dpo(data, beta=beta, bound=bound)
         return _finish(fit.theta, data, beta, eps, p, kappa, bound, fit.bound_multiplier,

@@ -1,0 +1,217 @@
+"""KL-DRO DPO: the exact value against an independent primal, the solvers against each other,
+and the structural identities (radius 0, monotonicity, duplicates, flips, collapse)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FD_RTOL, NEWTON_THETA_TOL, SOLVER_OBJ_RTOL, SOLVER_THETA_TOL
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import preference_data
+
+from loglinear import PreferenceData, fit_dpo
+from loglinear.losses import dpo_loss
+from loglinear.robust import collapse_radius_kl, kl_value, solve_kl
+
+PRIMAL_TOL = 1e-6      # cvxpy primal (Clarabel, 1e-8 defaults) vs the exact dual
+FD_STEP = 1e-6
+
+small = preference_data(n_min=3, n_max=8, d_max=3)
+fractions = st.sampled_from([0.05, 0.2, 0.5, 0.8])
+
+
+def _primal_cvxpy(losses, q, rho):
+    """sup_{KL(p||q) <= rho} p . l, solved in the primal: an independent reference."""
+    import cvxpy as cp
+
+    p = cp.Variable(len(q), nonneg=True)
+    prob = cp.Problem(cp.Maximize(losses @ p),
+                      [cp.sum(p) == 1, cp.sum(cp.kl_div(p, q)) <= rho])
+    prob.solve(solver=cp.CLARABEL)
+    return prob.value
+
+
+@settings(deadline=None)
+@given(data=small, seed=st.integers(0, 2**16), rho=st.sampled_from([0.01, 0.1, 0.5, 3.0]))
+def test_kl_value_matches_primal(data, seed, rho):
+    theta = np.random.default_rng(seed).normal(size=data.d)
+    ev = kl_value(theta, data, beta=1.0, radius=rho)
+    ref = _primal_cvxpy(dpo_loss(theta, data, beta=1.0), data.weight, rho)
+    assert ev.value == pytest.approx(ref, rel=PRIMAL_TOL, abs=PRIMAL_TOL)
+    assert ev.primal == pytest.approx(ev.value, rel=1e-10)
+    assert ev.divergence <= rho * (1 + 1e-9)
+
+
+def test_kl_value_degenerate_regime_is_max_loss():
+    x = np.array([[1.0], [0.5], [-0.3]])
+    data = PreferenceData(x, np.array([0.0, 1.0, 1.0]), weight=np.array([0.2, 0.5, 0.3]))
+    theta = np.array([2.0])
+    losses = dpo_loss(theta, data, beta=1.0)
+    k = int(np.argmax(losses))
+    threshold = -np.log(data.weight[k])
+    for rho in (threshold, threshold + 1.0):
+        ev = kl_value(theta, data, beta=1.0, radius=rho)
+        assert ev.dual == 0.0 and ev.degenerate
+        assert ev.value == losses[k]
+        assert ev.weights[k] == 1.0
+    ev = kl_value(theta, data, beta=1.0, radius=threshold * (1 - 1e-6))
+    assert 0 < ev.dual < np.inf and ev.value < losses[k]
+
+
+@settings(deadline=None)
+@given(data=small, seed=st.integers(0, 2**16), rho=st.sampled_from([0.02, 0.3]))
+def test_kl_grad_and_hessian_match_finite_differences(data, seed, rho):
+    theta = np.random.default_rng(seed).normal(size=data.d)
+    ev = kl_value(theta, data, beta=1.0, radius=rho, hessian=True)
+    if ev.degenerate:
+        return
+    fd = np.array([(kl_value(theta + FD_STEP * e, data, beta=1.0, radius=rho).value
+                    - kl_value(theta - FD_STEP * e, data, beta=1.0, radius=rho).value)
+                   / (2 * FD_STEP) for e in np.eye(data.d)])
+    np.testing.assert_allclose(ev.grad, fd, rtol=FD_RTOL * 100, atol=1e-7)
+    fdh = np.array([(kl_value(theta + FD_STEP * e, data, beta=1.0, radius=rho).grad
+                     - kl_value(theta - FD_STEP * e, data, beta=1.0, radius=rho).grad)
+                    / (2 * FD_STEP) for e in np.eye(data.d)])
+    np.testing.assert_allclose(ev.hess, fdh, rtol=1e-4, atol=1e-6)
+
+
+@settings(deadline=None)
+@given(data=preference_data(n_min=5, n_max=8, d_max=3, with_offset=True),
+       rho=st.sampled_from([0.01, 0.05, 0.2]))
+def test_newton_agrees_with_cvxpy(data, rho):
+    a = solve_kl(data, beta=1.0, radius=rho, method="newton")
+    b = solve_kl(data, beta=1.0, radius=rho, method="cvxpy")
+    assert a.objective == pytest.approx(b.objective, rel=SOLVER_OBJ_RTOL)
+    np.testing.assert_allclose(a.theta, b.theta, atol=SOLVER_THETA_TOL)
+    assert a.verify() and b.verify()
+    assert a.certificate <= 1e-8
+
+
+@settings(deadline=None)
+@given(data=small, frac=fractions)
+def test_invariances(data, frac):
+    rho = frac * collapse_radius_kl(data, beta=1.0)
+    base = solve_kl(data, beta=1.0, radius=rho)
+    assert base.verify()
+    # radius 0 is DPO, and the robust value is at least the nominal loss
+    fit = fit_dpo(data, beta=1.0)
+    zero = solve_kl(data, beta=1.0, radius=0.0)
+    np.testing.assert_allclose(zero.theta, fit.theta, atol=NEWTON_THETA_TOL)
+    assert base.objective >= fit.objective - 1e-12
+    # swapping a1/a2 with y flipped leaves everything unchanged
+    flipped = solve_kl(data.flip(), beta=1.0, radius=rho)
+    np.testing.assert_allclose(flipped.theta, base.theta, atol=NEWTON_THETA_TOL)
+    assert flipped.objective == pytest.approx(base.objective, rel=1e-12)
+    # duplicating row 0 is the same as doubling its weight
+    dup_w = np.append(data.weight, data.weight[0])
+    dup = PreferenceData(np.vstack([data.x, data.x[:1]]), np.append(data.y, data.y[0]),
+                         weight=dup_w, normalize=True)
+    dbl_w = data.weight.copy()
+    dbl_w[0] *= 2
+    dbl = data.with_weight(dbl_w, normalize=True)
+    a, b = solve_kl(dup, beta=1.0, radius=rho), solve_kl(dbl, beta=1.0, radius=rho)
+    np.testing.assert_allclose(a.theta, b.theta, atol=NEWTON_THETA_TOL)
+    assert a.objective == pytest.approx(b.objective, rel=1e-10)
+
+
+@settings(deadline=None)
+@given(data=small)
+def test_value_is_monotone_and_concave_in_radius(data):
+    rho0 = collapse_radius_kl(data, beta=1.0)
+    radii = rho0 * np.array([0.0, 0.2, 0.4, 0.6])
+    vals = np.array([solve_kl(data, beta=1.0, radius=r).objective for r in radii])
+    assert np.all(np.diff(vals) >= -1e-12)
+    # equally spaced radii: concavity means nonincreasing increments
+    assert np.all(np.diff(vals, 2) <= 1e-10)
+
+
+@settings(deadline=None)
+@given(data=small)
+def test_collapse_radius(data):
+    rho0 = collapse_radius_kl(data, beta=1.0)
+    assert np.isfinite(rho0) and rho0 > 0
+    for rho in (rho0, 1.5 * rho0):
+        res = solve_kl(data, beta=1.0, radius=rho)
+        assert res.status == "collapsed" and np.all(res.theta == 0)
+        assert res.verify() and res.certificate <= 1e-10
+    below = solve_kl(data, beta=1.0, radius=0.9 * rho0)
+    assert np.linalg.norm(below.theta) > 1e-6
+    assert below.objective < np.log(2)
+
+
+def test_collapse_radius_by_brute_force_in_one_dimension():
+    z = np.array([[1.0], [-0.5], [0.8], [-1.2]])
+    q = np.array([0.3, 0.3, 0.2, 0.2])
+    data = PreferenceData(z, np.ones(4), weight=q)
+    nus = np.linspace(-10, 10, 200001)
+    brute = -np.min(np.log(np.exp(np.outer(nus, z[:, 0])) @ q))
+    assert collapse_radius_kl(data, beta=0.7) == pytest.approx(brute, abs=1e-9)
+    # strictly separable data never collapse
+    sep = PreferenceData(np.abs(z), np.ones(4), weight=q)
+    assert collapse_radius_kl(sep, beta=1.0) == np.inf
+
+
+def test_brute_force_grid_in_one_dimension():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (12, 1))
+    y = (rng.random(12) < 0.6).astype(float)
+    data = PreferenceData(np.vstack([x, x]), np.concatenate([y, 1 - y]),
+                          weight=np.r_[np.full(12, 0.7), np.full(12, 0.3)], normalize=True)
+    rho = 0.3 * collapse_radius_kl(data, beta=2.0)
+    res = solve_kl(data, beta=2.0, radius=rho)
+    grid = res.theta[0] + np.linspace(-0.5, 0.5, 2001)
+    vals = [kl_value(np.array([g]), data, beta=2.0, radius=rho).value for g in grid]
+    assert res.objective <= min(vals) + 1e-12
+    assert abs(grid[int(np.argmin(vals))] - res.theta[0]) <= 1e-3
+
+
+def test_separable_data_needs_a_bound():
+    from loglinear import SeparableDataError
+
+    x = np.array([[1.0, 0.2], [0.5, -0.3], [0.8, 0.1]])
+    data = PreferenceData(x, np.ones(3))
+    with pytest.raises(SeparableDataError):
+        solve_kl(data, beta=1.0, radius=0.1)
+    res = solve_kl(data, beta=1.0, radius=0.1, bound=2.0)
+    assert np.linalg.norm(res.theta) == pytest.approx(2.0, rel=1e-9)
+    ref = solve_kl(data, beta=1.0, radius=0.1, bound=2.0, method="cvxpy")
+    assert res.objective == pytest.approx(ref.objective, rel=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"radius": -0.1}, "radius"),
+    ({"radius": np.nan}, "radius"),
+    ({"radius": 0.1, "method": "bogus"}, "method"),
+    ({"radius": 0.1, "bound": -1.0}, "bound"),
+    ({"radius": 0.1, "beta": 0.0}, "beta"),
+])
+def test_bad_input(kwargs, match):
+    data = PreferenceData(np.array([[1.0], [-1.0]]), np.array([1.0, 1.0]))
+    kwargs = {"beta": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        solve_kl(data, **kwargs)
+
+
+def test_collapse_radius_needs_zero_offsets():
+    data = PreferenceData(np.array([[1.0], [-1.0]]), np.array([1.0, 1.0]),
+                          offset=np.array([0.1, 0.0]))
+    with pytest.raises(ValueError, match="offset"):
+        collapse_radius_kl(data, beta=1.0)
+
+
+def test_kink_away_from_zero_with_offsets():
+    """Three atoms in d = 3 with offsets: all margins tie at one theta_k != 0, a kink."""
+    rng = np.random.default_rng(11)
+    x0 = rng.normal(size=(3, 3))
+    o0 = rng.normal(size=3)
+    x = np.vstack([x0, x0, -x0])
+    y = np.r_[0.0, 0, 1, 1, 1, 0, 0, 0, 1]
+    data = PreferenceData(x, y, np.r_[o0, o0, -o0], rng.uniform(0.2, 1, 9), normalize=True)
+    theta_k = np.linalg.solve(x0, o0)          # theta . x_i = o_i: every margin is 0
+    rho0 = collapse_radius_kl(data.centered(), beta=1.0)
+    res = solve_kl(data, beta=1.0, radius=1.01 * rho0)
+    np.testing.assert_allclose(res.theta, theta_k, atol=1e-10)
+    assert res.objective == pytest.approx(np.log(2), rel=1e-12) and res.verify()
+    below = solve_kl(data, beta=1.0, radius=0.5 * rho0)
+    assert below.objective < np.log(2) and below.certificate <= 1e-8
