@@ -1,5 +1,6 @@
-r"""Training for the preference-shift study: one objective per method (a registry), and a
-resumable LoRA / full fine-tuning loop over pre-tokenised preference pairs.
+r"""Training for the preference-shift study: a resumable LoRA / full fine-tuning loop over
+pre-tokenised preference pairs, with a wall-clock deadline. The objectives come from the
+shared registry :mod:`loglinear.torch.objectives` (looked up by the method's kind).
 
 Objectives (paper.md section 4; the formulas live in :mod:`loglinear.torch.losses`):
 
@@ -26,49 +27,20 @@ import csv
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .losses import dpo_loss, kldpo_objective, kldpo_weights
-from .penalty import wdpo_losses
-from .sequence import PairBatch, logratios, pair_logps
+from .objectives import ObjectiveOutput, batch_objective
+from .sequence import PairBatch
 
 
-@dataclass
-class Terms:
-    """One step's scalar objective, per-pair losses (B,), policy log-probs (2B,), extras."""
+def method_objective(model, batch: PairBatch, method, *, beta: float) -> ObjectiveOutput:
+    """The method's objective on one batch, from the shared registry
+    (:func:`loglinear.torch.objectives.batch_objective`); KLDPO weights over the minibatch."""
+    return batch_objective(model, batch, objective=method.kind, beta=beta, **method.kwargs())
 
-    objective: torch.Tensor
-    losses: torch.Tensor
-    logps: torch.Tensor
-    extra: dict
-
-
-def dpo_terms(model, batch: PairBatch, *, beta: float) -> Terms:
-    out = pair_logps(model, batch)
-    losses = dpo_loss(*logratios(out.logps, batch.ref_logps), beta=beta)
-    return Terms(losses.mean(), losses, out.logps, {})
-
-
-def wdpo_terms(model, batch: PairBatch, *, beta: float, rho: float, form: str) -> Terms:
-    t = wdpo_losses(model, batch, beta=beta)
-    return Terms(t.objective(rho=rho, form=form), t.losses, t.logps,
-                 {"grad_sq": float(t.grad_sq_norms.detach().mean())})
-
-
-def kldpo_terms(model, batch: PairBatch, *, beta: float, tau: float, form: str) -> Terms:
-    out = pair_logps(model, batch)
-    losses = dpo_loss(*logratios(out.logps, batch.ref_logps), beta=beta)
-    w = kldpo_weights(losses, tau=tau, form=form)
-    scale = len(w) if form == "paper" else 1.0  # report weights relative to uniform = 1
-    return Terms(kldpo_objective(losses, tau=tau, form=form, weights=w), losses, out.logps,
-                 {"weight_max": float(w.max()) * scale})
-
-
-METHODS = {"dpo": dpo_terms, "wdpo": wdpo_terms, "kldpo": kldpo_terms}
 
 LOG_COLUMNS = ["step", "epoch", "objective", "loss", "chosen_logp", "rejected_logp",
                "chosen_logratio", "rejected_logratio", "accuracy", "grad_sq", "weight_max",
@@ -140,7 +112,6 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
     """
     if pairs.ref_logps is None:
         raise ValueError("pairs need precomputed ref_logps")
-    objective = METHODS[method.kind]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final, ckpt, log_path = run_dir / "final.pt", run_dir / "checkpoint.pt", \
@@ -176,11 +147,11 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
             t0 = time.perf_counter()
             batch = pairs.select(steps[step]).to(device)
             with autocast(device, dtype):
-                terms = objective(model, batch, beta=beta, **method.kwargs())
-            if not torch.isfinite(terms.objective):
+                terms = method_objective(model, batch, method, beta=beta)
+            if not torch.isfinite(terms.loss):
                 raise FloatingPointError(f"{method.name}: non-finite objective at step {step}")
             opt.zero_grad(set_to_none=True)
-            terms.objective.backward()
+            terms.loss.backward()
             opt.step()
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -209,15 +180,19 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
     return {"done": False, "step": step, **_totals(log_path)}
 
 
-def _log_row(step, epoch, terms: Terms, batch: PairBatch, seconds) -> list:
+def _log_row(step, epoch, terms: ObjectiveOutput, batch: PairBatch, seconds) -> list:
     b = batch.n_pairs
+    g = "" if terms.grad_sq_norms is None else float(terms.grad_sq_norms.detach().mean())
+    w = ""
+    if terms.weights is not None:  # relative to uniform: paper weights sum to 1
+        w = float(terms.weights.max()) * (b if abs(float(terms.weights.sum()) - 1) < 1e-4
+                                          else 1.0)
     logps = terms.logps.detach().float()
     ref = batch.ref_logps.float()
     c, r = logps[:b] - ref[:b], logps[b:] - ref[b:]
-    return [step, epoch, float(terms.objective.detach()), float(terms.losses.detach().mean()),
+    return [step, epoch, float(terms.loss.detach()), float(terms.losses.detach().mean()),
             float(logps[:b].mean()), float(logps[b:].mean()), float(c.mean()), float(r.mean()),
-            float((c > r).float().mean()), terms.extra.get("grad_sq", ""),
-            terms.extra.get("weight_max", ""), repr(seconds), b,
+            float((c > r).float().mean()), g, w, repr(seconds), b,
             int(batch.attention_mask.sum())]
 
 

@@ -14,7 +14,7 @@ from loglinear.torch import shift_data as sd
 from loglinear.torch import shift_eval as se
 from loglinear.torch import shift_train as st
 from loglinear.torch.models import byte_tokenizer, tiny_model
-from loglinear.torch.sequence import collate_pairs
+from loglinear.torch.sequence import collate_pairs, pair_logps
 from loglinear.torch.shift_config import ShiftConfig, parse_method
 
 BT_SIGMAS = 4.0  # label frequencies within 4 binomial standard errors (fixed seed)
@@ -150,17 +150,19 @@ def _pairs(tok, n=6):
     return collate_pairs(prompts, ch, rj, pad_token_id=tok.pad_token_id)
 
 
-def test_objectives_at_reference_and_rho_zero(tiny):
+def test_method_objectives_at_reference_and_rho_zero(tiny):
+    # at the reference (policy = ref) every pair has DPO loss log 2, KLDPO weights are
+    # uniform, and WDPO with rho = 0 is DPO
     model, tok = tiny
     pairs = _pairs(tok)
-    lp = torch.cat([st.pair_logps(model, pairs).logps.detach()])
-    batch = pairs.with_ref(lp)
-    dpo = st.dpo_terms(model, batch, beta=0.1)
-    assert torch.allclose(dpo.losses, torch.full((6,), math.log(2.0)), atol=1e-6)
-    kl = st.kldpo_terms(model, batch, beta=0.1, tau=0.5, form="paper")
-    assert math.isclose(float(kl.objective.detach()), math.log(2.0), rel_tol=1e-6)
-    w0 = st.wdpo_terms(model, batch, beta=0.1, rho=0.0, form="official")
-    assert math.isclose(float(w0.objective.detach()), float(dpo.objective.detach()), rel_tol=1e-6)
+    batch = pairs.with_ref(pair_logps(model, pairs).logps.detach())
+    obj = lambda m: float(st.method_objective(model, batch, parse_method(m), beta=0.1)
+                          .loss.detach())
+    assert math.isclose(obj("dpo"), math.log(2.0), rel_tol=1e-6)
+    assert math.isclose(obj("kldpo-paper:0.5"), math.log(2.0), rel_tol=1e-6)
+    assert math.isclose(obj("kldpo-official:0.5"), math.log(2.0), rel_tol=1e-6)
+    assert math.isclose(obj("wdpo-official:0"), obj("dpo"), rel_tol=1e-6)
+    assert obj("wdpo-paper:1") > obj("dpo")
     assert parse_method("wdpo-official:0").kwargs() == {"rho": 0.0, "form": "official"}
     with pytest.raises(ValueError, match="cannot parse|unknown"):
         parse_method("wdpo:1")
@@ -183,7 +185,7 @@ def test_resume_is_exact(tiny, tmp_path, monkeypatch):
     def fresh():
         m = tiny_model("llama", tokenizer=tok, hidden_size=16, num_layers=1, num_heads=2,
                        seed=0)
-        ref = st.pair_logps(m, pairs).logps.detach()
+        ref = pair_logps(m, pairs).logps.detach()
         return st.add_lora(m, r=2, alpha=4.0, targets="all-linear", seed=1), ref
 
     kw = dict(method=parse_method("kldpo-paper:0.5"), beta=0.1, lr=1e-2, batch_size=2,
