@@ -1,0 +1,229 @@
+r"""Gradient stability of DPO, WDPO and KLDPO under a controlled preference shift.
+
+Training pairs are labelled by the reward :math:`r_\alpha = \alpha r + (1-\alpha) r'`
+(``conditions``: alpha = 1 is the clean training reward, alpha = 0.5 the paper-style
+50/50 mixture with a shifted reward r'). Each (setting, condition, arch, method, seed)
+trains a neural policy (:mod:`loglinear.torch.neural`; depth 0 = log-linear) by plain
+minibatch SGD from the same initialisation, with the method's minibatch objective:
+
+* ``dpo``: mean loss; ``wdpo``: mean loss + rho (mean g_i)^{1/2} (paper form, g_i the
+  squared input gradient); ``kldpo``: tau log mean e^{l/tau}, whose gradient is
+  Algorithm 2's with weights normalised over the minibatch.
+
+Every ``every`` steps it records, at the current parameters:
+
+* ``grad_norm``: the full-data gradient norm of the method's objective;
+* ``grad_var``: the total variance :math:`E\|\hat g_B - E\hat g_B\|^2` of the minibatch
+  gradient, estimated from ``n_batches`` fresh minibatches
+  (:func:`loglinear.stability.empirical_variance`); with plain SGD the update variance is
+  lr^2 grad_var. ``grad_var_rel`` divides by the squared norm of the mean minibatch gradient;
+* ``penalty``: the method's own penalty on the full data (WDPO: rho G; KLDPO: the robust
+  premium :math:`\tau\log\sum q e^{l/\tau} - \sum q l \ge 0`; DPO: 0) and ``grad_x_rms``
+  :math:`G/\rho = (\sum_i q_i\|\nabla_x l_i\|^2)^{1/2}` for every method;
+* ``loss``: the full-data DPO loss and ``ess``: the ESS fraction of the KLDPO weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..stability import effective_sample_size, empirical_variance
+from .beyond_common import EnvSpec, Timer, environment, load, mixture, row_rng
+from .beyond_neural import Arch
+from .config import write_resolved
+from .records import RecordStore
+
+KEY = ["setting", "alpha", "arch", "method", "hyper", "seed", "step"]
+COLUMNS = KEY + ["lr", "batch_size", "loss", "objective", "grad_norm", "grad_var",
+                 "grad_var_rel", "mb_grad_norm", "penalty", "grad_x_rms", "ess", "seconds"]
+METHODS = ("dpo", "wdpo", "kldpo")
+
+
+@dataclass(frozen=True)
+class StabilityConfig:
+    """The gradient-stability study.
+
+    Attributes:
+        name, seed: study name and master seed.
+        settings: environments.
+        archs: architectures (depth 0 = log-linear).
+        alphas: label-reward mixtures (1 = clean, 0.5 = 50/50 shift).
+        methods: subset of ``("dpo", "wdpo", "kldpo")``.
+        rho: WDPO penalty weights (paper form); tau: KLDPO temperatures (one run each).
+        n: training pairs; batch_size: minibatch size (drawn with replacement).
+        steps: SGD steps; every: record every this many steps; lr: SGD step size.
+        n_batches: minibatches per variance estimate.
+        init_scale: random init scale of MLPs (depth 0 starts at theta_ref).
+    """
+
+    name: str = "beyond_stability"
+    seed: int = 20261122
+    settings: tuple[EnvSpec, ...] = ()
+    archs: tuple[Arch, ...] = (Arch(0), Arch(1, 16))
+    alphas: tuple[float, ...] = (1.0, 0.5)
+    methods: tuple[str, ...] = METHODS
+    rho: tuple[float, ...] = (0.05, 0.2)
+    tau: tuple[float, ...] = (1.0, 0.1)
+    n: int = 2000
+    batch_size: int = 32
+    steps: int = 400
+    every: int = 50
+    lr: float = 0.5
+    n_batches: int = 32
+    seeds: int = 3
+    init_scale: float = 0.5
+
+    def __post_init__(self):
+        object.__setattr__(self, "archs", tuple(a if isinstance(a, Arch) else Arch(**a)
+                                                for a in self.archs))
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        object.__setattr__(self, "rho", tuple(float(v) for v in np.atleast_1d(self.rho)))
+        object.__setattr__(self, "tau", tuple(float(v) for v in np.atleast_1d(self.tau)))
+        if not self.settings or len({s.name for s in self.settings}) != len(self.settings):
+            raise ValueError("need at least one setting, with unique names")
+        bad = sorted(set(self.methods) - set(METHODS))
+        if bad or not self.methods:
+            raise ValueError(f"unknown methods {bad}; allowed: {list(METHODS)}")
+        if any(not 0 <= a <= 1 for a in self.alphas) or not self.alphas:
+            raise ValueError("alphas must lie in [0, 1]")
+        if not (min(self.rho) >= 0 and min(self.tau) > 0 and self.lr > 0
+                and self.init_scale > 0):
+            raise ValueError("need rho >= 0, tau > 0, lr > 0 and init_scale > 0")
+        if self.n < 2 or not 1 <= self.batch_size <= self.n or self.n_batches < 2:
+            raise ValueError("need n >= 2, 1 <= batch_size <= n and n_batches >= 2")
+        if self.steps < 1 or not 1 <= self.every <= self.steps or self.seeds < 1:
+            raise ValueError("need steps >= 1, 1 <= every <= steps and seeds >= 1")
+
+    def hypers(self, method: str) -> tuple[float, ...]:
+        return {"dpo": (0.0,), "wdpo": self.rho, "kldpo": self.tau}[method]
+
+    @classmethod
+    def from_toml(cls, path) -> StabilityConfig:
+        return load(cls, path)
+
+
+def _grad(nn, name, pol, params, pairs, beta, hyper):
+    import torch
+
+    p = params.detach().clone().requires_grad_(True)
+    v = nn.objective(name, pol, p, pairs, beta=beta, hyper=hyper)
+    (g,) = torch.autograd.grad(v, p)
+    return float(v.detach()), g
+
+
+def minibatch_gradients(name: str, policy, params, pairs, *, beta: float, hyper: float,
+                        batch_size: int, n_batches: int, rng: np.random.Generator):
+    """(K, p) minibatch gradients of the named objective at fixed params (i.i.d. batches)."""
+    from ..torch import neural as nn
+
+    n = pairs.sign.shape[0]
+    out = []
+    for _ in range(int(n_batches)):
+        idx = rng.integers(0, n, size=int(batch_size))
+        out.append(_grad(nn, name, policy, params, pairs.subset(idx), beta, hyper)[1].numpy())
+    return np.stack(out)
+
+
+def _diagnostics(config, nn, pol, params, pairs, beta, method, hyper, rng) -> dict:
+    import torch
+
+    obj, g = _grad(nn, method, pol, params, pairs, beta, hyper)
+    mb = minibatch_gradients(method, pol, params, pairs, beta=beta, hyper=hyper,
+                             batch_size=config.batch_size, n_batches=config.n_batches, rng=rng)
+    var = empirical_variance(mb)
+    mean_norm2 = float(np.sum(mb.mean(0) ** 2))
+    losses, gx = nn.pair_losses(pol, params.detach(), pairs, beta=beta, input_grads=True)
+    q = pairs.weight
+    loss = float((q * losses).sum().detach())
+    gx_rms = float(torch.sqrt((q * gx).sum()).detach())
+    with torch.no_grad():
+        tau = hyper if method == "kldpo" else config.tau[0]
+        lse = tau * torch.logsumexp(torch.log(q) + losses / tau, dim=0)
+        w = torch.softmax(torch.log(q) + losses / tau, dim=0)
+    penalty = {"dpo": 0.0, "wdpo": hyper * gx_rms, "kldpo": float(lse) - loss}[method]
+    return dict(loss=loss, objective=obj, grad_norm=float(g.norm()),
+                grad_var=var, grad_var_rel=var / mean_norm2 if mean_norm2 > 0 else float("nan"),
+                mb_grad_norm=float(np.mean(np.linalg.norm(mb, axis=1))), penalty=penalty,
+                grad_x_rms=gx_rms, ess=effective_sample_size(w.numpy(), q.numpy()))
+
+
+def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
+               method: str, hyper: float, seed: int) -> list[dict]:
+    """One SGD run with its diagnostics every ``every`` steps (step 0 included)."""
+    import torch
+
+    from ..torch import neural as nn
+
+    env = environment(spec, config.seed)
+    env_a = env.with_reward(mixture(spec, config.seed, alpha))
+    data = env_a.sample(config.n, row_rng(config.seed, spec.name, "data", round(1000 * alpha),
+                                          seed))
+    pairs = nn.PairTensors.from_data(data, env.features)
+    pol = nn.NeuralPolicy(env.dim, depth=arch.depth, width=arch.width,
+                          activation=arch.activation)
+    if arch.depth == 0:
+        p0 = env.theta_ref.copy()
+    else:
+        p0 = pol.init(row_rng(config.seed, spec.name, arch.name, seed), scale=config.init_scale)
+    params = torch.tensor(p0, dtype=torch.float64)
+    # common random numbers: every method sees the same minibatch indices
+    train_rng = row_rng(config.seed, spec.name, "batches", round(1000 * alpha), seed)
+    diag_rng = row_rng(config.seed, spec.name, "diag", round(1000 * alpha), seed)
+    rows, t0 = [], time.perf_counter()
+    base = dict(setting=spec.name, alpha=alpha, arch=arch.name, method=method, hyper=hyper,
+                seed=seed,
+                lr=config.lr, batch_size=config.batch_size)
+    for step in range(config.steps + 1):
+        if step % config.every == 0:
+            d = _diagnostics(config, nn, pol, params, pairs, env.beta, method, hyper,
+                             diag_rng)
+            rows.append(dict(base, step=step, **d, seconds=time.perf_counter() - t0))
+        if step == config.steps:
+            break
+        idx = train_rng.integers(0, config.n, size=config.batch_size)
+        _, g = _grad(nn, method, pol, params, pairs.subset(idx), env.beta, hyper)
+        params = params - config.lr * g
+        if not bool(torch.isfinite(params).all()):
+            rows.append(dict(base, step=step + 1, objective=float("nan"),
+                             seconds=time.perf_counter() - t0))
+            break
+    return rows
+
+
+def _complete(row: dict) -> dict:
+    return {c: row.get(c, float("nan")) for c in COLUMNS}
+
+
+def run(config: StabilityConfig, out) -> Path:
+    """Run (or resume) the study into ``out/records.csv``; returns that path."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved(config, out / "config.json")
+    with Timer(f"beyond stability study ({config.name})"), \
+            RecordStore(out / "records.csv", COLUMNS, KEY) as store:
+        for spec in config.settings:
+            for alpha in config.alphas:
+                for arch in config.archs:
+                    for method in config.methods:
+                        for hyper in config.hypers(method):
+                            for seed in range(config.seeds):
+                                last = dict(setting=spec.name, alpha=alpha, arch=arch.name,
+                                            method=method, hyper=hyper, seed=seed,
+                                            step=config.steps - config.steps % config.every)
+                                if store.done(last):
+                                    continue
+                                for row in train_rows(config, spec, alpha, arch, method,
+                                                      hyper, seed):
+                                    store.write(_complete(row))
+    return out / "records.csv"
+
+
+def main(config_path, out) -> Path:
+    return run(StabilityConfig.from_toml(config_path), out)
