@@ -324,3 +324,89 @@ def shrinkage_path(env: LogLinearEnv, *, fractions: Sequence[float], kind: str =
                      "kl_to_ref": value.kl, "reward": value.reward, "dual": float(res.dual),
                      "status": res.status})
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# exact robust solutions against the paper's surrogates
+# --------------------------------------------------------------------------------------
+
+def _exact_value(kind: str, theta, data, beta: float, radius: float) -> float:
+    from . import robust
+
+    if kind == "kl":
+        return float(robust.kl_value(theta, data, beta=beta, radius=radius).value)
+    return float(robust.wasserstein_value(theta, data, beta=beta, radius=radius,
+                                          p=int(kind[1])).value)
+
+
+def wasserstein_surrogate_sweep(data, *, beta: float, fractions: Sequence[float]
+                                ) -> list[dict]:
+    r"""Exact W1/W2 solutions and the WDPO surrogates at the same radius.
+
+    Radius eps = fraction * the W2 collapse radius of ``data``. Methods: ``exact-w1``
+    and ``exact-w2`` (``loglinear.robust.solve_wasserstein``, kappa = inf), ``wdpo-paper``
+    with rho = eps (Gao et al.'s first-order W2 expansion) and ``wdpo-official`` with
+    rho = ``rho_for_w2_radius(eps, form="official")`` (calibrated at the DPO fit).
+
+    Every theta is scored by the exact W2 worst-case loss V_2(theta) at eps, so
+    ``excess`` = V_2(theta) - V_2(theta_exact-w2) >= 0 is the robustness a surrogate
+    gives up; ``distance`` = ||theta - theta_exact-w2||.
+
+    Returns:
+        records ``method, fraction, radius, hyper, norm, distance, worst_case_w2, excess,
+        status``.
+    """
+    from . import approx, robust
+
+    beta = float(beta)
+    eps0 = robust.collapse_radius_wasserstein(data, beta=beta, p=2)
+    rows = []
+    for f in fractions:
+        eps = float(f) * eps0
+        fits = {"exact-w2": (eps, robust.solve_wasserstein(data, beta=beta, radius=eps, p=2)),
+                "exact-w1": (eps, robust.solve_wasserstein(data, beta=beta, radius=eps, p=1)),
+                "wdpo-paper": (eps, approx.fit_wdpo(data, beta=beta, rho=eps, form="paper"))}
+        if eps > 0:
+            rho = approx.rho_for_w2_radius(eps, data, beta=beta, form="official")
+            fits["wdpo-official"] = (rho, approx.fit_wdpo(data, beta=beta, rho=rho,
+                                                          form="official"))
+        ref = np.asarray(fits["exact-w2"][1].theta, float)
+        v_ref = _exact_value("w2", ref, data, beta, eps)
+        for method, (hyper, fit) in fits.items():
+            theta = np.asarray(fit.theta, float)
+            v = _exact_value("w2", theta, data, beta, eps)
+            rows.append({"method": method, "fraction": float(f), "radius": eps,
+                         "hyper": float(hyper), "norm": float(np.linalg.norm(theta)),
+                         "distance": float(np.linalg.norm(theta - ref)),
+                         "worst_case_w2": v, "excess": v - v_ref, "status": fit.status})
+    return rows
+
+
+def kl_surrogate_sweep(data, *, beta: float, taus: Sequence[float]) -> list[dict]:
+    r"""KLDPO at each temperature tau against the exact KL-DRO solution it implies.
+
+    For the paper form the fixed point theta_tau solves exact KL-DRO at the radius
+    rho(tau) = KL(P* || q) (``loglinear.approx.implied_radius_kl``) with dual lambda* = tau
+    (paper.md section 4). This sweep measures that identity (``distance``, ``dual``) and
+    the official capped form's distance from the same exact solution.
+
+    Returns:
+        records ``tau, radius, collapse_radius, dual, norm_exact, distance_paper,
+        distance_official``.
+    """
+    from . import approx, robust
+
+    rho0 = robust.collapse_radius_kl(data, beta=beta)
+    rows = []
+    for tau in taus:
+        tau = float(tau)
+        paper = approx.fit_kldpo(data, beta=beta, tau=tau, form="paper")
+        official = approx.fit_kldpo(data, beta=beta, tau=tau, form="official")
+        radius = approx.implied_radius_kl(tau, data, beta=beta, theta=paper.theta)
+        exact = robust.solve_kl(data, beta=beta, radius=radius)
+        ref = np.asarray(exact.theta, float)
+        rows.append({"tau": tau, "radius": radius, "collapse_radius": rho0,
+                     "dual": float(exact.dual), "norm_exact": float(np.linalg.norm(ref)),
+                     "distance_paper": float(np.linalg.norm(paper.theta - ref)),
+                     "distance_official": float(np.linalg.norm(official.theta - ref))})
+    return rows

@@ -24,12 +24,14 @@ def _require(df, cols):
 def plot_lines(records, *, x: str, y: str, hue: str | None = None, title: str,
                xlabel: str | None = None, ylabel: str | None = None, logx: bool = False,
                logy: bool = False, band: bool = True, ref_slope: float | None = None,
-               hue_format=None, stat: str = "mean", floor: float | None = None, ax=None):
+               hue_format=None, stat: str = "mean", floor: float | None = None,
+               palette: dict | None = None, ax=None):
     """Mean of ``y`` against ``x`` (one line per ``hue``), with a min-max band over the
     other rows (replicates). ``ref_slope`` adds a dotted power-law guide x^slope;
     ``hue_format(key) -> str`` names the lines (default ``"hue = key"``); ``stat`` is
     ``"mean"`` or ``"median"``; ``floor`` clips ``y`` from below (e.g. a singular Sigma's
-    lambda_min = 0 on a log axis)."""
+    lambda_min = 0 on a log axis); ``palette`` maps hue values to colours, so that panels
+    showing different subsets agree."""
     import matplotlib.pyplot as plt
 
     df = _frame(records)
@@ -48,7 +50,9 @@ def plot_lines(records, *, x: str, y: str, hue: str | None = None, title: str,
             label = hue_format(key)
         else:
             label = f"{hue} = {key:g}" if isinstance(key, float) else f"{hue} = {key}"
-        (line,) = ax.plot(stats.index, stats[stat], marker="o", ms=3.5, label=label)
+        color = None if palette is None else palette.get(key)
+        (line,) = ax.plot(stats.index, stats[stat], marker="o", ms=3.5, label=label,
+                          color=color)
         if band and len(sub) > len(stats):
             ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.18,
                             color=line.get_color(), lw=0)
@@ -291,5 +295,69 @@ def plot_bound_curves(summary, bounds: dict, *, title: str, ylim=None, ax=None):
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7.5)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kl_reweighting(panels: dict, *, title: str):
+    """The KL adversary's reweighting: for each labelled radius, the worst-case weight
+    ratio p_i / q_i against the pair's margin m_i (marker area ~ q_i). ``panels`` maps a
+    label to ``(margins, p, q)`` arrays."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.6, 4.4))
+    for i, (label, (m, p, q)) in enumerate(panels.items()):
+        m, p, q = (np.asarray(a, float) for a in (m, p, q))
+        keep = q > 0
+        ax.scatter(m[keep], p[keep] / q[keep], s=8 + 400 * q[keep], alpha=0.6,
+                   color=plt.cm.viridis(i / max(1, len(panels) - 1)), label=label,
+                   edgecolor="k", lw=0.2)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set(yscale="log", title=title, xlabel="margin m_i = (2y−1)β(θ·x − o) at the robust θ",
+           ylabel="worst-case weight / data weight  p_i / q_i")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, markerscale=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_transport(panels: dict, *, title: str, magnify: float = 1.0):
+    """Where the Wasserstein adversary moves the data: one panel per labelled solve,
+    each ``(x, y, weight, transport, theta)`` with 2-d feature differences x. Arrows run
+    from a pair's x toward its transported x' (width ~ mass; length x ``magnify``, stated
+    in the panel title), colour = label, and the robust theta is drawn from the origin."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.8), squeeze=False)
+    for ax, (label, (x, y, w, tr, theta)) in zip(axes[0], panels.items()):
+        x, y, w = np.asarray(x, float), np.asarray(y, float), np.asarray(w, float)
+        if x.shape[1] != 2:
+            raise ValueError(f"plot_transport needs 2-d features, got d = {x.shape[1]}")
+        colors = np.where(y > 0.5, "tab:blue", "tab:red")
+        ax.scatter(x[:, 0], x[:, 1], s=10 + 600 * w, c=colors, alpha=0.35, edgecolor="k",
+                   lw=0.3)
+        src = np.asarray(tr.source)
+        moved = np.linalg.norm(tr.x - x[src], axis=1) > 1e-12
+        for k in np.nonzero(moved)[0]:
+            a = x[src[k]]
+            b = a + magnify * (tr.x[k] - a)
+            ax.annotate("", xy=b, xytext=a, arrowprops=dict(
+                arrowstyle="->", color=colors[src[k]], lw=0.5 + 40 * tr.weight[k], alpha=0.8))
+        theta = np.asarray(theta, float)
+        nt = float(np.linalg.norm(theta))
+        if nt > 0:
+            u = theta / nt * 0.5 * float(np.abs(x).max())
+            ax.annotate("", xy=u, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k",
+                                                                   lw=1.8))
+            ax.text(*(1.08 * u), "θ", fontsize=11)
+        ax.scatter([], [], color="tab:blue", label="y = 1 (a¹ preferred)")
+        ax.scatter([], [], color="tab:red", label="y = 0")
+        shown = label if magnify == 1 else f"{label}\n(displacements ×{magnify:g})"
+        ax.set(title=shown, xlabel="x₁ = ψ₁(s,a¹) − ψ₁(s,a²)",
+               ylabel="x₂ = ψ₂(s,a¹) − ψ₂(s,a²)", aspect="equal")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from conftest import FLOAT64_TOL  # noqa: E402
+from conftest import FLOAT64_TOL, SOLVER_THETA_TOL  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from strategies import environments  # noqa: E402
 
@@ -244,3 +244,59 @@ def test_lambda_views_return_labelled_figures():
         assert ax.get_xlabel() and ax.get_ylabel()
         assert ax.get_title() or fig._suptitle is not None
         plt.close(fig)
+
+
+# ------------------------------------------------------------ exact vs surrogates
+@pytest.fixture(scope="module")
+def sample_2d():
+    env = explore.random_env(np.random.default_rng(0), n_states=5, n_actions=3, dim=2,
+                             concentration=1.0, reward_scale=1.5)
+    return env.sample_counts(1500, np.random.default_rng(1), centered=True)
+
+
+def test_kldpo_sweep_reproduces_exact_kl(sample_2d):
+    rows = explore.kl_surrogate_sweep(sample_2d, beta=1.0, taus=[0.1, 1.0, 10.0])
+    radii = [r["radius"] for r in rows]
+    assert all(a > b for a, b in zip(radii, radii[1:]))  # rho(tau) decreases
+    for r in rows:
+        assert 0 < r["radius"] < r["collapse_radius"]
+        assert r["distance_paper"] < SOLVER_THETA_TOL
+        assert r["dual"] == pytest.approx(r["tau"], rel=1e-6)
+
+
+def test_wasserstein_sweep_contracts(sample_2d):
+    from loglinear import fit_dpo
+
+    rows = pd.DataFrame(explore.wasserstein_surrogate_sweep(
+        sample_2d, beta=1.0, fractions=[0.0, 0.05, 0.1, 0.6]))
+    dpo = np.linalg.norm(fit_dpo(sample_2d, beta=1.0).theta)
+    at0 = rows[rows.fraction == 0.0]
+    np.testing.assert_allclose(at0.norm, dpo, rtol=1e-8)
+    assert set(at0.method) == {"exact-w1", "exact-w2", "wdpo-paper"}
+    assert (rows.excess > -1e-9).all()  # nothing beats the exact W2 optimum on its own loss
+    # W1 (kappa = inf) collapses at half the W2 collapse radius (closed forms, zero offsets)
+    assert rows[(rows.method == "exact-w1") & (rows.fraction == 0.6)].norm.iloc[0] == 0.0
+    # the paper's WDPO is W2's first-order expansion: its error is o(eps)
+    d = rows[rows.method == "wdpo-paper"].set_index("fraction").distance
+    assert d[0.05] / d[0.1] < 0.4
+
+
+def test_worst_case_views(sample_2d):
+    from loglinear import robust
+    from loglinear.losses import margins
+
+    kl = robust.solve_kl(sample_2d, beta=1.0, radius=0.01)
+    w2 = robust.solve_wasserstein(sample_2d, beta=1.0, radius=0.02, p=2)
+    figs = [
+        views.plot_kl_reweighting({"r": (margins(kl.theta, sample_2d, beta=1.0),
+                                         kl.worst_case, sample_2d.weight)}, title="k"),
+        views.plot_transport({"w2": (sample_2d.x, sample_2d.y, sample_2d.weight,
+                                     w2.worst_case, w2.theta)}, title="t", magnify=3),
+    ]
+    for fig in figs:
+        assert fig.axes[0].get_title() and fig.axes[0].get_xlabel()
+        plt.close(fig)
+    x3 = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="2-d"):
+        views.plot_transport({"bad": (x3, np.ones(2), np.full(2, .5), w2.worst_case,
+                                      w2.theta)}, title="t")
