@@ -167,7 +167,10 @@ def kl_dual_variable(losses, q, radius) -> float:
     l = np.asarray(losses, float)
     keep = q > 0
     l, q = l[keep], q[keep]
-    spread = float(l.max() - l.min())
+    # Shift so that max l = 0: dG is shift-invariant, and without the shift log Z and
+    # E_p[l]/lambda are both ~ l_max/lambda and cancel catastrophically at small lambda.
+    l = l - l.max()
+    spread = float(-l.min())
     if spread <= 1e-15 or radius <= 0:
         return np.inf
 

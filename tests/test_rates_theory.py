@@ -127,6 +127,20 @@ def test_kl_dual_variable_beats_grid(pop):
     assert kl_dual_variable(np.ones(3), np.ones(3) / 3, 0.1) == np.inf  # constant losses
 
 
+@pytest.mark.parametrize("radius", [1e-6, 1e-4, 1e-2, 0.3])
+def test_kl_dual_variable_small_radius_against_grid(radius):
+    """Small radii need large lambda*; the root must not be lost to cancellation."""
+    l = np.array([0.7, 1.7, 2.2, 3.1])
+    q = np.array([0.2, 0.3, 0.4, 0.1])
+    G = lambda lam: lam * radius + lam * np.log(q @ np.exp((l - l.max()) / lam)) + l.max()
+    lam = kl_dual_variable(l, q, radius)
+    grid = np.exp(np.linspace(np.log(lam) - 3, np.log(lam) + 3, 4001))
+    assert 0 < lam < np.inf
+    assert G(lam) <= min(G(v) for v in grid) + 1e-12
+    # edge case: rho >= -log q(argmax) puts all mass on the max loss, lambda* = 0
+    assert kl_dual_variable(l, q, -np.log(0.1) + 1e-3) == 0.0
+
+
 def test_kinks_are_reported(pop):
     with pytest.raises(ValueError, match="kink"):
         local_asymptotics("w1", pop, np.zeros(2), beta=1.0, param=0.1)
