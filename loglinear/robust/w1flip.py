@@ -24,7 +24,7 @@ from ._base import RobustSolverError, on_ball, weighted_gram
 
 MU_START = 1e-1
 MU_MIN = 1e-10
-STAGE_GTOL = 1e-7    # at tiny mu the smoothed Hessian is ill-conditioned; theta is O(mu) off
+STAGE_GTOL = 1e-6    # at tiny mu the smoothed Hessian is ill-conditioned; theta is O(mu) off
                      # the nonsmooth optimum anyway, so a stage may stop at this gradient
 MU_FACTOR = 1e-2
 GTOL = 1e-10
