@@ -399,3 +399,20 @@ def test_bad_inputs_raise_clear_errors():
         kldpo_objective(np.zeros(2), data, beta=1.0, tau=1.0)
     with pytest.raises(ValueError, match="collapse"):
         tau_for_radius_kl(50.0, data, beta=1.0)
+
+
+def test_official_penalty_fit_calibration_reproduces_the_paper_fit():
+    """calibrate='fit' solves 2 rho G(theta_official(rho)) = eps: the two fits coincide."""
+    _, data = _bt_population()
+    zero = np.zeros(3)
+    limit = np.linalg.norm(wdpo_objective(zero, data, beta=1.0, rho=0.0)[1]) / w1_rescaling(
+        zero, data, beta=1.0)
+    for eps in (0.05 * limit, 0.8 * limit):
+        rho = rho_for_w2_radius(eps, data, beta=1.0, form="official", calibrate="fit")
+        off = fit_wdpo(data, beta=1.0, rho=rho, form="official")
+        assert w2_radius(rho, data, beta=1.0, form="official",
+                         theta=off.theta) == pytest.approx(eps, rel=1e-9)
+        np.testing.assert_allclose(off.theta, fit_wdpo(data, beta=1.0, rho=eps).theta,
+                                   atol=NEWTON_THETA_TOL)
+    with pytest.raises(ValueError, match="collapse"):
+        rho_for_w2_radius(1.01 * limit, data, beta=1.0, form="official", calibrate="fit")

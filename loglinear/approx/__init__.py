@@ -49,6 +49,7 @@ from .kldpo import (
     tau_for_radius_kl,
 )
 from .wdpo import (
+    W2_CALIBRATIONS,
     WDPO_FORMS,
     fit_wdpo,
     grad_x_norm,
@@ -61,7 +62,7 @@ from .wdpo import (
 )
 
 __all__ = [
-    "KLDPO_FORMS", "KLDPO_METHODS", "OFFICIAL_CAP", "WDPO_FORMS", "ApproxResult",
+    "KLDPO_FORMS", "KLDPO_METHODS", "OFFICIAL_CAP", "W2_CALIBRATIONS", "WDPO_FORMS", "ApproxResult",
     "fit_kldpo", "fit_wdpo", "grad_x_norm", "implied_radius_kl", "kldpo_objective",
     "kldpo_weights", "refit_contraction", "rho_for_w2_radius", "tau_for_radius_kl",
     "w1_rescaling", "w2_radius", "wdpo_objective", "wdpo_pair_loss", "wdpo_penalty",

@@ -37,12 +37,12 @@ from ..approx import (
 from ..data import PreferenceData
 from ..env import LogLinearEnv
 from ..estimation import coverage
-from ..fit import fit_dpo
+from ..fit import SeparableDataError, fit_dpo
 from .config import from_mapping, load_toml, write_resolved
 from .records import RecordStore
 
 DIVERGENCES = ("kl", "w1", "w2")
-COLUMNS = ["env", "replicate", "concentration", "lambda_min", "divergence", "fraction",
+COLUMNS = ["env", "replicate", "concentration", "n_samples", "lambda_min", "divergence", "fraction",
            "radius", "collapse_radius", "variant", "hyper", "theta_err", "rel_theta_err",
            "subopt", "subopt_dpo", "value_gap", "exact_value", "exact_dual", "theta_norm",
            "status", "seconds"]
@@ -61,7 +61,8 @@ class ApproxStudyConfig:
         concentrations: sampling-policy concentrations (0 = uniform, best coverage).
         replicates: environments per concentration.
         n_states, n_actions, dim: environment sizes.
-        n_samples: 0 for the exact population, else a multinomial sample of this size.
+        n_samples: data regimes: 0 is the exact population, N > 0 a multinomial sample of
+            N pairs (each environment is run in every regime).
         reward_scale: ||omega||.
         exponent_max_fraction: radii up to this fraction enter the exponent fit.
         out: records directory (the report goes to its parent).
@@ -76,7 +77,7 @@ class ApproxStudyConfig:
     n_states: int = 6
     n_actions: int = 5
     dim: int = 4
-    n_samples: int = 0
+    n_samples: tuple = (0,)
     reward_scale: float = 2.0
     exponent_max_fraction: float = 0.2
     out: str = "reports/approximations"
@@ -84,6 +85,8 @@ class ApproxStudyConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
         object.__setattr__(self, "divergences", tuple(self.divergences))
+        ns = self.n_samples if isinstance(self.n_samples, (list, tuple)) else (self.n_samples,)
+        object.__setattr__(self, "n_samples", tuple(int(n) for n in ns))
         object.__setattr__(self, "concentrations", tuple(float(c) for c in
                                                          self.concentrations))
         if not self.fractions or not all(0 < f < 1 for f in self.fractions):
@@ -102,8 +105,8 @@ class ApproxStudyConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.n_actions < 2:
             raise ValueError("n_actions must be >= 2")
-        if self.n_samples < 0:
-            raise ValueError("n_samples must be 0 (population) or positive")
+        if not self.n_samples or any(n < 0 for n in self.n_samples):
+            raise ValueError("n_samples must list 0 (population) and/or positive sizes")
         if not 0 < self.exponent_max_fraction < 1:
             raise ValueError("exponent_max_fraction must lie in (0, 1)")
 
@@ -215,31 +218,34 @@ VARIANTS: dict[str, dict[str, Callable]] = {
     "w2": {
         "dpo": _dpo,
         "wdpo-paper": _wdpo("paper", lambda d, b, r, c: r),
-        "wdpo-official@cal": _wdpo("official", lambda d, b, r, c: rho_for_w2_radius(
+        "wdpo-official@dpo-cal": _wdpo("official", lambda d, b, r, c: rho_for_w2_radius(
             r, d, beta=b, form="official", theta=c["dpo"])),
+        "wdpo-official@fit-cal": _wdpo("official", lambda d, b, r, c: rho_for_w2_radius(
+            r, d, beta=b, form="official", calibrate="fit")),
     },
 }
 
 
 # ---------------------------------------------------------------------- runner
 def environments(config: ApproxStudyConfig):
-    """Yield (name, replicate, concentration, data) for every environment of the study."""
+    """Yield (name, replicate, concentration, data) for every environment and data regime."""
     seqs = np.random.SeedSequence(config.seed).spawn(len(config.concentrations)
                                                      * config.replicates)
     k = 0
     for conc in config.concentrations:
         for rep in range(config.replicates):
-            env_rng, data_rng = (np.random.default_rng(s) for s in seqs[k].spawn(2))
+            env_seq, data_seq = seqs[k].spawn(2)
             k += 1
-            env = LogLinearEnv.random(env_rng, n_states=config.n_states,
+            env = LogLinearEnv.random(np.random.default_rng(env_seq), n_states=config.n_states,
                                       n_actions=config.n_actions, dim=config.dim,
                                       beta=config.beta, concentration=conc,
                                       reward_scale=config.reward_scale)
-            if config.n_samples:
-                data = env.sample_counts(config.n_samples, data_rng, centered=True)
-            else:
-                data = env.population(centered=True)
-            yield f"c{conc:g}-r{rep}", rep, conc, data
+            for n, seq in zip(config.n_samples, data_seq.spawn(len(config.n_samples))):
+                if n:
+                    data = env.sample_counts(n, np.random.default_rng(seq), centered=True)
+                    yield f"c{conc:g}-r{rep}-n{n}", rep, conc, data
+                else:
+                    yield f"c{conc:g}-r{rep}-pop", rep, conc, env.population(centered=True)
 
 
 def _plain(row: dict) -> dict:
@@ -250,6 +256,7 @@ def _plain(row: dict) -> dict:
 def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store):
     spec = DIVERGENCE_SPECS[div]
     beta = config.beta
+    nsamp = 0 if name.endswith("-pop") else int(name.rsplit("-n", 1)[1])
     lam = coverage(data).lambda_min
     collapse = spec.collapse(data, beta)
     ctx = {"dpo": fit_dpo(data, beta=beta).theta}
@@ -267,7 +274,8 @@ def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store):
             nan = float("nan")
             for vname in VARIANTS[div]:
                 store.write({c: nan for c in COLUMNS} | {
-                    "env": name, "replicate": rep, "concentration": conc, "lambda_min": lam,
+                    "env": name, "replicate": rep, "concentration": conc,
+                    "n_samples": nsamp, "lambda_min": lam,
                     "divergence": div, "fraction": frac, "radius": radius,
                     "collapse_radius": collapse, "variant": vname,
                     "status": "exact_failed", "seconds": 0.0})
@@ -281,8 +289,8 @@ def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store):
             fitted = make(data, beta, radius, ctx)
             err = float(np.linalg.norm(fitted.theta - exact.theta))
             store.write(_plain({
-                "env": name, "replicate": rep, "concentration": conc, "lambda_min": lam,
-                "divergence": div, "fraction": frac, "radius": radius,
+                "env": name, "replicate": rep, "concentration": conc, "n_samples": nsamp,
+                "lambda_min": lam, "divergence": div, "fraction": frac, "radius": radius,
                 "collapse_radius": collapse, "variant": vname, "hyper": fitted.hyper,
                 "theta_err": err, "rel_theta_err": err / norm if norm > 0 else float("nan"),
                 "subopt": spec.value(fitted.theta, data, beta, radius) - v_exact,
@@ -302,7 +310,11 @@ def main(config: ApproxStudyConfig, *, progress: bool = True) -> Path:
     with RecordStore(out / "records.csv", COLUMNS, KEY) as store:
         for name, rep, conc, data in environments(config):
             for div in config.divergences:
-                _rows_for(name, rep, conc, data, div, config, store)
+                try:
+                    _rows_for(name, rep, conc, data, div, config, store)
+                except SeparableDataError as exc:
+                    print(f"  warning: {name} skipped: {exc}", flush=True)
+                    break
             if progress:
                 print(f"  {name}: done ({time.perf_counter() - t0:.1f} s)", flush=True)
     return out
