@@ -233,3 +233,14 @@ def test_report_from_records(tmp_path):
     assert row.q_1md == pytest.approx(np.quantile(g.error, 0.95))
     with pytest.raises(FileNotFoundError, match="records directory"):
         ra.load(tmp_path / "nothing")
+    # an archived copy (records.csv.gz) reads back identically
+    import gzip
+    import shutil
+
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    for name in ("targets.csv", "config.json"):
+        shutil.copy(tmp_path / "rec" / name, arch / name)
+    (arch / "records.csv.gz").write_bytes(gzip.compress((tmp_path / "rec/records.csv")
+                                                        .read_bytes()))
+    pd.testing.assert_frame_equal(ra.load(arch)[0], rec)

@@ -36,10 +36,13 @@ BOOT_SEED = 20260522
 def load(records_dir):
     """(records, targets, config) of a rates study directory."""
     d = Path(records_dir)
-    for name in ("records.csv", "targets.csv", "config.json"):
-        if not (d / name).exists():
-            raise FileNotFoundError(f"{d / name} is missing: is {d} a rates records directory?")
-    rec = read_records(d / "records.csv")
+    rec_path = d / "records.csv"
+    if not rec_path.exists() and (d / "records.csv.gz").exists():
+        rec_path = d / "records.csv.gz"  # archived copy (reports/rates/records)
+    for path in (rec_path, d / "targets.csv", d / "config.json"):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: is {d} a rates records directory?")
+    rec = read_records(rec_path)
     tgt = read_records(d / "targets.csv", dtype={"param": str}, keep_default_na=False)
     for c in ("norm", "error_star", "tr_hinv", "tr_sandwich", "dual", "collapse_radius"):
         tgt[c] = pd.to_numeric(tgt[c], errors="coerce")

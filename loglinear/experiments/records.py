@@ -147,7 +147,12 @@ def read_records(path, **read_csv_kwargs):
     import pandas as pd
 
     path = Path(path)
-    raw = path.read_text()
+    if path.suffix == ".gz":  # an archived (committed) copy of a finished study
+        import gzip
+
+        raw = gzip.decompress(path.read_bytes()).decode()
+    else:
+        raw = path.read_text()
     if raw and not raw.endswith("\n"):
         raw = raw[: raw.rfind("\n") + 1]
     return pd.read_csv(io.StringIO(raw), **read_csv_kwargs)
