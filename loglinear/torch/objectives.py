@@ -91,8 +91,10 @@ def _kldpo(model, batch, *, ref_model, base_loss, beta, tau, form, kl_coef=None,
 
         coef = kldpo_weights(losses, tau=tau, form=form)
     else:
-        # precomputed global coefficients c_i (distributed.kldpo_coefficients): sum c_i l_i
-        coef = kl_coef.detach()
+        # global coefficients c_i (distributed.kldpo_coefficients), given or computed from
+        # this batch's detached losses by a callable; the objective is sum_i c_i l_i
+        coef = kl_coef(losses.detach()) if callable(kl_coef) else kl_coef
+        coef = coef.detach()
         loss = (coef * losses).sum()
     return ObjectiveOutput(loss, losses, out.logps, margins, weights=coef)
 
@@ -113,10 +115,13 @@ def get_objective(name: str) -> Callable[..., ObjectiveOutput]:
 def batch_objective(model, batch: PairBatch, *, objective: str = "dpo", beta: float,
                     ref_model=None, base_loss: str | None = None, rho: float = 0.0,
                     tau: float = 1.0, form: str = "paper",
-                    kl_coef: torch.Tensor | None = None) -> ObjectiveOutput:
+                    kl_coef: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> ObjectiveOutput:
     """Evaluate the named objective on one batch. ``base_loss`` defaults to "dpo" (to
     "ipo" for the "ipo" objective); ``rho`` is used by WDPO, ``tau`` by KLDPO, ``form``
-    selects the paper or the official variant of either."""
+    selects the paper or the official variant of either. ``kl_coef`` (KLDPO only) is a
+    tensor of coefficients or a callable mapping the detached losses to them, e.g.
+    ``functools.partial(distributed.kldpo_coefficients, tau=tau, form=form)``."""
     fn = get_objective(objective)
     base = base_loss or DEFAULT_BASE.get(objective, "dpo")
     return fn(model, batch, ref_model=ref_model, base_loss=base, beta=beta, rho=rho, tau=tau,
