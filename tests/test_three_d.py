@@ -20,6 +20,7 @@ from loglinear.experiments.three_d import (
     property_onsets,
     toy_setting,
 )
+from loglinear.report.three_d import load_records
 
 CONFIG = Path(__file__).resolve().parents[1] / "simulations" / "three_d.toml"
 
@@ -119,10 +120,11 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
     rec = tmp_path / "three_d"
     report = main(cfg, rec)
     assert report == tmp_path / "three_d.md"
-    lines = (rec / "records.jsonl").read_text().splitlines()
-    assert len(lines) == 3 * 4  # 3 methods x steps {0, 10, 20, 30}
-    first = json.loads(lines[0])
-    assert first["step"] == 0 and first["kl"] == 0.0
+    assert not (rec / "records.jsonl").exists()
+    frame = load_records(rec)
+    assert len(frame) == 3 * 4  # 3 methods x steps {0, 10, 20, 30}
+    assert frame["step"].iloc[0] == 0 and frame["kl"].iloc[0] == 0.0
+    assert json.loads((rec / "config.json").read_text())["training"]["steps"] == 30
     text = report.read_text()
     assert "When each property appears" in text and "Flex-DPO" in text
     assert (rec / "figures" / "trajectories_eta0.png").stat().st_size > 0

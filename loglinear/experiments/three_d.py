@@ -14,10 +14,10 @@ sharing of a language model. The true reward is +1 on chosen and -1 on rejected 
 and uniform on [-u, u] elsewhere. Labels are deterministic (a^+ always preferred), so
 the data are separable and DPO keeps pushing, as in many epochs on a fixed dataset.
 
-``main(config, out_dir)`` trains every method on every (sharing, scenario), appends tidy
-records to ``records.jsonl`` after each run, writes ``config.json`` first, and builds the
-report. :func:`property_onsets` turns records into the table of when each property
-appears (the thresholds are part of the config).
+``main(config, out_dir)`` writes ``config.json`` first, trains every method on every
+(sharing, scenario), appends tidy records to ``records.jsonl`` after each run, converts
+them to ``records.parquet`` at the end, and builds the report. :func:`property_onsets`
+turns records into the table of when each property appears (thresholds in the config).
 """
 
 from __future__ import annotations
@@ -272,21 +272,25 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
 
         out.append({
             "sharing": key[0], "scenario": key[1], "method": key[2],
+            "objective": g["objective_name"].iloc[0] if "objective_name" in g else None,
             "drop_step": first(pr <= thresholds.drop_ratio * pr[0]),
             "degrade_step": first(pc < thresholds.degrade_ratio * np.maximum.accumulate(pc)),
             "disperse_step": first(un >= un[0] + thresholds.disperse_delta),
             "p_chosen_0": pc[0], "p_chosen_peak": pc.max(), "p_chosen_end": pc[-1],
             "p_rejected_0": pr[0], "p_rejected_end": pr[-1],
-            "unseen_0": un[0], "unseen_end": un[-1],
+            "unseen_0": un[0], "unseen_peak": un.max(), "unseen_end": un[-1],
             "reward_0": g["reward"].iloc[0], "reward_end": g["reward"].iloc[-1],
             "reward_best": g["reward"].max(), "kl_end": g["kl"].iloc[-1],
             "identity_max_err": g["identity_rel_err"].max(),
+            "log10_ratio_0": g["log10_grad_ratio"].iloc[0] if "log10_grad_ratio" in g else None,
+            "log10_ratio_end": g["log10_grad_ratio"].iloc[-1] if "log10_grad_ratio" in g
+            else None,
         })
     return out
 
 
 def main(config: ThreeDConfig, out_dir) -> Path:
-    """Run the study into ``out_dir`` (config.json, records.jsonl, skipped.json) and build
+    """Run the study into ``out_dir`` (config.json, records.parquet, skipped.json) and build
     ``reports/three_d.md`` next to it; returns the report path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,6 +305,11 @@ def main(config: ThreeDConfig, out_dir) -> Path:
                 f.write(json.dumps(r, default=_json_default) + "\n")
 
     _, skipped = simulate(config, on_record=append)
+    # The finished records are stored as compressed parquet (a tenth of the JSONL size).
+    from ..report.three_d import load_records
+
+    load_records(out).to_parquet(out / "records.parquet", compression="zstd", index=False)
+    rec_path.unlink()
     (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     (out / "runtime.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
     from ..report.three_d import build
