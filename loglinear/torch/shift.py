@@ -52,14 +52,34 @@ def load_base(config: ShiftConfig):
     from .models import byte_tokenizer, load_pretrained, tiny_model
 
     if config.model in TINY_MODELS:
-        tok = byte_tokenizer()
+        tok = byte_tokenizer() if config.tokenizer == "byte" else _pretrained_tokenizer(config)
         model = tiny_model(config.model.split("-")[1], tokenizer=tok,
                            hidden_size=config.tiny_hidden, num_layers=config.tiny_layers,
                            num_heads=config.tiny_heads,
                            max_positions=max(128, 4 * config.max_new_tokens + 256),
                            seed=config.data_seed)
         return model.to(config.device), tok
-    return load_pretrained(config.model, device=config.device)
+    # eager attention everywhere: the WDPO double backward is not implemented for the fused
+    # SDPA kernels, and one implementation for all methods keeps throughputs comparable
+    return load_pretrained(config.model, device=config.device, attn_implementation="eager")
+
+
+def _pretrained_tokenizer(config: ShiftConfig):
+    """A pretrained model's tokenizer for a tiny random model (cached under ``out/cache``)."""
+    from transformers import AutoTokenizer
+
+    from .models import _gguf_location
+
+    cache = Path(config.out) / "cache" / "tokenizer"
+    if (cache / "tokenizer_config.json").exists():
+        tok = AutoTokenizer.from_pretrained(cache, local_files_only=True)
+    else:
+        folder, filename = _gguf_location(config.tokenizer)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        tok.save_pretrained(cache)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def pair_rows(pairs: PairBatch, y: np.ndarray) -> PairBatch:

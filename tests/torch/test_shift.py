@@ -256,3 +256,19 @@ def se_read(path):
     from loglinear.experiments.records import read_records
 
     return read_records(path)
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    from loglinear.torch.shift_config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "simulations"
+    cpu = load_config(root / "llm_shift_cpu.toml")
+    gpu = load_config(root / "llm_shift_gpu.toml")
+    assert cpu.device == "cpu" and gpu.device == "cuda" and gpu.dtype == "bfloat16"
+    assert gpu.model == "smollm2-135m" and len(gpu.seeds) >= 3
+    assert {m.kind for m in gpu.method_specs} == {"dpo", "wdpo", "kldpo"}
+    assert {m.form for m in gpu.method_specs if m.kind != "dpo"} == {"paper", "official"}
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(root / "llm_shift_cpu.toml", bogus=1)
