@@ -1,0 +1,409 @@
+"""Report of the beyond-log-linear studies (issue 10): tau calibration, neural policies and
+gradient stability, regenerated from stored records.
+
+``loglinear report beyond_loglinear ROOT`` where ROOT holds ``tau/``, ``neural/`` and
+``stability/`` record directories (any may be missing; its section then says so). The
+default output is ``reports/beyond_loglinear.md`` with figures in
+``reports/beyond_loglinear/``. Plot functions take record tables and return Figures; the
+only computation here is summarising records (means, power-law fits with seed-bootstrap
+intervals from :mod:`loglinear.stats`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..stats import bootstrap_exponent
+from ._common import markdown_table, save_figure
+
+DEFAULT_OUT = Path("reports") / "beyond_loglinear.md"
+BOOT_SEED = 20261122
+
+
+def _read(path: Path):
+    from ..experiments.records import read_records
+
+    return read_records(path) if path.exists() else None
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ------------------------------------------------------------------------- tau
+def tau_summary(df):
+    """Mean over seeds per (setting, n, tau) of the KLDPO sweep rows."""
+    k = df[df.method == "kldpo"].copy()
+    k["oscillates"] = (k.path_status != "converged").astype(float)
+    k["refit_diverges"] = (k.refit_contraction >= 1).astype(float)
+    cols = ["implied_radius", "ess_start", "ess_solution", "worst_sample", "worst_pop",
+            "regret_a100", "regret_a50", "regret_a0", "oscillates", "refit_diverges",
+            "official_min_ess", "collapse_radius"]
+    return k.groupby(["setting", "n", "tau"])[cols].mean().reset_index()
+
+
+def plot_tau(summary, rules, *, n):
+    """Implied radius / ESS / worst case / shifted regret against tau (one n)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for setting, g in summary[summary.n == n].groupby("setting"):
+        line, = axes[0].plot(g.tau, g.implied_radius, "o-", label=f"{setting}: rho(tau)")
+        axes[0].axhline(g.collapse_radius.iloc[0], color=line.get_color(), ls=":",
+                        label=f"{setting}: collapse radius")
+        axes[1].plot(g.tau, g.ess_start, "s--", color=line.get_color(),
+                     label=f"{setting}: ESS at DPO fit")
+        axes[1].plot(g.tau, g.ess_solution, "o-", color=line.get_color(),
+                     label=f"{setting}: ESS at solution")
+        axes[1].plot(g.tau, 1 - g.oscillates, "x:", color=line.get_color(),
+                     label=f"{setting}: Alg. 2 converges (frac)")
+        axes[2].plot(g.tau, g.regret_a50, "o-", color=line.get_color(),
+                     label=f"{setting}: regret, 50/50 shift")
+        axes[2].plot(g.tau, g.worst_pop, "s--", color=line.get_color(),
+                     label=f"{setting}: worst-case loss (pop.)")
+        r = rules[(rules.setting == setting) & (rules.n == n)]
+        for ax in axes:
+            ax.axvline(r.tau.mean(), color=line.get_color(), alpha=0.4, lw=3)
+    for ax, t in zip(axes, ["implied KL radius", "weights and stability",
+                            "robustness (lower is better)"]):
+        ax.set_xscale("log")
+        ax.set_xlabel("tau")
+        ax.set_title(t)
+        ax.legend(fontsize=6)
+    axes[0].set_yscale("log")
+    fig.suptitle(f"KLDPO temperature sweep, n = {n} (thick bars: the default rule's tau)")
+    fig.tight_layout()
+    return fig
+
+
+def _tau_section(root: Path, figdir: Path, rel: str) -> list[str]:
+    df = _read(root / "tau" / "records.csv")
+    if df is None:
+        return ["## 3. KLDPO temperature calibration", "", "_No records found._", ""]
+    s = tau_summary(df)
+    rules = df[df.method == "rule"]
+    dpo = df[df.method == "dpo"]
+    lines = ["## 3. KLDPO temperature calibration (study 3)", ""]
+    runtime = df.seconds.sum()
+    lines += [f"Records: `{root / 'tau'}` ({len(df)} rows; summed fit time {runtime:.0f} s). "
+              "Each row: one sample (n pairs as multinomial counts), one tau on a log grid, "
+              "the paper-form KLDPO solution; the worst case is the exact KL value "
+              f"(`kl_value`) at the fixed evaluation radius; regrets are under "
+              "r(alpha) = alpha r + (1 - alpha) r' (alpha = 0.5 is the 50/50 shift).", ""]
+    for n in sorted(s.n.unique()):
+        fig = plot_tau(s, rules, n=n)
+        name = f"tau_sweep_n{n}.png"
+        save_figure(fig, figdir / name)
+        lines += [f"![tau sweep n={n}]({rel}/{name})", ""]
+    nmid = sorted(s.n.unique())[len(s.n.unique()) // 2]
+    show = s[s.n == nmid]
+    cols = ["setting", "tau", "implied_radius", "ess_start", "ess_solution", "oscillates",
+            "refit_diverges", "worst_pop", "regret_a100", "regret_a50", "regret_a0"]
+    lines += [f"Means over seeds at n = {nmid} (`oscillates`: fraction of Algorithm-2 runs "
+              "with DPO's step that do not converge; `refit_diverges`: fraction with "
+              "refit contraction >= 1):", "", markdown_table(show[cols].to_dict("records"),
+                                                             cols, ".3g"), ""]
+    # rule vs the sweep
+    rows = []
+    for (setting, n), g in s.groupby(["setting", "n"]):
+        r = rules[(rules.setting == setting) & (rules.n == n)]
+        d = dpo[(dpo.setting == setting) & (dpo.n == n)]
+        best50 = g.loc[g.regret_a50.idxmin()]
+        bestw = g.loc[g.worst_pop.idxmin()]
+        rows.append(dict(setting=setting, n=int(n), rule_tau=r.tau.mean(),
+                         first_order_tau=r.tau_first_order.mean(),
+                         rule_radius=r.implied_radius.mean(),
+                         rule_ess_solution=r.ess_solution.mean(),
+                         rule_regret50=r.regret_a50.mean(),
+                         best_tau50=best50.tau, best_regret50=best50.regret_a50,
+                         dpo_regret50=d.regret_a50.mean(), best_tau_worst=bestw.tau,
+                         rule_worst=r.worst_pop.mean(), best_worst=bestw.worst_pop,
+                         dpo_worst=d.worst_pop.mean()))
+    cols = list(rows[0])
+    lines += ["The default rule (`loglinear.stability.suggest_tau`, ESS target "
+              f"{df.attrs.get('min_ess', 0.5)}) against the sweep (means over seeds):", "",
+              markdown_table(rows, cols, ".3g"), ""]
+    return lines, s, rows
+
+
+# ---------------------------------------------------------------------- neural
+def neural_exponents(df, *, n_boot: int = 2000):
+    """Exponent of RMSE(error) in n per (setting, arch), with seed-bootstrap 95% CIs, over
+    every n and over all but the smallest n (the asymptotic part of the curve)."""
+    out = []
+    for (setting, arch), g in df.groupby(["setting", "arch"]):
+        table = g.pivot_table(index="n", columns="seed", values="error")
+        ns = table.index.to_numpy(float)
+        ci = bootstrap_exponent(ns, table.to_numpy(), rng=np.random.default_rng(BOOT_SEED),
+                                n_boot=n_boot)
+        tail = (bootstrap_exponent(ns[1:], table.to_numpy()[1:],
+                                   rng=np.random.default_rng(BOOT_SEED), n_boot=n_boot)
+                if len(ns) >= 3 else ci._replace(estimate=np.nan, lo=np.nan, hi=np.nan))
+        big = g[g.n == g.n.max()]
+        out.append(dict(setting=setting, arch=arch, n_params=int(g.n_params.iloc[0]),
+                        exponent=ci.estimate, ci_lo=ci.lo, ci_hi=ci.hi,
+                        exponent_tail=tail.estimate, tail_lo=tail.lo, tail_hi=tail.hi,
+                        rmse_at_min_n=float(np.sqrt(np.mean(g[g.n == g.n.min()].error**2))),
+                        rmse_at_max_n=float(np.sqrt(np.mean(big.error**2))),
+                        lambda_min=float(g.lambda_min.iloc[0]),
+                        hess_min=float(big.hess_min.min()),
+                        hess_min_pos=float(big.hess_min_pos.median()),
+                        hess_null=int(big.hess_null.median()),
+                        max_grad_norm=float(g.grad_norm.max())))
+    return out
+
+
+def plot_neural(df):
+    """RMSE of sqrt(KL(pi*||pi_hat)) against n, one panel per setting."""
+    plt = _plt()
+    settings = sorted(df.setting.unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.8), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for arch, g in df[df.setting == setting].groupby("arch"):
+            r = g.groupby("n").error.apply(lambda e: np.sqrt(np.mean(e**2)))
+            ax.loglog(r.index, r.values, "o-", label=arch)
+        ns = np.array(sorted(df.n.unique()), float)
+        ax.loglog(ns, r.values[0] * np.sqrt(ns[0] / ns), "k:", label="n^-1/2")
+        ax.set_title(f"{setting} (lambda_min = {df[df.setting == setting].lambda_min.iloc[0]:.3g})")
+        ax.set_xlabel("n")
+        ax.set_ylabel("RMSE of sqrt(KL(pi* || pi_hat))")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _neural_section(root: Path, figdir: Path, rel: str):
+    df = _read(root / "neural" / "records.csv")
+    tg = _read(root / "neural" / "targets.csv")
+    if df is None or tg is None:
+        return ["## 1. Neural policies", "", "_No records found._", ""], None, None
+    lines = ["## 1. Neural policies in the finite environments (study 1)", ""]
+    lines += [f"Records: `{root / 'neural'}` ({len(df)} sample fits, {len(tg)} population "
+              f"restarts; summed fit time {df.seconds.sum() + tg.seconds.sum():.0f} s). "
+              "Policies pi(a|s) ∝ exp(f(psi(s,a))), f a tanh MLP (depth 0 = log-linear); the "
+              "error is sqrt(KL(pi* || pi_hat)) averaged over states, pi* the population "
+              "optimum of the same architecture.", ""]
+    agree = tg.groupby(["setting", "arch"]).agg(
+        n_params=("n_params", "first"), restarts=("restart", "count"),
+        max_objective_gap=("objective_gap", "max"), max_tv_to_best=("tv_to_best", "max"),
+        tv_best_to_loglinear=("tv_best_to_loglinear", "first"),
+        max_grad_norm=("grad_norm", "max"), hess_min=("hess_min", "min"),
+        hess_min_pos=("hess_min_pos", "median"), hess_null=("hess_null", "median"))
+    agree = agree.reset_index()
+    lines += ["**Population optimum by restarts** (exact population; `hess_null`: Hessian "
+              "eigenvalues below 1e-6 of the largest, `hess_min_pos`: smallest eigenvalue "
+              "above that):", "", markdown_table(agree.to_dict("records"), list(agree.columns),
+                                                 ".3g"), ""]
+    fig = plot_neural(df)
+    save_figure(fig, figdir / "neural_rates.png")
+    lines += [f"![neural rates]({rel}/neural_rates.png)", ""]
+    ex = neural_exponents(df)
+    cols = list(ex[0])
+    lines += ["**Exponents** of RMSE(n) (least squares on log-log; 95% seed-bootstrap "
+              "interval; `exponent_tail` leaves out the smallest n), with the Hessian at the "
+              "sample solution at the largest n:", "",
+              markdown_table(ex, cols, ".3g"), ""]
+    return lines, ex, agree
+
+
+# ------------------------------------------------------------------- stability
+def stability_summary(df, *, burn_in: int = 100):
+    """Means over seeds and recorded steps >= burn_in per (alpha, arch, method, hyper)."""
+    g = df[df.step >= burn_in].groupby(["alpha", "arch", "method", "hyper"])
+    s = g[["grad_norm", "grad_var", "mb_grad_norm", "penalty", "grad_x_rms", "loss",
+           "ess"]].mean().reset_index()
+    ref = s[s.method == "dpo"].set_index(["alpha", "arch"]).grad_var
+    s["var_vs_dpo"] = [v / ref.loc[(a, r)] for a, r, v in zip(s.alpha, s.arch, s.grad_var)]
+    return s
+
+
+def plot_stability(df):
+    """Minibatch gradient variance and gradient norm against the step."""
+    plt = _plt()
+    alphas = sorted(df.alpha.unique(), reverse=True)
+    archs = sorted(df.arch.unique())
+    fig, axes = plt.subplots(2, len(alphas) * len(archs), figsize=(4 * len(alphas) * len(archs),
+                                                                    6.5), squeeze=False)
+    for j, (a, arch) in enumerate([(a, r) for a in alphas for r in archs]):
+        sub = df[(df.alpha == a) & (df.arch == arch)]
+        for (m, h), g in sub.groupby(["method", "hyper"]):
+            mean = g.groupby("step")[["grad_var", "grad_norm"]].mean()
+            label = m if m == "dpo" else f"{m} ({'rho' if m == 'wdpo' else 'tau'}={h:g})"
+            axes[0, j].plot(mean.index, mean.grad_var, "o-", ms=3, label=label)
+            axes[1, j].plot(mean.index, mean.grad_norm, "o-", ms=3, label=label)
+        axes[0, j].set_title(f"alpha = {a:g}, {arch}")
+        axes[0, j].set_ylabel("minibatch gradient variance")
+        axes[1, j].set_ylabel("full gradient norm")
+        axes[1, j].set_xlabel("SGD step")
+        axes[0, j].set_yscale("log")
+        axes[1, j].set_yscale("log")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _stability_section(root: Path, figdir: Path, rel: str):
+    df = _read(root / "stability" / "records.csv")
+    if df is None:
+        return ["## 2. Gradient stability", "", "_No records found._", ""], None
+    lines = ["## 2. Gradient stability under a 50/50 preference shift (study 2)", ""]
+    lines += [f"Records: `{root / 'stability'}` ({len(df)} checkpoints). Labels come from "
+              "r(alpha) = alpha r + (1 - alpha) r' (alpha = 1 clean, 0.5 the 50/50 mixture); "
+              "plain minibatch SGD from the same start with common minibatches; every "
+              "checkpoint measures the full gradient norm, the variance of the minibatch "
+              "gradient over fresh minibatches (the update variance is lr^2 times it) and "
+              "the penalty.", ""]
+    fig = plot_stability(df)
+    save_figure(fig, figdir / "stability.png")
+    lines += [f"![stability]({rel}/stability.png)", ""]
+    s = stability_summary(df)
+    cols = ["alpha", "arch", "method", "hyper", "grad_var", "var_vs_dpo", "grad_norm",
+            "mb_grad_norm", "penalty", "grad_x_rms", "loss", "ess"]
+    lines += ["Means over seeds and checkpoints from step 100 on (`var_vs_dpo`: variance "
+              "relative to DPO in the same condition):", "",
+              markdown_table(s[cols].to_dict("records"), cols, ".3g"), ""]
+    return lines, s
+
+
+# --------------------------------------------------------------------- build
+def _tau_conclusions(s, rows) -> list[str]:
+    out = []
+    for setting, g in s.groupby("setting"):
+        g = g.sort_values(["n", "tau"])
+        osc = g[g.oscillates > 0.5]
+        ref = g[g.refit_diverges > 0.5]
+        out.append(
+            "- **tau, %s.** The implied radius rho(tau) rises as tau falls but saturates "
+            "below the population collapse radius (max %.3g vs %.3g): no tau buys a larger "
+            "ball, and below tau ~ %.2g KLDPO returns (nearly) the collapsed policy. At the "
+            "solution the weights never collapse (ESS >= %.2f, about exp(-2 rho)), but at "
+            "the DPO fit, where training from a DPO model starts, the ESS drops below 0.1 "
+            "for tau <= %.2g. Algorithm 2 with DPO's step stops converging for tau <= %s, "
+            "and refit-then-reweight diverges (contraction >= 1) for tau <= %s." % (
+                setting, g.implied_radius.max(), g.collapse_radius.max(),
+                g.loc[(g.implied_radius >= 0.9 * g.implied_radius.max())].tau.max(),
+                g.ess_solution.min(), g[g.ess_start < 0.1].tau.max()
+                if (g.ess_start < 0.1).any() else float("nan"),
+                "%.2g" % osc.tau.max() if len(osc) else "none of the grid",
+                "%.2g" % ref.tau.max() if len(ref) else "none of the grid"))
+    out.append(
+        "- **The default rule** (`loglinear.stability.suggest_tau`): fit DPO, take its "
+        "per-pair losses, and choose the tau at which the KLDPO weights exp(l/tau) of those "
+        "losses keep half of the sample (ESS = 1/2). It sits just above the point where the "
+        "start-of-training ESS collapses and where the reweighting iterations become "
+        "unstable, and it is a small radius, well below the collapse radius. Results: " +
+        "; ".join(
+            "%s, n=%d: tau %.2f (first-order 1.2 sd(l) gives %.2f), rho %.3g, regret "
+            "under the 50/50 shift %.3g vs best-in-grid %.3g (tau %.2g) and DPO %.3g" % (
+                r["setting"], r["n"], r["rule_tau"], r["first_order_tau"], r["rule_radius"],
+                r["rule_regret50"], r["best_regret50"], r["best_tau50"], r["dpo_regret50"])
+            for r in rows) +
+        ". The first-order formula underestimates the exact rule (the DPO losses are "
+        "right-skewed), so use the exact one; a user who wants more robustness should lower "
+        "tau only while Algorithm 2 still converges with their step size.")
+    return out
+
+
+def _conclusions(tau_rows, tau_s, ex, agree, stab) -> list[str]:
+    out = ["## Conclusions", ""]
+    if ex is not None:
+        ll = [e for e in ex if e["arch"] == "loglinear"]
+        nn_ = [e for e in ex if e["arch"] != "loglinear"]
+        if ll and nn_:
+            ratio = np.median([e["rmse_at_max_n"] for e in nn_]) / np.median(
+                [e["rmse_at_max_n"] for e in ll])
+            out += [
+                "- **The n^-1/2 rate holds in policy space; the constant does not.** Leaving "
+                "out the smallest n, the MLP error exponents lie in [%.2f, %.2f] (95%% "
+                "intervals from %.2f to %.2f) and the log-linear ones in [%.2f, %.2f]. Over "
+                "every n the MLP curves are steeper (down to %.2f) because at the smallest n "
+                "the MLPs overfit (RMSE up to %.2f vs %.2f log-linear). At the largest n the "
+                "MLP error is %.1fx the log-linear one (median over settings). MLPs of "
+                "different width and depth give nearly the same errors: once f can take any "
+                "value on the S*A feature points, DPO only sees those values, so the MLP "
+                "estimator behaves like the tabular one with S(A-1) free score differences "
+                "instead of d parameters." % (
+                    min(e["exponent_tail"] for e in nn_), max(e["exponent_tail"] for e in nn_),
+                    min(e["tail_lo"] for e in nn_), max(e["tail_hi"] for e in nn_),
+                    min(e["exponent_tail"] for e in ll), max(e["exponent_tail"] for e in ll),
+                    min(e["exponent"] for e in nn_),
+                    max(e["rmse_at_min_n"] for e in nn_), max(e["rmse_at_min_n"] for e in ll),
+                    ratio),
+                "- **Strong convexity breaks in parameter space and survives in function "
+                "space.** The log-linear Hessian's smallest eigenvalue is positive (%.3g to "
+                "%.3g). For the MLPs the smallest eigenvalue is ~0 (|min| <= %.1g) with "
+                "%s null directions (median per setting/arch): n_params minus the S(A-1) "
+                "identifiable score differences. The parameter-error bounds of Theorems 1-2 "
+                "(which need gamma*lambda-strong convexity in theta) therefore say nothing "
+                "about MLPs; the right error is on policies." % (
+                    min(e["hess_min"] for e in ll), max(e["hess_min"] for e in ll),
+                    max(abs(e["hess_min"]) for e in nn_),
+                    ", ".join(sorted({str(e["hess_null"]) for e in nn_}))),
+            ]
+        if agree is not None:
+            nn_agree = agree[agree.arch != "loglinear"]
+            out += ["- **The population optimum is well defined as a policy.** Restarts agree "
+                    "to TV <= %.1g (objective gap <= %.1g) although their parameters differ; "
+                    "with a linear reward the neural optimum equals the log-linear pi_theta* "
+                    "to TV <= %.1g." % (nn_agree.max_tv_to_best.max(),
+                                        nn_agree.max_objective_gap.max(),
+                                        nn_agree.tv_best_to_loglinear.max())]
+        settings = sorted({e["setting"] for e in ex})
+        if len(settings) > 1:
+            parts = "; ".join("%s (lambda_min %.3g): log-linear %.3g, MLP %.3g" % (
+                s, [e for e in ex if e["setting"] == s][0]["lambda_min"],
+                np.median([e["rmse_at_max_n"] for e in ex if e["setting"] == s
+                           and e["arch"] == "loglinear"]),
+                np.median([e["rmse_at_max_n"] for e in ex if e["setting"] == s
+                           and e["arch"] != "loglinear"])) for s in settings)
+            out += ["- **Coverage.** RMSE at the largest n by setting: " + parts + ". The "
+                    "log-linear error follows the feature-coverage eigenvalue lambda_min; the "
+                    "MLP error depends on how often each (s, a) is sampled (the sampling "
+                    "policy), not on lambda_min, since it does not share strength across "
+                    "actions through a low-dimensional theta."]
+    if stab is not None:
+        for a in sorted(stab.alpha.unique(), reverse=True):
+            w = stab[(stab.alpha == a) & (stab.method == "wdpo")]
+            k = stab[(stab.alpha == a) & (stab.method == "kldpo")]
+            out += ["- **Gradient variance, alpha = %g.** WDPO's minibatch-gradient variance "
+                    "relative to DPO: %s; KLDPO's: %s." % (
+                        a, ", ".join("%.2f (%s, rho=%g)" % (r.var_vs_dpo, r.arch, r.hyper)
+                                     for r in w.itertuples()),
+                        ", ".join("%.2f (%s, tau=%g)" % (r.var_vs_dpo, r.arch, r.hyper)
+                                  for r in k.itertuples()))]
+    if tau_rows:
+        out += _tau_conclusions(tau_s, tau_rows)
+    return out
+
+
+def build(records_dir, out_dir=None) -> Path:
+    """Write the report (markdown + figures) from ROOT/{tau,neural,stability}."""
+    root = Path(records_dir)
+    md = Path(out_dir) / "beyond_loglinear.md" if out_dir else DEFAULT_OUT
+    figdir = md.parent / "beyond_loglinear"
+    figdir.mkdir(parents=True, exist_ok=True)
+    rel = "beyond_loglinear"
+    nl, ex, agree = _neural_section(root, figdir, rel)
+    sl, stab = _stability_section(root, figdir, rel)
+    tl = _tau_section(root, figdir, rel)
+    tau_lines, tau_s, tau_rows = (tl if isinstance(tl, tuple) else (tl, None, None))
+    head = ["# Beyond log-linear: neural policies, gradient stability, KLDPO temperature", "",
+            "Generated by `loglinear report beyond_loglinear %s` from stored records; "
+            "do not edit by hand." % root, "",
+            "Regenerate everything (each study prints its runtime):", "", "```",
+            "loglinear beyond tau --config simulations/beyond_tau.toml "
+            "--out reports/beyond_loglinear/records/tau",
+            "loglinear beyond neural --config simulations/beyond_neural.toml "
+            "--out reports/beyond_loglinear/records/neural",
+            "loglinear beyond stability --config simulations/beyond_stability.toml "
+            "--out reports/beyond_loglinear/records/stability",
+            "loglinear report beyond_loglinear reports/beyond_loglinear/records", "```", ""]
+    body = head + _conclusions(tau_rows, tau_s, ex, agree, stab) + [""] + nl + sl + tau_lines
+    md.write_text("\n".join(body) + "\n")
+    return md
