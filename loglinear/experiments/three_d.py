@@ -278,6 +278,7 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
             "disperse_step": first(un >= un[0] + thresholds.disperse_delta),
             "p_chosen_0": pc[0], "p_chosen_peak": pc.max(), "p_chosen_end": pc[-1],
             "p_rejected_0": pr[0], "p_rejected_end": pr[-1],
+            "log10_p_rejected_end": float(np.log10(pr[-1])) if pr[-1] > 0 else -np.inf,
             "unseen_0": un[0], "unseen_peak": un.max(), "unseen_end": un[-1],
             "reward_0": g["reward"].iloc[0], "reward_end": g["reward"].iloc[-1],
             "reward_best": g["reward"].max(), "kl_end": g["kl"].iloc[-1],

@@ -160,7 +160,8 @@ def build(records_dir, out_dir=None) -> Path:
              "π⁺ 0→peak→end": f"{o['p_chosen_0']:.3f}→{o['p_chosen_peak']:.3f}→"
                               f"{o['p_chosen_end']:.3f}",
              "π⁻ end": f"{o['p_rejected_end']:.1e}",
-             "unseen 0→end": f"{o['unseen_0']:.3f}→{o['unseen_end']:.3f}"} for o in onsets]
+             "unseen 0→peak→end": f"{o['unseen_0']:.3f}→{o['unseen_peak']:.3f}→"
+                                  f"{o['unseen_end']:.3f}"} for o in onsets]
     base = {(o["sharing"], o["scenario"]): o for o in onsets if o["method"] == "DPO"}
     cost = []
     for o in onsets:
@@ -372,14 +373,18 @@ def _conclusions(onsets, methods) -> list[str]:
             worse = sum(v["earlier"] + v["new"] for v in d.values())
             dr = np.mean(_versus_dpo(onsets, m, "reward_end"))
             dk = np.mean(_versus_dpo(onsets, m, "kl_end"))
+            dp = np.median(_versus_dpo(onsets, m, "log10_p_rejected_end"))
             parts.append(f"{m}: {later} delayed/removed vs {worse} advanced/added, "
-                         f"Δreward {dr:+.3f}, ΔKL {dk:+.2f}")
+                         f"Δreward {dr:+.3f}, ΔKL {dk:+.2f}, Δlog10 π⁻(end) {dp:+.1f}")
         title = {"Wasserstein": "Wasserstein-type (WDPO, exact W-DRO)",
                  "KL": "KL-type (KLDPO, exact KL-DRO)", "remedy": "The remedies",
                  "other": "Other losses"}[fam]
         out.append(f"- **{title}**: " + "; ".join(parts) + f". Mechanism: {MECHANISM[fam]}.")
-    out.append("- Counts are over the (η, scenario) settings against DPO; Δ are means of "
-               "(method − DPO) at the last step. The true reward is +1 on every chosen "
-               "response, so pushing π(chosen) up is rewarded by construction; with a reward "
-               "less aligned with the chosen responses Δreward could change sign.")
+    out.append("- Counts are over the (η, scenario) settings against DPO; Δ are means "
+               "(medians for log10 π⁻) of (method − DPO) at the last step. A delayed onset "
+               "is not a smaller end value: with a small β⁻ the rejected push saturates "
+               "later, so Flex-DPO can end with a lower π⁻ than DPO. The true reward is +1 "
+               "on every chosen response, so pushing π(chosen) up is rewarded by "
+               "construction; with a reward less aligned with the chosen responses "
+               "Δreward could change sign.")
     return out
