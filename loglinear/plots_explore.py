@@ -361,3 +361,41 @@ def plot_transport(panels: dict, *, title: str, magnify: float = 1.0):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_mass_dynamics(records, *, title: str, facet: str = "scenario",
+                       style: str | None = "sharing"):
+    """Chosen, rejected and unseen probability mass against the training step: one panel
+    per ``facet`` value, colour = quantity, line style = ``style`` value (records from
+    ``loglinear.dynamics.train`` / the 3D study, one method)."""
+    import matplotlib.pyplot as plt
+
+    df = _frame(records)
+    _require(df, ["step", "p_chosen", "p_rejected", "unseen_mass", facet]
+             + ([style] if style else []))
+    facets = list(dict.fromkeys(df[facet]))
+    styles = sorted(df[style].unique()) if style else [None]
+    dashes = ["-", "--", ":", "-."]
+    quantities = {"p_chosen": ("π(chosen)", "tab:blue"),
+                  "p_rejected": ("π(rejected)", "tab:red"),
+                  "unseen_mass": ("mass on unseen responses", "tab:green")}
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.9), squeeze=False,
+                             sharey=True)
+    for ax, fv in zip(axes[0], facets):
+        for j, sv in enumerate(styles):
+            sub = df[(df[facet] == fv) & ((df[style] == sv) if style else True)]
+            sub = sub.sort_values("step")
+            for col, (name, color) in quantities.items():
+                ax.plot(sub.step, sub[col], dashes[j % 4], color=color,
+                        label=name if j == 0 else None)
+        ax.set(title=f"{facet} {fv}", xlabel="training step", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("probability (mean over pairs / states)")
+    if style:
+        for j, sv in enumerate(styles):
+            axes[0][0].plot([], [], dashes[j % 4], color="grey", label=f"{style} {sv:g}"
+                            if isinstance(sv, float) else f"{style} {sv}")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -32,12 +32,13 @@
 
 # %% tags=["parameters"]
 SEED = 0
-PRECOMPUTED = "reports/rates"  # a folder with records.csv/targets.csv, or None to compute
+PRECOMPUTED = "reports/rates"  # folder with records.csv + targets.csv (or records/ inside), or None
 N_VALUES = [250, 1000, 4000]
 SEEDS = 5  # replicate samples per (setting, n)
 CONCENTRATIONS = [0.0, 1.5, 3.0, 4.5]
 SPECTRUM_DECAYS = [1.0, 0.5]
 ESTIMATORS = ["dpo", "kl", "w1", "w2", "kldpo"]
+SCHEDULE = "fixed"  # the radius schedule shown (precomputed studies may hold several)
 COLLAPSE_FRACTION = 0.3  # robust radius = this fraction of the population collapse radius
 KLDPO_TAU = 1.0
 N_STATES, N_ACTIONS, DIM, BETA, REWARD_SCALE = 6, 4, 3, 1.0, 1.5  # computed grid only
@@ -82,11 +83,18 @@ unavailable = sorted(set(ESTIMATORS) - set(available))
 if unavailable:
     print(f"not installed in this version of loglinear, skipped: {unavailable}")
 
-source = Path(PRECOMPUTED) if PRECOMPUTED else None
-if source is not None and (source / "records.csv").exists():
+candidates = [Path(PRECOMPUTED), Path(PRECOMPUTED) / "records"] if PRECOMPUTED else []
+source = next((p for p in candidates if (p / "records.csv").exists()
+               and (p / "targets.csv").exists()), None)
+if source is not None:
     print(f"reading precomputed records from {source}")
     records = read_records(source / "records.csv")
     targets = read_records(source / "targets.csv", dtype={"param": str}, keep_default_na=False)
+    if (source / "config.json").exists():  # the study's own B and beta for the theory
+        stored = json.loads((source / "config.json").read_text())
+        BOUND = float(stored.get("bound", BOUND))
+        betas = {float(st.get("beta", BETA)) for st in stored.get("settings", [])}
+        BETA = betas.pop() if len(betas) == 1 else BETA
 else:
     settings = tuple(
         rates.EnvSpec(name=f"g{c:g}-r{r:g}", n_states=N_STATES, n_actions=N_ACTIONS, dim=DIM,
@@ -96,7 +104,7 @@ else:
     config = rates.RatesConfig(
         name="notebook-lambda", seed=SEED, n=tuple(N_VALUES), seeds=SEEDS,
         estimators=tuple(available), settings=settings, bound=BOUND,
-        schedules=(rates.Schedule(name="fixed", collapse_fraction=COLLAPSE_FRACTION,
+        schedules=(rates.Schedule(name=SCHEDULE, collapse_fraction=COLLAPSE_FRACTION,
                                   scale={"kldpo": KLDPO_TAU}),))
     print(f"computing {len(settings)} settings x {len(N_VALUES)} n x {SEEDS} seeds")
     with tempfile.TemporaryDirectory(prefix="loglinear-lambda-") as tmp:
@@ -105,9 +113,12 @@ else:
                                keep_default_na=False)
 
 summary = pd.DataFrame(explore.summarize_rates(records))
+# one radius schedule (DPO has none); other schedules live in the rates report
+summary = summary[summary.schedule.isin([SCHEDULE, "none"])]
 print(f"{len(records)} rows; failed fits: {int(summary.failed.sum())}")
-display(summary.pivot_table(index=["setting", "lambda_min"], columns=["estimator"],
-                            values="rmse", aggfunc="first").round(4).head(20))
+print(f"RMSE at n = {summary.n.max()} (schedule {SCHEDULE!r}):")
+display(summary[summary.n == summary.n.max()].pivot_table(
+    index=["setting", "lambda_min"], columns="estimator", values="rmse").round(4))
 
 # %% [markdown]
 # ## 1. Error against λ_min
@@ -168,7 +179,7 @@ print(f"the paper's constant: d/(γλ) with γ = {gamma:.3g} (β = {BETA:g}, B =
 # %%
 def bound_curves(setting):
     lam = float(lam_of[setting])
-    ns = np.geomspace(min(N_VALUES), max(N_VALUES), 20)
+    ns = np.geomspace(summary.n.min(), summary.n.max(), 20)
     curves = {"Prop. 1 / √λ (DPO)": estimation.proposition1_bound(
         ns, beta=BETA, bound=BOUND, dim=d) / np.sqrt(lam),
         "Thm 1 (WDPO, W₁, W₂)": estimation.theorem1_bound(ns, beta=BETA, bound=BOUND, lam=lam)}

@@ -300,3 +300,15 @@ def test_worst_case_views(sample_2d):
     with pytest.raises(ValueError, match="2-d"):
         views.plot_transport({"bad": (x3, np.ones(2), np.full(2, .5), w2.worst_case,
                                       w2.theta)}, title="t")
+
+
+def test_mass_dynamics_view():
+    rows = [dict(step=t, p_chosen=0.2 + 0.001 * t, p_rejected=0.2 * 0.99 ** t,
+                 unseen_mass=0.1, scenario=sc, sharing=eta)
+            for t in range(0, 50, 10) for sc in ("on-on", "off-on") for eta in (0.0, 0.5)]
+    fig = views.plot_mass_dynamics(rows, title="m")
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "scenario on-on"
+    assert fig.axes[0].get_ylabel()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="lack columns"):
+        views.plot_mass_dynamics([{"step": 0}], title="m")

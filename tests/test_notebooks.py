@@ -21,15 +21,26 @@ from nbclient.exceptions import CellExecutionError  # noqa: E402
 from loglinear.commands import notebooks as nbtool  # noqa: E402
 
 NOTEBOOKS = nbtool.notebook_sources()
-# Per-notebook parameter overrides for the test run (the defaults are already small).
-TEST_OVERRIDES: dict[str, dict] = {}
+REPO = nbtool.DEFAULT_DIR.parent
+# Per-notebook parameter overrides for the test run (the defaults are already small). The
+# main run always takes the compute path, so it does not depend on what reports/ holds.
+TEST_OVERRIDES: dict[str, dict] = {
+    "lambda_dependence": {"PRECOMPUTED": None},
+    "three_d": {"PRECOMPUTED": None},
+}
+# The precomputed-records path, exercised when the study records are in the checkout.
+PRECOMPUTED_RUNS = {
+    "lambda_dependence": (("reports/rates/records.csv", "reports/rates/records/records.csv"),
+                          {"CONCENTRATIONS": [0.0, 3.0], "SHRINK_FRACTIONS": [0.0, 0.5]}),
+    "three_d": (("reports/three_d/records.parquet", "reports/three_d/records.jsonl"), {}),
+}
 # Seconds any single cell may take before the run is declared hung.
 CELL_TIMEOUT_S = 240
 
 
 def test_there_are_notebooks():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"coverage"} <= names, names
+    assert {"coverage", "lambda_dependence", "approximations", "three_d"} <= names, names
 
 
 def test_ipynb_are_in_sync_with_py_sources():
@@ -58,6 +69,21 @@ def test_notebook_executes(path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} displayed no figure"
     print(f"{path.name}: {elapsed:.1f}s, {len(images)} figures")
+
+
+@pytest.mark.parametrize("name", sorted(PRECOMPUTED_RUNS))
+def test_notebook_reads_precomputed_records(name):
+    files, overrides = PRECOMPUTED_RUNS[name]
+    if not any((REPO / f).exists() for f in files):
+        pytest.skip(f"no precomputed records for {name} in this checkout ({files})")
+    try:
+        nb = nbtool.execute(nbtool.DEFAULT_DIR / f"{name}.py", overrides,
+                            timeout=CELL_TIMEOUT_S)
+    except CellExecutionError as exc:
+        pytest.fail(f"{name}.py on precomputed records: a cell failed\n{exc}", pytrace=False)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", ()))
+    assert "reading precomputed records" in text
 
 
 # ---------------------------------------------------------------- the tool itself
