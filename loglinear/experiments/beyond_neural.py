@@ -82,12 +82,12 @@ class NeuralConfig:
     name: str = "beyond_neural"
     seed: int = 20261122
     settings: tuple[EnvSpec, ...] = ()
-    archs: tuple[Arch, ...] = (Arch(0), Arch(1, 16), Arch(2, 16))
+    archs: tuple[Arch, ...] = (Arch(0), Arch(1, 16), Arch(2, 8))
     n: tuple[int, ...] = (300, 1000, 3000, 10000, 30000)
-    seeds: int = 6
-    restarts: int = 6
+    seeds: int = 5
+    restarts: int = 4
     init_scale: float = 1.0
-    max_iter: int = 1500
+    max_iter: int = 1000
     gtol: float = 1e-8
 
     def __post_init__(self):

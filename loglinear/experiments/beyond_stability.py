@@ -70,11 +70,11 @@ class StabilityConfig:
     tau: tuple[float, ...] = (1.0, 0.1)
     n: int = 2000
     batch_size: int = 32
-    steps: int = 400
+    steps: int = 300
     every: int = 50
     lr: float = 0.5
-    n_batches: int = 32
-    seeds: int = 3
+    n_batches: int = 24
+    seeds: int = 2
     init_scale: float = 0.5
 
     def __post_init__(self):
