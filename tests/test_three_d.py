@@ -131,3 +131,22 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
     report.unlink()
     assert cli_main(["report", "three-d", str(rec)]) == 0
     assert report.read_text() == text
+
+
+def test_trajectories_subset_for_notebooks():
+    from loglinear.experiments.three_d import trajectories
+    from loglinear.report.three_d import plot_gradient_ratio, plot_trajectories
+
+    cfg = ThreeDConfig.from_toml(CONFIG)
+    df = trajectories(cfg, methods=["DPO", "DPO+SFT (c=0.2)"], sharing=[0.5],
+                      scenarios=["on-off"], steps=40)
+    assert set(df["method"]) == {"DPO", "DPO+SFT (c=0.2)"}
+    assert df["step"].max() == 40 and set(df["sharing"]) == {0.5}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = plot_trajectories(df)
+    assert len(fig.axes) == 3
+    assert len(plot_gradient_ratio(df).axes[0].lines) == 1
+    with pytest.raises(ValueError, match="unknown method labels"):
+        trajectories(cfg, methods=["nope"])

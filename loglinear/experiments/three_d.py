@@ -254,6 +254,37 @@ def simulate(config: ThreeDConfig, *, on_record=None) -> tuple[list[dict], list[
     return rows, skipped
 
 
+def trajectories(config: ThreeDConfig, *, methods=None, sharing=None, scenarios=None,
+                 steps: int | None = None):
+    """Notebook entry point: run (a subset of) the study and return a pandas DataFrame.
+
+    ``methods`` (labels), ``sharing`` and ``scenarios`` select a subset of the config;
+    ``steps`` overrides the number of training steps. Columns: sharing, scenario, method,
+    objective_name, step and the diagnostics of :func:`loglinear.dynamics.diagnostics`.
+    """
+    from dataclasses import replace
+
+    import pandas as pd
+
+    if methods is not None:
+        keep = set(methods)
+        unknown = keep - {m.label for m in config.methods}
+        if unknown:
+            raise ValueError(f"unknown method labels {sorted(unknown)}; config has "
+                             f"{[m.label for m in config.methods]}")
+        config = replace(config, methods=tuple(m for m in config.methods if m.label in keep))
+    toy = config.toy
+    if sharing is not None:
+        toy = replace(toy, sharing=tuple(sharing))
+    if scenarios is not None:
+        toy = replace(toy, scenarios=tuple(scenarios))
+    training = config.training if steps is None else replace(config.training, steps=steps)
+    rows, skipped = simulate(replace(config, toy=toy, training=training))
+    if skipped:
+        raise ValueError(f"{len(skipped)} runs could not be evaluated: {skipped[0]['reason']}")
+    return pd.DataFrame(rows)
+
+
 def property_onsets(records, thresholds: Thresholds) -> list[dict]:
     """One row per (sharing, scenario, method): the first recorded step at which each
     property holds (None if never), with the initial and final diagnostics."""
