@@ -7,6 +7,7 @@ import pytest
 from conftest import FD_RTOL, FLOAT64_TOL
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import environments, seeds
 
 from loglinear import LogLinearEnv, PreferenceData
 from loglinear.dynamics import (
@@ -294,3 +295,18 @@ def test_kldpo_official_step_is_the_capped_reweighted_dpo_gradient():
     np.testing.assert_allclose(ev.grad, grad, atol=1e-12)
     assert abs(ev.value - W @ loss) < 1e-12
     assert _reweighted_margin(w, setting, "dpo", 0.7, W).value == ev.value
+
+
+@settings(deadline=None)
+@given(environments(), st.integers(1, 12), seeds)
+def test_unseen_mass_on_random_environments(env, n, seed):
+    rng = np.random.default_rng(seed)
+    setting = PairSetting(env, env.sample(n, rng))
+    policy = np.exp(setting.log_policy(rng.normal(size=env.dim)))
+    unseen, seen = setting.unseen_mass(policy), setting.seen_mass(policy)
+    np.testing.assert_allclose(unseen + seen, 1.0, atol=FLOAT64_TOL)
+    pairs = set(zip(setting.data.state.tolist(), setting.data.a1.tolist())) | set(
+        zip(setting.data.state.tolist(), setting.data.a2.tolist()))
+    brute = [sum(policy[s, a] for a in range(env.n_actions) if (s, a) not in pairs)
+             for s in range(env.n_states)]
+    np.testing.assert_allclose(unseen, brute, atol=FLOAT64_TOL)
