@@ -184,10 +184,16 @@ def check_theta(theta, d: int) -> np.ndarray:
 FLOAT32_GRAM_SIZE = 2_000_000   # n*d above which Hessians (search directions only) use float32
 
 
+_X32: list = [None, None]
+
+
 def weighted_gram(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """sum_i w_i x_i x_i^T, in float32 for large data (it only steers Newton steps)."""
     if x.size >= FLOAT32_GRAM_SIZE:
-        x32 = x.astype(np.float32)
+        # one-entry cache: data arrays are read-only, so the identity check is enough
+        if _X32[0] is not x:
+            _X32[0], _X32[1] = x, x.astype(np.float32)
+        x32 = _X32[1]
         g = ((x32 * w[:, None].astype(np.float32)).T @ x32).astype(np.float64)
     else:
         g = (x * w[:, None]).T @ x

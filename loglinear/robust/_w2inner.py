@@ -24,27 +24,33 @@ MAX_ITER = 200
 
 
 def _root_decreasing(u, b, eta, lo, hi):
-    """Roots of g on brackets [lo, hi] where g(lo) >= 0 >= g(hi) and g decreases."""
+    """Roots of g on brackets [lo, hi] where g(lo) >= 0 >= g(hi) and g decreases.
+
+    Safeguarded Newton (bisection when a step leaves the bracket), iterating only on the
+    atoms that have not converged yet.
+    """
     t = 0.5 * (lo + hi)
-    lo, hi = lo.copy(), hi.copy()
-    active = hi > lo
+    idx = np.flatnonzero(hi > lo)
+    lo_a, hi_a, t_a, u_a = lo[idx], hi[idx], t[idx], u[idx]
     for _ in range(MAX_ITER):
-        if not active.any():
+        if idx.size == 0:
             break
-        s = expit(u + b * t)
-        g = b * s - 2.0 * eta * t
+        s = expit(u_a + b * t_a)
+        g = b * s - 2.0 * eta * t_a
         dg = b * b * s * (1.0 - s) - 2.0 * eta
         pos = g > 0
-        lo = np.where(active & pos, t, lo)
-        hi = np.where(active & ~pos, t, hi)
+        lo_a = np.where(pos, t_a, lo_a)
+        hi_a = np.where(pos, hi_a, t_a)
         with np.errstate(divide="ignore", invalid="ignore"):
-            tn = t - g / dg
-        ok = (dg < 0) & (tn > lo) & (tn < hi) & np.isfinite(tn)
-        tn = np.where(ok, tn, 0.5 * (lo + hi))
-        step = np.abs(tn - t)
-        t = np.where(active, tn, t)
-        active = active & (step > 4e-16 * np.maximum(1.0, np.abs(t))) & (
-            hi - lo > 4e-16 * np.maximum(1.0, hi))
+            tn = t_a - g / dg
+        ok = (dg < 0) & (tn > lo_a) & (tn < hi_a) & np.isfinite(tn)
+        tn = np.where(ok, tn, 0.5 * (lo_a + hi_a))
+        done = (np.abs(tn - t_a) <= 4e-16 * np.maximum(1.0, np.abs(tn))) | (
+            hi_a - lo_a <= 4e-16 * np.maximum(1.0, hi_a)) | (g == 0)
+        t_a = np.where(g == 0, t_a, tn)
+        t[idx] = t_a
+        keep = ~done
+        idx, lo_a, hi_a, t_a, u_a = idx[keep], lo_a[keep], hi_a[keep], t_a[keep], u_a[keep]
     return t
 
 

@@ -329,7 +329,9 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
         return _finish(fit.theta, data, beta, eps, p, kappa, bound, fit.bound_multiplier,
                        "newton", t0, "nominal", {"iterations": fit.iterations})
     gnorm0, r0 = kink_threshold(data, beta, eps, p)
-    if gnorm0 <= r0 and (p == 2 or not np.isfinite(kappa_eff)):
+    # With zero offsets flips gain nothing at theta = 0, so V_kappa(0) = V_inf(0) <= V_inf
+    # <= V_kappa: the kappa = inf kink test is exact for every kappa.
+    if gnorm0 <= r0 and (p == 2 or not np.isfinite(kappa_eff) or zero_offset(data)):
         return _finish(np.zeros(data.d), data, beta, eps, p, kappa, bound, 0.0, "closed-form",
                        t0, "collapsed", {"grad_norm_at_0": gnorm0, "kink_radius": r0})
     try:
