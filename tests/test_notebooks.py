@@ -105,6 +105,9 @@ def test_sync_then_check_round_trip(tmp_path):
                                             "sync`)"]
     nbtool.sync(tmp_path)
     assert nbtool.out_of_sync(tmp_path) == []
+    first = (tmp_path / "tiny.ipynb").read_bytes()
+    nbtool.sync(tmp_path)
+    assert (tmp_path / "tiny.ipynb").read_bytes() == first  # regeneration is deterministic
     (tmp_path / "tiny.py").write_text(_GOOD.replace("N = 3", "N = 4"))
     assert nbtool.out_of_sync(tmp_path) and "differs" in nbtool.out_of_sync(tmp_path)[0]
     (tmp_path / "stray.ipynb").write_text((tmp_path / "tiny.ipynb").read_text())

@@ -65,7 +65,10 @@ def sync(directory=DEFAULT_DIR) -> list[Path]:
     written = []
     for src in notebook_sources(directory):
         dst = src.with_suffix(".ipynb")
-        jupytext.write(read_notebook(src), dst, fmt="ipynb")
+        nb = read_notebook(src)
+        for i, cell in enumerate(nb.cells):  # stable ids: regenerating changes nothing
+            cell["id"] = f"cell-{i}"
+        jupytext.write(nb, dst, fmt="ipynb")
         written.append(dst)
     return written
 
