@@ -329,7 +329,7 @@ def plot_transport(panels: dict, *, title: str, magnify: float = 1.0):
     in the panel title), colour = label, and the robust theta is drawn from the origin."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 5.0), squeeze=False)
     for ax, (label, (x, y, w, tr, theta)) in zip(axes[0], panels.items()):
         x, y, w = np.asarray(x, float), np.asarray(y, float), np.asarray(w, float)
         if x.shape[1] != 2:

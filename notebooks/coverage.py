@@ -188,6 +188,30 @@ show(views.plot_direction_variance(
      "direction_variance")
 
 # %% [markdown]
+# ### Interactive (optional)
+# With ipywidgets and a live Jupyter front end, a slider moves the sampling concentration
+# of the same environment. Without ipywidgets the cell draws the default once; executed
+# headless (as in the tests) it runs and stores only the widget placeholder.
+
+# %%
+def projection_at(concentration=2.0):
+    env_c = explore.random_env(np.random.default_rng(SEED), concentration=concentration,
+                               **BASE)
+    fig = views.plot_feature_projections(
+        {f"γ = {concentration:g}": explore.project_features(env_c)},
+        title="Actions' centred features on the extreme eigenvectors of Σ")
+    show(fig, "interactive_projection")
+
+
+try:
+    import ipywidgets
+
+    ipywidgets.interact(projection_at, concentration=ipywidgets.FloatSlider(
+        value=2.0, min=0.0, max=8.0, step=0.5, description="γ"))
+except ImportError:
+    projection_at()
+
+# %% [markdown]
 # ## Summary
 # The population λ_min per knob (means over replicates):
 
