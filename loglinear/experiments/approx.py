@@ -47,6 +47,9 @@ COLUMNS = ["env", "replicate", "concentration", "n_samples", "lambda_min", "dive
            "subopt", "subopt_dpo", "value_gap", "exact_value", "exact_dual", "theta_norm",
            "status", "seconds"]
 KEY = ["env", "divergence", "fraction", "variant"]
+REFIT_COLUMNS = ["env", "concentration", "n_samples", "tau", "contraction", "status",
+                 "iterations", "theta_err", "implied_radius"]
+REFIT_KEY = ["env", "tau"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class ApproxStudyConfig:
             N pairs (each environment is run in every regime).
         reward_scale: ||omega||.
         exponent_max_fraction: radii up to this fraction enter the exponent fit.
+        refit_taus: temperatures at which the "refit with frozen weights, then reweight"
+            KLDPO iteration is run and its contraction factor recorded (empty: skip).
+        refit_max_iter: outer iterations allowed to that iteration.
         out: records directory (the report goes to its parent).
     """
 
@@ -80,11 +86,18 @@ class ApproxStudyConfig:
     n_samples: tuple = (0,)
     reward_scale: float = 2.0
     exponent_max_fraction: float = 0.2
+    refit_taus: tuple = (0.25, 0.5, 0.7, 1.0, 1.5, 2.0, 4.0)
+    refit_max_iter: int = 100
     out: str = "reports/approximations"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
         object.__setattr__(self, "divergences", tuple(self.divergences))
+        object.__setattr__(self, "refit_taus", tuple(float(t) for t in self.refit_taus))
+        if any(not (np.isfinite(t) and t > 0) for t in self.refit_taus):
+            raise ValueError(f"refit_taus must be positive, got {self.refit_taus}")
+        if int(self.refit_max_iter) < 1:
+            raise ValueError("refit_max_iter must be >= 1")
         ns = self.n_samples if isinstance(self.n_samples, (list, tuple)) else (self.n_samples,)
         object.__setattr__(self, "n_samples", tuple(int(n) for n in ns))
         object.__setattr__(self, "concentrations", tuple(float(c) for c in
@@ -301,14 +314,41 @@ def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store):
             }))
 
 
+def _refit_rows(name, conc, data, config, store):
+    """The refit-then-reweight iteration against its predicted contraction factor."""
+    import warnings
+
+    nsamp = 0 if name.endswith("-pop") else int(name.rsplit("-n", 1)[1])
+    for tau in config.refit_taus:
+        if store.done({"env": name, "tau": tau}):
+            continue
+        exact = fit_kldpo(data, beta=config.beta, tau=tau)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # the record carries it
+            res = fit_kldpo(data, beta=config.beta, tau=tau, method="refit",
+                            max_iter=config.refit_max_iter)
+        store.write(_plain({
+            "env": name, "concentration": conc, "n_samples": nsamp, "tau": tau,
+            "contraction": res.info["contraction"], "status": res.status,
+            "iterations": res.iterations,
+            "theta_err": float(np.linalg.norm(res.theta - exact.theta)),
+            "implied_radius": exact.info["implied_radius"]}))
+
+
 def main(config: ApproxStudyConfig, *, progress: bool = True) -> Path:
     """Run the study, writing records incrementally; returns the records directory."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(config, out / "config.json")
     t0 = time.perf_counter()
-    with RecordStore(out / "records.csv", COLUMNS, KEY) as store:
+    with RecordStore(out / "records.csv", COLUMNS, KEY) as store, \
+            RecordStore(out / "refit.csv", REFIT_COLUMNS, REFIT_KEY) as refit:
         for name, rep, conc, data in environments(config):
+            try:
+                _refit_rows(name, conc, data, config, refit)
+            except SeparableDataError as exc:
+                print(f"  warning: {name} skipped: {exc}", flush=True)
+                continue
             for div in config.divergences:
                 try:
                     _rows_for(name, rep, conc, data, div, config, store)
