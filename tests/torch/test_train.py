@@ -54,3 +54,19 @@ def test_config_validation_and_toml(tmp_path):
     path.write_text("[train]\nlearning_rate = 1.0\n")
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(path)
+
+
+def test_cli_trains_and_resumes(tmp_path, capsys):
+    from loglinear.cli import main
+
+    cfg = tmp_path / "run.toml"
+    out = tmp_path / "out"
+    cfg.write_text(f'[train]\nmodel = "tiny-llama"\ndata = "toy:16"\nout_dir = "{out}"\n'
+                   'objective = "wdpo"\nrho = 0.5\nbatch_size = 4\nsave_every = 2\n')
+    assert main(["llm-train", "--config", str(cfg), "--max-steps", "2"]) == 0
+    assert main(["llm-train", "--config", str(cfg), "--max-steps", "4"]) == 0
+    assert [r["step"] for r in _metrics(out)] == [0, 1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 4
+    cfg.write_text('[train]\nobjective = "nope"\n')
+    assert main(["llm-train", "--config", str(cfg)]) == 2
+    assert "objective" in capsys.readouterr().err
