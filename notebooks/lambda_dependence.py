@@ -83,7 +83,9 @@ unavailable = sorted(set(ESTIMATORS) - set(available))
 if unavailable:
     print(f"not installed in this version of loglinear, skipped: {unavailable}")
 
-candidates = [Path(PRECOMPUTED), Path(PRECOMPUTED) / "records"] if PRECOMPUTED else []
+# relative to the repository root, or to notebooks/ when Jupyter was started there
+roots = [Path(PRECOMPUTED), Path("..") / PRECOMPUTED] if PRECOMPUTED else []
+candidates = [p for r in roots for p in (r, r / "records")]
 source = next((p for p in candidates if (p / "records.csv").exists()
                and (p / "targets.csv").exists()), None)
 if source is not None:

@@ -68,9 +68,10 @@ METHODS = (
     td.Method("KLDPO paper (tau=1)", "kldpo-paper", {"beta": BETA, "tau": 1.0}),
 )
 
-source = Path(PRECOMPUTED) if PRECOMPUTED else None
-stored = [p for p in (source / "records.parquet", source / "records.jsonl")
-          if p.exists()] if source is not None else []
+# relative to the repository root, or to notebooks/ when Jupyter was started there
+roots = [Path(PRECOMPUTED), Path("..") / PRECOMPUTED] if PRECOMPUTED else []
+stored = [p for r in roots for p in (r / "records.parquet", r / "records.jsonl")
+          if p.exists()]
 if stored:
     print(f"reading precomputed records from {stored[0]}")
     records = (pd.read_parquet(stored[0]) if stored[0].suffix == ".parquet"
