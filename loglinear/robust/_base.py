@@ -187,9 +187,9 @@ FLOAT32_GRAM_SIZE = 2_000_000   # n*d above which Hessians (search directions on
 _X32: list = [None, None]
 
 
-def weighted_gram(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def weighted_gram(x: np.ndarray, w: np.ndarray, *, exact: bool = False) -> np.ndarray:
     """sum_i w_i x_i x_i^T, in float32 for large data (it only steers Newton steps)."""
-    if x.size >= FLOAT32_GRAM_SIZE:
+    if x.size >= FLOAT32_GRAM_SIZE and not exact:
         # one-entry cache: data arrays are read-only, so the identity check is enough
         if _X32[0] is not x:
             _X32[0], _X32[1] = x, x.astype(np.float32)

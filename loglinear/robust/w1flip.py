@@ -26,7 +26,12 @@ MU_START = 1e-3
 MU_MIN = 1e-10
 STAGE_GTOL = 1e-6    # at tiny mu the smoothed Hessian is ill-conditioned; theta is O(mu) off
                      # the nonsmooth optimum anyway, so a stage may stop at this gradient
-MU_FACTOR = 1e-3
+MU_FACTOR = 1e-2
+CROSS_BAND = 10.0       # atoms with |m - lambda kappa| <= CROSS_BAND mu count as tied
+CROSS_EXTRA_TIES = 4    # try the exact active-set system with at most d + 1 + this ties
+CROSS_ITER = 30
+CROSS_TOL = 1e-13
+CROSS_CHECK = 1e-9      # slack of the partition / multiplier checks
 GTOL = 1e-10
 
 
@@ -111,6 +116,89 @@ def _problem(data, beta, eps, kappa, ridge, mu):
     return fun, line
 
 
+def _crossover(data, beta, eps, kappa, ridge, theta, mu):
+    """From a smoothed solution, solve the exact piecewise-smooth KKT system.
+
+    The atoms split into flipped S (m_i > lambda kappa), tied T (m_i = lambda kappa, with
+    multipliers w_i in [0, q_i]) and kept. With that partition fixed, KKT is a smooth
+    system in (theta, lambda, w_T) (or (theta, w_T) when lambda = beta ||theta||), solved
+    by Newton; the partition, the multiplier bounds and lambda's side conditions are then
+    checked. Returns (theta, kkt_residual) or None (keep smoothing).
+    """
+    q, d = data.weight, data.d
+    sb = data.sign * beta
+    c0 = sb * data.offset
+    m = sb * (data.x @ theta) - c0
+    norm = float(np.linalg.norm(theta))
+    if norm == 0:
+        return None
+    lam, on_bound = _profile_lambda(m, q, beta * norm, eps, kappa, mu)
+    band = CROSS_BAND * mu
+    pos = q > 0
+    tie = pos & (np.abs(m - lam * kappa) <= band)
+    up = pos & (m - lam * kappa > band)
+    nt = int(tie.sum())
+    if nt > d + 1 + CROSS_EXTRA_TIES:
+        return None
+    a_t, q_s = sb[tie, None] * data.x[tie], float(q[up].sum())
+    gs = data.x.T @ np.where(up, q * sb, 0.0)
+    w = q[tie] * sigmoid((m[tie] - lam * kappa) / mu)
+    ones = np.ones(nt)
+    eye = np.eye(d)
+    resid = np.inf
+    for _ in range(CROSS_ITER):
+        m = sb * (data.x @ theta) - c0
+        s = sigmoid(-m)
+        grad_l = data.x.T @ (-q * s * sb) + ridge * theta
+        hess_l = weighted_gram(data.x, q * s * (1 - s) * beta**2) + ridge * eye
+        norm = float(np.linalg.norm(theta))
+        if on_bound:
+            u = theta / norm
+            e = beta * u
+            hb = beta / norm * (eye - np.outer(u, u))
+            c = eps - kappa * (q_s + w.sum())
+            f1 = grad_l + gs + a_t.T @ w + c * e
+            f3 = m[tie] - kappa * beta * norm
+            f = np.concatenate([f1, f3])
+            jac = np.zeros((d + nt, d + nt))
+            jac[:d, :d] = hess_l + c * hb
+            jac[:d, d:] = (a_t - kappa * e[None, :]).T
+            jac[d:, :d] = a_t - kappa * e[None, :]
+        else:
+            f1 = grad_l + gs + a_t.T @ w
+            f2 = eps - kappa * (q_s + w.sum())
+            f3 = m[tie] - lam * kappa
+            f = np.concatenate([f1, [f2], f3])
+            jac = np.zeros((d + 1 + nt, d + 1 + nt))
+            jac[:d, :d] = hess_l
+            jac[:d, d + 1:] = a_t.T
+            jac[d, d + 1:] = -kappa * ones
+            jac[d + 1:, :d] = a_t
+            jac[d + 1:, d] = -kappa
+        resid = float(np.linalg.norm(f))
+        if resid <= CROSS_TOL * max(1.0, float(np.abs(grad_l).max())):
+            break
+        step = np.linalg.lstsq(jac, -f, rcond=None)[0]
+        theta = theta + step[:d]
+        if on_bound:
+            w = w + step[d:]
+        else:
+            lam = lam + step[d]
+            w = w + step[d + 1:]
+    else:
+        return None
+    m = sb * (data.x @ theta) - c0
+    b = beta * float(np.linalg.norm(theta))
+    if on_bound:
+        lam = b
+    slack = CROSS_CHECK * max(1.0, float(np.abs(m).max()))
+    ok = (np.all(w >= -slack) and np.all(w <= q[tie] + slack)
+          and np.all(m[up] - lam * kappa >= -slack)
+          and np.all(m[pos & ~up & ~tie] - lam * kappa <= slack)
+          and (eps - kappa * (q_s + w.sum()) >= -slack if on_bound else lam >= b - slack))
+    return (theta, resid) if ok else None
+
+
 def _homotopy(data, beta, eps, kappa, ridge, theta0):
     m0 = data.sign * beta * (data.x @ theta0 - data.offset)
     scale = max(1.0, float(np.abs(m0).max()))
@@ -128,8 +216,11 @@ def _homotopy(data, beta, eps, kappa, ridge, theta0):
             raise RobustSolverError(f"W1 flip Newton failed at mu={mu:.2g}: {rep.status}, "
                                     f"grad norm {rep.grad_norm:.3g}")
         theta = rep.x
+        cross = _crossover(data, beta, eps, kappa, ridge, theta, mu)
+        if cross is not None:
+            return cross[0], iters, mu, cross[1]
         if mu <= MU_MIN * scale:
-            return theta, iters, mu
+            return theta, iters, mu, None
         mu = max(mu * MU_FACTOR, MU_MIN * scale)
 
 
@@ -139,12 +230,13 @@ def solve_w1_flip(data, *, beta, eps, kappa, bound, start):
         start = np.full(data.d, 1e-3)
     from .wasserstein import _w1_value
 
-    theta, iters, mu = _homotopy(data, beta, eps, kappa, 0.0, start)
-    info = {"iterations": iters, "smoothing_mu": mu,
-            "smoothing_gap_bound": mu * float(np.log(2.0))}
+    theta, iters, mu, kkt = _homotopy(data, beta, eps, kappa, 0.0, start)
+    info = {"iterations": iters, "smoothing_mu": mu, "kkt_residual": kkt,
+            "exact_active_set": kkt is not None,
+            "smoothing_gap_bound": 0.0 if kkt is not None else mu * float(np.log(2.0))}
     zero = np.zeros(data.d)
-    if _w1_value(zero, data, beta, eps, kappa).value <= _w1_value(theta, data, beta, eps,
-                                                                 kappa).value:
+    if kkt is None and _w1_value(zero, data, beta, eps, kappa, transport=False).value <= \
+            _w1_value(theta, data, beta, eps, kappa, transport=False).value:
         theta = zero
         info["collapsed"] = True
     if bound is None or np.linalg.norm(theta) <= bound:

@@ -101,7 +101,7 @@ def _w1_dual(m, q, b, eps, kappa):
     return max(b, lam_q)
 
 
-def _w1_value(theta, data, beta, eps, kappa):
+def _w1_value(theta, data, beta, eps, kappa, transport=True):
     m = data.sign * beta * (data.x @ theta - data.offset)
     q = data.weight
     losses = softplus(-m)
@@ -131,7 +131,7 @@ def _w1_value(theta, data, beta, eps, kappa):
         grad = grad + leftover * beta * theta / norm
     else:
         grad = _min_norm(grad, leftover * beta)
-    transport = _w1_transport(data, theta, m, flip, leftover, b, kappa)
+    transport = _w1_transport(data, theta, m, flip, leftover, b, kappa) if transport else None
     return WassersteinValue(float(value), float(lam), grad, transport, losses, nominal, 1, kappa)
 
 
@@ -263,6 +263,8 @@ def _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, status, inf
         cert = float(np.linalg.norm(ev.grad))       # min-norm subgradient at the kink
     else:
         cert = float(np.linalg.norm(ev.grad + mu * theta))
+    if info.get("kkt_residual") is not None:
+        cert = float(info["kkt_residual"])     # the exact active-set KKT system
     # at the kinks of the finite-kappa problem the Danskin gradient is one subgradient of
     # many, so its norm certifies nothing there; elsewhere a large residual is flagged
     if status == "converged" and cert > CERT_TOL and not (p == 1 and np.isfinite(kappa)):
