@@ -211,21 +211,34 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 # ---------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, *, stop_after: int | None = None) -> Path:
+def train(cfg: TrainConfig, *, stop_after: int | None = None,
+          pairs: list[dict[str, str]] | None = None, model=None, tokenizer=None) -> Path:
     """Train (or resume) according to ``cfg``; returns the output directory.
 
     ``stop_after`` ends the run after that many optimiser steps in total, as if it had been
     interrupted (time-limited jobs; the resume test); a later call continues to max_steps.
+    ``pairs`` (dicts with prompt/chosen/rejected) replaces ``cfg.data``; ``model`` and
+    ``tokenizer`` (both or neither) replace ``cfg.model`` — a study can pass its own data
+    and an already loaded model. The model is trained in place; the reference is a frozen
+    copy of it as passed.
     """
+    if (model is None) != (tokenizer is None):
+        raise ValueError("pass both model and tokenizer, or neither")
     torch.set_num_threads(cfg.threads)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     dtype = DTYPES[cfg.dtype]
 
-    model, tok = build_model(cfg.model, seed=cfg.seed, dtype=dtype, device=cfg.device)
+    if model is None:
+        model, tok = build_model(cfg.model, seed=cfg.seed, dtype=dtype, device=cfg.device)
+    else:
+        tok = tokenizer
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    pairs = load_pairs(cfg.data, seed=cfg.seed)
+    if pairs is None:
+        pairs = load_pairs(cfg.data, seed=cfg.seed)
+    if not pairs:
+        raise ValueError("no training pairs")
     full = tokenize_pairs(tok, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs],
                           [p["rejected"] for p in pairs], padding_side=cfg.padding_side,
                           max_length=cfg.max_length).to(cfg.device)

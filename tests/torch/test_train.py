@@ -70,3 +70,20 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     cfg.write_text('[train]\nobjective = "nope"\n')
     assert main(["llm-train", "--config", str(cfg)]) == 2
     assert "objective" in capsys.readouterr().err
+
+
+def test_train_with_passed_pairs_and_model(tmp_path):
+    import torch
+
+    from loglinear.torch.models import byte_tokenizer, tiny_model
+
+    tok = byte_tokenizer()
+    model = tiny_model("llama", tokenizer=tok, seed=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    pairs = [{"prompt": "q" * k, "chosen": " yes", "rejected": " no"} for k in range(1, 9)]
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=4, batch_size=4, lr=1e-2)
+    rows = _metrics(train(cfg, pairs=pairs, model=model, tokenizer=tok))
+    assert rows[-1]["base_loss"] < rows[0]["base_loss"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="both"):
+        train(cfg, model=model)
