@@ -24,7 +24,8 @@ the implied radius :math:`\rho(\tau)` with dual :math:`\lambda^* = \tau` (paper.
 .. math::  \rho(\tau) \approx \frac{s^2}{2\tau^2}, \qquad
            \mathrm{ESS}(\tau) \approx e^{-s^2/\tau^2} \approx e^{-2\rho(\tau)},
 
-so a user who wants the reweighting to keep a fraction ``min_ess`` of the data chooses
+so a user who wants the reweighting to keep a fraction ``min_ess`` of the data (default
+0.9) chooses
 :math:`\tau_0 = s/\sqrt{-\log \mathrm{min\_ess}}` at the DPO fit, and the exact rule
 refines it to the tau whose weights on the DPO losses have ESS = ``min_ess``.
 """
@@ -225,17 +226,21 @@ def tau_for_ess(theta, data: PreferenceData, *, beta: float, min_ess: float = 0.
     return float(np.exp(brentq(gap, lo, hi, xtol=ESS_RTOL)))
 
 
-def suggest_tau(data: PreferenceData, *, beta: float, min_ess: float = 0.5) -> TauSuggestion:
+def suggest_tau(data: PreferenceData, *, beta: float, min_ess: float = 0.9) -> TauSuggestion:
     r"""A default KLDPO temperature from the user's own data.
 
     The rule: **fit DPO, take its per-pair losses, and choose the smallest tau whose
     KLDPO weights on those losses keep an effective fraction ``min_ess`` of the data**
-    (default one half): :math:`\mathrm{ESS}(q e^{l(\hat\theta_{DPO})/\tau}\|q) =
-    \mathrm{min\_ess}`. To first order it is
+    (default 0.9: the variance of a weighted minibatch mean grows like 1/ESS, so at most
+    about 11% extra gradient noise; the tau study finds the lowest regret under moderate
+    to full preference shifts near this tau):
+    :math:`\mathrm{ESS}(q e^{l(\hat\theta_{DPO})/\tau}\|q) = \mathrm{min\_ess}`.
+    To first order it is
     :math:`\tau_0 = \mathrm{sd}_q(l(\hat\theta_{DPO}))/\sqrt{-\log\mathrm{min\_ess}}`,
-    about 1.2 loss standard deviations for ESS 1/2. The DPO fit is where the losses are
-    most spread (robust training equalises them), so the weights met during KLDPO
-    training from there keep at least that fraction (checked by the tau study).
+    about 3.1 loss standard deviations for ESS 0.9 (1.2 for ESS 1/2). The DPO fit is
+    where the losses are most spread (robust training equalises them), so the weights met
+    during KLDPO training from there keep at least that fraction (checked by the tau
+    study).
 
     Args:
         data: the training data (weighted or raw).

@@ -73,7 +73,7 @@ class TauConfig:
     n_tau: int = 13
     eval_radius: float = 0.1
     alphas: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
-    min_ess: float = 0.5
+    min_ess: float = 0.9
     max_iter: int = 1000
     step: float | None = None
 

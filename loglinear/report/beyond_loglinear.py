@@ -11,6 +11,7 @@ intervals from :mod:`loglinear.stats`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,13 @@ def _plt():
 def tau_summary(df):
     """Mean over seeds per (setting, n, tau) of the KLDPO sweep rows."""
     k = df[df.method == "kldpo"].copy()
-    k["oscillates"] = (k.path_status != "converged").astype(float)
+    k["oscillates"] = (k.path_status == "oscillating").astype(float)
+    k["stalls"] = (k.path_status == "stalled").astype(float)
+    k["official_oscillates"] = (k.official_status == "oscillating").astype(float)
     k["refit_diverges"] = (k.refit_contraction >= 1).astype(float)
+    regrets = [c for c in df.columns if c.startswith("regret_a")]
     cols = ["implied_radius", "ess_start", "ess_solution", "worst_sample", "worst_pop",
-            "regret_a100", "regret_a50", "regret_a0", "oscillates", "refit_diverges",
+            *regrets, "oscillates", "stalls", "official_oscillates", "refit_diverges",
             "official_min_ess", "collapse_radius"]
     return k.groupby(["setting", "n", "tau"])[cols].mean().reset_index()
 
@@ -104,19 +108,24 @@ def _tau_section(root: Path, figdir: Path, rel: str) -> list[str]:
     nmid = sorted(s.n.unique())[len(s.n.unique()) // 2]
     show = s[s.n == nmid]
     cols = ["setting", "tau", "implied_radius", "ess_start", "ess_solution", "oscillates",
-            "refit_diverges", "worst_pop", "regret_a100", "regret_a50", "regret_a0"]
-    lines += [f"Means over seeds at n = {nmid} (`oscillates`: fraction of Algorithm-2 runs "
-              "with DPO's step that do not converge; `refit_diverges`: fraction with "
-              "refit contraction >= 1):", "", markdown_table(show[cols].to_dict("records"),
-                                                             cols, ".3g"), ""]
+            "stalls", "official_oscillates", "refit_diverges", "worst_pop", "regret_a100",
+            "regret_a50", "regret_a0"]
+    lines += [f"Means over seeds at n = {nmid} (`oscillates`: fraction of paper-form "
+              "Algorithm-2 runs with DPO's step that oscillate without converging, `stalls`: "
+              "that are still creeping after the step budget (slow, not unstable), "
+              "`official_oscillates`: the same for the capped official weights; "
+              "`refit_diverges`: fraction with refit contraction >= 1):", "",
+              markdown_table(show[cols].to_dict("records"), cols, ".3g"), ""]
     # rule vs the sweep
     rows = []
+    cfg = root / "tau" / "config.json"
+    min_ess = json.loads(cfg.read_text())["min_ess"] if cfg.exists() else float("nan")
     for (setting, n), g in s.groupby(["setting", "n"]):
         r = rules[(rules.setting == setting) & (rules.n == n)]
         d = dpo[(dpo.setting == setting) & (dpo.n == n)]
         best50 = g.loc[g.regret_a50.idxmin()]
         bestw = g.loc[g.worst_pop.idxmin()]
-        rows.append(dict(setting=setting, n=int(n), rule_tau=r.tau.mean(),
+        rows.append(dict(setting=setting, n=int(n), min_ess=min_ess, rule_tau=r.tau.mean(),
                          first_order_tau=r.tau_first_order.mean(),
                          rule_radius=r.implied_radius.mean(),
                          rule_ess_solution=r.ess_solution.mean(),
@@ -127,9 +136,25 @@ def _tau_section(root: Path, figdir: Path, rel: str) -> list[str]:
                          dpo_worst=d.worst_pop.mean()))
     cols = list(rows[0])
     lines += ["The default rule (`loglinear.stability.suggest_tau`, ESS target "
-              f"{df.attrs.get('min_ess', 0.5)}) against the sweep (means over seeds):", "",
+              f"{min_ess:g}) against the sweep (means over seeds):", "",
               markdown_table(rows, cols, ".3g"), ""]
-    return lines, s, rows
+    return lines, s, rows, _regret_rows(df)
+
+
+def _regret_rows(df):
+    """Per (setting, alpha) at the largest n: the best tau of the grid vs DPO and the rule."""
+    n = df.n.max()
+    d = df[df.n == n]
+    rows = []
+    for setting, g in d.groupby("setting"):
+        for c in sorted((c for c in d.columns if c.startswith("regret_a")),
+                        key=lambda c: -int(c[8:])):
+            k = g[g.method == "kldpo"].groupby("tau")[c].mean()
+            rows.append(dict(setting=setting, n=int(n), alpha=int(c[8:]) / 100,
+                             best_tau=float(k.idxmin()), best_regret=float(k.min()),
+                             dpo_regret=float(g[g.method == "dpo"][c].mean()),
+                             rule_regret=float(g[g.method == "rule"][c].mean())))
+    return rows
 
 
 # ---------------------------------------------------------------------- neural
@@ -188,7 +213,10 @@ def _neural_section(root: Path, figdir: Path, rel: str):
               f"restarts; summed fit time {df.seconds.sum() + tg.seconds.sum():.0f} s). "
               "Policies pi(a|s) ∝ exp(f(psi(s,a))), f a tanh MLP (depth 0 = log-linear); the "
               "error is sqrt(KL(pi* || pi_hat)) averaged over states, pi* the population "
-              "optimum of the same architecture.", ""]
+              "optimum of the same architecture (best of the restarts). Sample fits start "
+              "from pi*'s parameters (the local estimator around the population optimum, "
+              "which side-steps the MLPs' permutation symmetries); every sample size shares "
+              "its samples across architectures.", ""]
     agree = tg.groupby(["setting", "arch"]).agg(
         n_params=("n_params", "first"), restarts=("restart", "count"),
         max_objective_gap=("objective_gap", "max"), max_tv_to_best=("tv_to_best", "max"),
@@ -266,13 +294,16 @@ def _stability_section(root: Path, figdir: Path, rel: str):
     cols = ["alpha", "arch", "method", "hyper", "grad_var", "var_vs_dpo", "grad_norm",
             "mb_grad_norm", "penalty", "grad_x_rms", "loss", "ess"]
     lines += ["Means over seeds and checkpoints from step 100 on (`var_vs_dpo`: variance "
-              "relative to DPO in the same condition):", "",
+              "relative to DPO in the same condition; `penalty`: WDPO rho G, KLDPO the robust "
+              "premium tau log E e^{l/tau} - E l; `grad_x_rms`: G/rho; `ess`: ESS of the "
+              "KLDPO weights at the row's tau, or at the first configured tau for the other "
+              "methods):", "",
               markdown_table(s[cols].to_dict("records"), cols, ".3g"), ""]
     return lines, s
 
 
 # --------------------------------------------------------------------- build
-def _tau_conclusions(s, rows) -> list[str]:
+def _tau_conclusions(s, rows, regret_rows) -> list[str]:
     out = []
     for setting, g in s.groupby("setting"):
         g = g.sort_values(["n", "tau"])
@@ -285,32 +316,52 @@ def _tau_conclusions(s, rows) -> list[str]:
             "solution the weights never collapse (ESS >= %.2f, about exp(-2 rho)), but at "
             "the DPO fit, where training from a DPO model starts, the ESS drops below 0.1 "
             "for tau <= %.2g. Algorithm 2 with DPO's step stops converging for tau <= %s, "
-            "and refit-then-reweight diverges (contraction >= 1) for tau <= %s." % (
+            "and refit-then-reweight diverges (contraction >= 1) for tau <= %s; the capped "
+            "official weights oscillate only for tau <= %s (the cap bounds the curvature)." % (
                 setting, g.implied_radius.max(), g.collapse_radius.max(),
                 g.loc[(g.implied_radius >= 0.9 * g.implied_radius.max())].tau.max(),
                 g.ess_solution.min(), g[g.ess_start < 0.1].tau.max()
                 if (g.ess_start < 0.1).any() else float("nan"),
                 "%.2g" % osc.tau.max() if len(osc) else "none of the grid",
-                "%.2g" % ref.tau.max() if len(ref) else "none of the grid"))
+                "%.2g" % ref.tau.max() if len(ref) else "none of the grid",
+                "%.2g" % g[g.official_oscillates > 0.5].tau.max()
+                if (g.official_oscillates > 0.5).any() else "none of the grid"))
     out.append(
         "- **The default rule** (`loglinear.stability.suggest_tau`): fit DPO, take its "
         "per-pair losses, and choose the tau at which the KLDPO weights exp(l/tau) of those "
-        "losses keep half of the sample (ESS = 1/2). It sits just above the point where the "
-        "start-of-training ESS collapses and where the reweighting iterations become "
-        "unstable, and it is a small radius, well below the collapse radius. Results: " +
+        "losses keep an effective %g of the sample (ESS = %g; the variance of a weighted "
+        "minibatch mean grows like 1/ESS). It sits above the tau at which the "
+        "start-of-training ESS collapses and the refit iteration loses its contraction, far "
+        "above where Algorithm 2 with DPO's step oscillates, and buys a small radius, well "
+        "below the collapse radius. Results: " % (rows[0]["min_ess"], rows[0]["min_ess"]) +
         "; ".join(
-            "%s, n=%d: tau %.2f (first-order 1.2 sd(l) gives %.2f), rho %.3g, regret "
+            "%s, n=%d: tau %.2f (first-order formula gives %.2f), rho %.3g, regret "
             "under the 50/50 shift %.3g vs best-in-grid %.3g (tau %.2g) and DPO %.3g" % (
                 r["setting"], r["n"], r["rule_tau"], r["first_order_tau"], r["rule_radius"],
                 r["rule_regret50"], r["best_regret50"], r["best_tau50"], r["dpo_regret50"])
             for r in rows) +
-        ". The first-order formula underestimates the exact rule (the DPO losses are "
-        "right-skewed), so use the exact one; a user who wants more robustness should lower "
-        "tau only while Algorithm 2 still converges with their step size.")
+        ". The worst-case loss at the fixed evaluation radius is lowest near the tau whose "
+        "implied radius equals that radius (the exact KLDPO = KL-DRO identity), i.e. at a "
+        "much smaller tau than the rule's: the rule buys mild robustness, not the "
+        "evaluation ball. The first-order formula underestimates the exact rule (the DPO "
+        "losses are right-skewed), so use the exact one; a user who wants more robustness "
+        "should lower tau only while Algorithm 2 still converges with their step size.")
+    if regret_rows:
+        parts = []
+        for r in regret_rows:
+            verdict = ("robustness helps" if r["best_regret"] < 0.95 * r["dpo_regret"]
+                       else "DPO is as good")
+            parts.append("%s alpha=%g: best tau %.2g (%.3g) vs DPO %.3g, rule %.3g -> %s" % (
+                r["setting"], r["alpha"], r["best_tau"], r["best_regret"], r["dpo_regret"],
+                r["rule_regret"], verdict))
+        out.append("- **Value under shifted rewards** (regret, largest n): " + "; ".join(parts)
+                   + ". The further the evaluation reward moves from the training one "
+                   "(smaller alpha), the smaller the best tau; near the training reward DPO "
+                   "is best, as the paper's emotion experiment also shows.")
     return out
 
 
-def _conclusions(tau_rows, tau_s, ex, agree, stab) -> list[str]:
+def _conclusions(tau_rows, tau_s, ex, agree, stab, regret_rows=None) -> list[str]:
     out = ["## Conclusions", ""]
     if ex is not None:
         ll = [e for e in ex if e["arch"] == "loglinear"]
@@ -378,7 +429,7 @@ def _conclusions(tau_rows, tau_s, ex, agree, stab) -> list[str]:
                         ", ".join("%.2f (%s, tau=%g)" % (r.var_vs_dpo, r.arch, r.hyper)
                                   for r in k.itertuples()))]
     if tau_rows:
-        out += _tau_conclusions(tau_s, tau_rows)
+        out += _tau_conclusions(tau_s, tau_rows, regret_rows)
     return out
 
 
@@ -392,7 +443,14 @@ def build(records_dir, out_dir=None) -> Path:
     nl, ex, agree = _neural_section(root, figdir, rel)
     sl, stab = _stability_section(root, figdir, rel)
     tl = _tau_section(root, figdir, rel)
-    tau_lines, tau_s, tau_rows = (tl if isinstance(tl, tuple) else (tl, None, None))
+    tau_lines, tau_s, tau_rows, regret_rows = (tl if isinstance(tl, tuple)
+                                               else (tl, None, None, None))
+    if regret_rows:
+        tau_lines += ["Regret under the shifted rewards r(alpha) at the largest n: the best "
+                      "tau of the grid against DPO and the rule (one shift direction per "
+                      "setting, so this is one draw of the shift, not an average over "
+                      "shifts):", "", markdown_table(regret_rows, list(regret_rows[0]), ".3g"),
+                      ""]
     head = ["# Beyond log-linear: neural policies, gradient stability, KLDPO temperature", "",
             "Generated by `loglinear report beyond_loglinear %s` from stored records; "
             "do not edit by hand." % root, "",
@@ -404,6 +462,7 @@ def build(records_dir, out_dir=None) -> Path:
             "loglinear beyond stability --config simulations/beyond_stability.toml "
             "--out reports/beyond_loglinear/records/stability",
             "loglinear report beyond_loglinear reports/beyond_loglinear/records", "```", ""]
-    body = head + _conclusions(tau_rows, tau_s, ex, agree, stab) + [""] + nl + sl + tau_lines
+    body = (head + _conclusions(tau_rows, tau_s, ex, agree, stab, regret_rows) + [""] + nl
+            + sl + tau_lines)
     md.write_text("\n".join(body) + "\n")
     return md
