@@ -138,7 +138,8 @@ def theory_summary(th: pd.DataFrame) -> pd.DataFrame:
         rows.append(dict(setting=s, estimator=e, schedule=sch,
                          bound_holds=bool(np.all(fin > 1)) if len(fin) else "n/a",
                          min_factor=float(fin.min()) if len(fin) else np.nan,
-                         rmse_over_pred_median=float(np.nanmedian(ratio)),
+                         rmse_over_pred_median=(float(np.nanmedian(ratio))
+                                                if np.isfinite(ratio).any() else np.nan),
                          rmse_over_pred_last=float(ratio.iloc[-1])))
     return pd.DataFrame(rows)
 
