@@ -25,7 +25,7 @@ from loglinear.report.approx import build  # noqa: E402
 def _tiny(tmp_path, **kw):
     return ApproxStudyConfig(out=str(tmp_path / "approximations"), fractions=(0.05, 0.1, 0.5),
                              concentrations=(0.0,), replicates=1, n_states=3, n_actions=3,
-                             dim=2, **kw)
+                             dim=2, refit_taus=(0.5, 2.0), refit_max_iter=30, **kw)
 
 
 def test_study_writes_records_resumes_and_reports(tmp_path):
@@ -35,6 +35,10 @@ def test_study_writes_records_resumes_and_reports(tmp_path):
     assert list(df.columns) == COLUMNS
     assert len(df) == 3 * sum(len(v) for v in VARIANTS.values())
     assert json.loads((out / "config.json").read_text())["fractions"] == [0.05, 0.1, 0.5]
+    refit = pd.read_csv(out / "refit.csv")
+    # population: the refit map's Jacobian is -I/tau (closed form), so 2 and 0.5
+    np.testing.assert_allclose(refit["contraction"], 1 / refit["tau"], rtol=1e-8)
+    assert list(refit["theta_err"] < 1e-6) == list(refit["contraction"] < 1)
     # KLDPO at the exact dual reproduces the exact solution (contract 1, in the runner)
     kl = df[df["variant"] == "kldpo-paper@dual"]
     assert np.all(kl["theta_err"] < 1e-6)
