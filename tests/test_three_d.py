@@ -17,6 +17,7 @@ from loglinear.experiments.three_d import (
     Method,
     ThreeDConfig,
     Thresholds,
+    Variant,
     property_onsets,
     toy_setting,
 )
@@ -107,6 +108,9 @@ def test_config_file_parses_and_validates():
         ThreeDConfig.from_dict({"nope": {}})
     with pytest.raises(ValueError, match="at least one"):
         ThreeDConfig.from_dict({})
+    assert cfg.variants and set(cfg.variants[0].methods) <= {m.label for m in cfg.methods}
+    with pytest.raises(ValueError, match="variant"):
+        replace(cfg, variants=(Variant("adam", 0.1, ("nope",)),))
 
 
 def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
@@ -114,7 +118,8 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
     cfg = replace(cfg, training=replace(cfg.training, steps=30, record_every=10),
                   toy=replace(cfg.toy, sharing=(0.0,), scenarios=("off-on",)),
                   methods=tuple(m for m in cfg.methods
-                                if m.objective in ("dpo", "flex-dpo", "dpo-sft")))
+                                if m.objective in ("dpo", "flex-dpo", "dpo-sft")),
+                  variants=(Variant("adam", 0.05, ("DPO",)),))
     from loglinear.experiments.three_d import main
 
     rec = tmp_path / "three_d"
@@ -122,15 +127,21 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
     assert report == tmp_path / "three_d.md"
     assert not (rec / "records.jsonl").exists()
     frame = load_records(rec)
-    assert len(frame) == 3 * 4  # 3 methods x steps {0, 10, 20, 30}
+    assert len(frame) == (3 + 1) * 4  # 3 methods + 1 Adam variant, steps {0, 10, 20, 30}
+    assert sorted(set(frame["run"])) == ["adam lr=0.05", "main"]
     assert frame["step"].iloc[0] == 0 and frame["kl"].iloc[0] == 0.0
     assert json.loads((rec / "config.json").read_text())["training"]["steps"] == 30
     text = report.read_text()
     assert "When each property appears" in text and "Flex-DPO" in text
+    assert "### adam lr=0.05" in text
     assert (rec / "figures" / "trajectories_eta0.png").stat().st_size > 0
     report.unlink()
     assert cli_main(["report", "three-d", str(rec)]) == 0
     assert report.read_text() == text
+    # a second run into the same directory replaces the records
+    main(replace(cfg, training=replace(cfg.training, steps=10), variants=()), rec)
+    again = load_records(rec)
+    assert again["step"].max() == 10 and set(again["run"]) == {"main"}
 
 
 def test_trajectories_subset_for_notebooks():

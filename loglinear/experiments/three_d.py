@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -178,11 +178,32 @@ class Method:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A sensitivity run: the listed methods again with another optimizer and lr (the
+    other training settings unchanged). Its records carry ``run = "<optimizer> lr=<lr>"``;
+    the main runs carry ``run = "main"``."""
+
+    optimizer: str
+    lr: float
+    methods: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "methods", tuple(self.methods))
+        if self.optimizer not in OPTIMIZERS or not self.lr > 0:
+            raise ValueError(f"variant needs optimizer in {sorted(OPTIMIZERS)} and lr > 0")
+
+    @property
+    def name(self) -> str:
+        return f"{self.optimizer} lr={self.lr:g}"
+
+
+@dataclass(frozen=True)
 class ThreeDConfig:
     toy: ToyConfig = ToyConfig()
     training: TrainingConfig = TrainingConfig()
     thresholds: Thresholds = Thresholds()
     methods: tuple[Method, ...] = ()
+    variants: tuple[Variant, ...] = ()
 
     def __post_init__(self):
         if not self.methods:
@@ -190,15 +211,21 @@ class ThreeDConfig:
         labels = [m.label for m in self.methods]
         if len(set(labels)) != len(labels):
             raise ValueError(f"method labels must be unique, got {labels}")
+        for v in self.variants:
+            bad = set(v.methods) - set(labels)
+            if bad or not v.methods:
+                raise ValueError(f"variant {v.name}: methods must be a nonempty subset of "
+                                 f"the [[methods]] labels, unknown {sorted(bad)}")
 
     @classmethod
     def from_dict(cls, raw: dict) -> ThreeDConfig:
-        unknown = set(raw) - {"toy", "training", "thresholds", "methods"}
+        unknown = set(raw) - {"toy", "training", "thresholds", "methods", "variants"}
         if unknown:
             raise ValueError(f"unknown config sections {sorted(unknown)}")
         return cls(ToyConfig(**raw.get("toy", {})), TrainingConfig(**raw.get("training", {})),
                    Thresholds(**raw.get("thresholds", {})),
-                   tuple(Method(**m) for m in raw.get("methods", [])))
+                   tuple(Method(**m) for m in raw.get("methods", [])),
+                   tuple(Variant(**v) for v in raw.get("variants", [])))
 
     @classmethod
     def from_toml(cls, path) -> ThreeDConfig:
@@ -221,12 +248,16 @@ def run_method(setting: PairSetting, method: Method, training: TrainingConfig, *
 
 
 def simulate(config: ThreeDConfig, *, on_record=None) -> tuple[list[dict], list[dict]]:
-    """Run every (sharing, scenario, method); returns (records, skipped).
+    """Run every (sharing, scenario, method), then every variant; returns (records, skipped).
 
     A method whose objective cannot be evaluated here (its module is missing) is skipped
     and listed with the reason; ``on_record(rows)`` is called after each run.
     """
     toy, tr = config.toy, config.training
+    runs = [("main", tr, config.methods)]
+    for v in config.variants:
+        runs.append((v.name, replace(tr, optimizer=v.optimizer, lr=v.lr),
+                     tuple(m for m in config.methods if m.label in v.methods)))
     rows, skipped = [], []
     seeds = np.random.SeedSequence(toy.seed).spawn(len(toy.scenarios))
     for eta in toy.sharing:
@@ -236,21 +267,22 @@ def simulate(config: ThreeDConfig, *, on_record=None) -> tuple[list[dict], list[
                 n_actions=toy.n_actions, n_on_policy=toy.n_on_policy, ref_gap=toy.ref_gap,
                 pairs_per_state=toy.pairs_per_state, sharing=eta,
                 unseen_reward_scale=toy.unseen_reward_scale, beta=tr.beta)
-            for method in config.methods:
-                tags = {"sharing": eta, "scenario": scenario}
-                t0 = time.perf_counter()
-                try:
-                    out = run_method(setting, method, tr, tags=tags)
-                except ValueError as exc:
-                    if "cannot be imported" not in str(exc):
-                        raise
-                    skipped.append({**tags, "method": method.label, "reason": str(exc)})
-                    continue
-                for r in out:
-                    r["seconds"] = time.perf_counter() - t0
-                rows += out
-                if on_record is not None:
-                    on_record(out)
+            for run, training, methods in runs:
+                for method in methods:
+                    tags = {"run": run, "sharing": eta, "scenario": scenario}
+                    t0 = time.perf_counter()
+                    try:
+                        out = run_method(setting, method, training, tags=tags)
+                    except ValueError as exc:
+                        if "cannot be imported" not in str(exc):
+                            raise
+                        skipped.append({**tags, "method": method.label, "reason": str(exc)})
+                        continue
+                    for r in out:
+                        r["seconds"] = time.perf_counter() - t0
+                    rows += out
+                    if on_record is not None:
+                        on_record(out)
     return rows, skipped
 
 
@@ -259,20 +291,21 @@ def trajectories(config: ThreeDConfig, *, methods=None, sharing=None, scenarios=
     """Notebook entry point: run (a subset of) the study and return a pandas DataFrame.
 
     ``methods`` (labels), ``sharing`` and ``scenarios`` select a subset of the config;
-    ``steps`` overrides the number of training steps. Columns: sharing, scenario, method,
-    objective_name, step and the diagnostics of :func:`loglinear.dynamics.diagnostics`.
+    ``steps`` overrides the number of training steps. Columns: run ("main" or a variant's
+    name), sharing, scenario, method, objective_name, step and the diagnostics of
+    :func:`loglinear.dynamics.diagnostics`.
     """
-    from dataclasses import replace
-
     import pandas as pd
 
-    if methods is not None:
-        keep = set(methods)
-        unknown = keep - {m.label for m in config.methods}
-        if unknown:
-            raise ValueError(f"unknown method labels {sorted(unknown)}; config has "
-                             f"{[m.label for m in config.methods]}")
-        config = replace(config, methods=tuple(m for m in config.methods if m.label in keep))
+    labels = [m.label for m in config.methods]
+    keep = set(labels if methods is None else methods)
+    if keep - set(labels):
+        raise ValueError(f"unknown method labels {sorted(keep - set(labels))}; config has "
+                         f"{labels}")
+    variants = tuple(replace(v, methods=tuple(m for m in v.methods if m in keep))
+                     for v in config.variants)
+    config = replace(config, methods=tuple(m for m in config.methods if m.label in keep),
+                     variants=tuple(v for v in variants if v.methods))
     toy = config.toy
     if sharing is not None:
         toy = replace(toy, sharing=tuple(sharing))
@@ -329,6 +362,7 @@ def main(config: ThreeDConfig, out_dir) -> Path:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     rec_path = out / "records.jsonl"
     rec_path.write_text("")
+    (out / "records.parquet").unlink(missing_ok=True)  # never mix with an earlier run
     t0 = time.perf_counter()
 
     def append(rows):
@@ -338,9 +372,9 @@ def main(config: ThreeDConfig, out_dir) -> Path:
 
     _, skipped = simulate(config, on_record=append)
     # The finished records are stored as compressed parquet (a tenth of the JSONL size).
-    from ..report.three_d import load_records
+    from ..report.three_d import read_jsonl
 
-    load_records(out).to_parquet(out / "records.parquet", compression="zstd", index=False)
+    read_jsonl(rec_path).to_parquet(out / "records.parquet", compression="zstd", index=False)
     rec_path.unlink()
     (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     (out / "runtime.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")

@@ -31,6 +31,13 @@ def load_records(records_dir):
     if not path.exists():
         raise FileNotFoundError(f"no records.parquet or records.jsonl in {records_dir}; run "
                                 "`loglinear three-d` first")
+    return read_jsonl(path)
+
+
+def read_jsonl(path):
+    """Records appended one JSON object per line, as a pandas DataFrame."""
+    import pandas as pd
+
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{path} holds no records")
@@ -133,7 +140,11 @@ def build(records_dir, out_dir=None) -> Path:
     records_dir = Path(records_dir)
     cfg_raw = json.loads((records_dir / "config.json").read_text())
     config = ThreeDConfig.from_dict(cfg_raw)
-    df = load_records(records_dir)
+    every = load_records(records_dir)
+    run = every["run"] if "run" in every else None
+    df = every if run is None else every[run == "main"]
+    variants = [] if run is None else [every[run == v] for v in dict.fromkeys(run)
+                                       if v != "main"]
     skipped_path = records_dir / "skipped.json"
     skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else []
     runtime_path = records_dir / "runtime.json"
@@ -173,6 +184,9 @@ def build(records_dir, out_dir=None) -> Path:
                      float("nan")})
     text = _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig,
                      cost_fig, rel, records_dir)
+    if variants:
+        text += _sensitivity(onsets, [property_onsets(v, th) for v in variants],
+                             [v["run"].iloc[0] for v in variants], config)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "three_d.md"
     path.write_text(text)
@@ -204,6 +218,32 @@ def _delay(onsets, method, key):
         elif has(b):
             out["removed"] += 1
     return out
+
+
+def _sensitivity(main, variant_onsets, names, config) -> str:
+    """Onsets of the variant runs next to the main run, same methods and settings."""
+    lines = ["", "## Optimizer sensitivity",
+             f"The same settings with another optimizer (main run: {config.training.optimizer}, "
+             f"lr {config.training.lr:g}). Cells: drop / degrade / disperse onset steps "
+             "('–' never) and the final true reward.", ""]
+    for name, onsets in zip(names, variant_onsets):
+        base = {(o["sharing"], o["scenario"], o["method"]): o for o in main}
+        rows = []
+        for o in onsets:
+            b = base.get((o["sharing"], o["scenario"], o["method"]))
+            cell = (lambda r: f"{_fmt_step(r['drop_step'])} / {_fmt_step(r['degrade_step'])}"
+                    f" / {_fmt_step(r['disperse_step'])}; {r['reward_end']:.3f}")
+            rows.append({"η": o["sharing"], "scenario": o["scenario"], "method": o["method"],
+                         "main": cell(b) if b else "", name: cell(o)})
+        n_deg = {k: sum(_has(o["degrade_step"]) for o in ons if o["method"] == "DPO")
+                 for k, ons in (("main", main), (name, onsets))}
+        n_disp = {k: sum(_has(o["disperse_step"]) for o in ons if o["method"] == "DPO")
+                  for k, ons in (("main", main), (name, onsets))}
+        lines += [f"### {name}", "", markdown_table(rows), "",
+                  f"DPO degradation appears in {n_deg['main']} settings with the main "
+                  f"optimizer and in {n_deg[name]} with {name}; dispersion in "
+                  f"{n_disp['main']} and {n_disp[name]}.", ""]
+    return "\n".join(lines)
 
 
 def _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig, cost_fig,
