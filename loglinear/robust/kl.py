@@ -199,7 +199,8 @@ def _min_log_mgf(z: np.ndarray, q: np.ndarray):
     log_mass = 0.0
     # Fast path: on non-separable data the minimiser exists and Newton finds it directly;
     # the separating-direction LP (slow at large n) is only needed when it does not.
-    first = _mgf_newton(z[keep], q[keep] / q[keep].sum(), max_iter=60)
+    with np.errstate(over="ignore", invalid="ignore"):
+        first = _mgf_newton(z[keep], q[keep] / q[keep].sum(), max_iter=60)
     if first is not None:
         pstar = np.zeros(len(q))
         pstar[keep] = first[1]

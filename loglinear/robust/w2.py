@@ -24,6 +24,7 @@ from ._w2inner import inner_sup, second_order
 ETA_RTOL = 1e-13
 TIE_RTOL = 1e-12
 GTOL = 1e-10
+PROFILE_SWITCH = 1e-8   # KKT residual above which the profiled solver takes over
 
 
 def _profile_eta(u, q, b, eps, eta0=None):
@@ -105,6 +106,32 @@ def w2_value(theta, data, *, beta: float, radius: float):
     return WassersteinValue(value, float(eta), grad, tr, losses, nominal, 2, np.inf)
 
 
+def _pieces(data, beta, eps, ridge, theta, eta, need_hess):
+    """Phi(theta, eta) + ridge/2 ||theta||^2 with its gradient and Hessian blocks."""
+    q, d = data.weight, data.d
+    sb, sbo = data.sign * beta, data.sign * beta * data.offset
+    norm = float(np.linalg.norm(theta))
+    u = -(sb * (data.x @ theta) - sbo)
+    b = beta * norm
+    phi, t, _, _ = inner_sup(u, b, eta)
+    pu, pb, pe, puu, pub, pbb, pue, pbe, pee = second_order(u, b, eta, t)
+    unit = theta / norm
+    e = beta * unit
+    value = eta * eps**2 + float(q @ phi) + 0.5 * ridge * float(theta @ theta)
+    # d u_i / d theta = -s_i beta x_i
+    g_theta = data.x.T @ (q * pu * -sb) + float(q @ pb) * e + ridge * theta
+    g_eta = eps**2 + float(q @ pe)
+    if not need_hess:
+        return value, g_theta, g_eta, None, None, None
+    w = data.x.T @ (q * pub * -sb)
+    htt = weighted_gram(data.x, q * puu * beta**2)
+    htt += np.outer(w, e) + np.outer(e, w) + float(q @ pbb) * np.outer(e, e)
+    htt += float(q @ pb) * beta / norm * (np.eye(d) - np.outer(unit, unit))
+    htt[np.diag_indices(d)] += ridge
+    hte = data.x.T @ (q * pue * -sb) + float(q @ pbe) * e
+    return value, g_theta, g_eta, htt, hte, float(q @ pee)
+
+
 def _joint(data, beta, eps, ridge):
     """fun(z, need_hess) and line(z, step) for Phi(theta, eta) + ridge/2 ||theta||^2."""
     q, d = data.weight, data.d
@@ -119,35 +146,14 @@ def _joint(data, beta, eps, ridge):
 
     def fun(z, need_hess):
         theta, eta = z[:d], float(z[d])
-        norm = float(np.linalg.norm(theta))
-        if eta <= 0 or norm == 0:        # outside the domain: reject the trial point
+        if eta <= 0 or not np.any(theta):     # outside the domain: reject the trial point
             return np.inf, np.full(d + 1, np.inf), np.eye(d + 1)
-        u = -(sb * (data.x @ theta) - sbo)
-        b = beta * norm
-        phi, t, _, _ = inner_sup(u, b, eta)
-        pu, pb, pe, puu, pub, pbb, pue, pbe, pee = second_order(u, b, eta, t)
-        unit = theta / norm
-        e = beta * unit
-        value = eta * eps**2 + float(q @ phi) + 0.5 * ridge * float(theta @ theta)
-        # d u_i / d theta = -s_i beta x_i
-        g_theta = data.x.T @ (q * pu * -sb) + float(q @ pb) * e + ridge * theta
-        g_eta = eps**2 + float(q @ pe)
-        grad = np.concatenate([g_theta, [g_eta]])
+        value, g_t, g_e, htt, hte, hee = _pieces(data, beta, eps, ridge, theta, eta, need_hess)
         hess = None
         if need_hess:
-            h = np.empty((d + 1, d + 1))
-            w = data.x.T @ (q * pub * -sb)
-            htt = weighted_gram(data.x, q * puu * beta**2)
-            htt += np.outer(w, e) + np.outer(e, w) + float(q @ pbb) * np.outer(e, e)
-            htt += float(q @ pb) * beta / norm * (np.eye(d) - np.outer(unit, unit))
-            htt[np.diag_indices(d)] += ridge
-            h[:d, :d] = htt
-            hte = data.x.T @ (q * pue * -sb) + float(q @ pbe) * e
-            h[:d, d] = hte
-            h[d, :d] = hte
-            h[d, d] = float(q @ pee)
-            hess = h
-        return value, grad, hess
+            hess = np.empty((d + 1, d + 1))
+            hess[:d, :d], hess[:d, d], hess[d, :d], hess[d, d] = htt, hte, hte, hee
+        return value, np.concatenate([g_t, [g_e]]), hess
 
     def line(z, step):
         theta, eta = z[:d], float(z[d])
@@ -156,6 +162,42 @@ def _joint(data, beta, eps, ridge):
         return lambda tt: value_at(base + tt * du, theta + tt * step[:d], eta + tt * step[d])
 
     return fun, line
+
+
+def _newton_w2_profiled(data, beta, eps, ridge, theta0):
+    """Newton in theta on V(theta) = min_eta Phi, eta profiled out (Schur complement).
+
+    Slower than the joint iteration, but well behaved next to the kink at 0, where the
+    joint problem degenerates (eta* -> 0 together with theta).
+    """
+    q, d = data.weight, data.d
+    sb, sbo = data.sign * beta, data.sign * beta * data.offset
+    state = {"eta": None}
+
+    def eta_at(theta):
+        u = -(sb * (data.x @ theta) - sbo)
+        return _profile_eta(u, q, beta * float(np.linalg.norm(theta)), eps, state["eta"])
+
+    def fun(theta, need_hess):
+        if not np.any(theta):
+            return np.inf, np.full(d, np.inf), np.eye(d)
+        eta = eta_at(theta)[0]
+        state["eta"] = eta
+        value, g_t, _, htt, hte, hee = _pieces(data, beta, eps, ridge, theta, eta, need_hess)
+        hess = None if htt is None else htt - np.outer(hte, hte) / max(hee, 1e-300)
+        return value, g_t, hess
+
+    def line(theta, step):
+        def f(tt):
+            th = theta + tt * step
+            if not np.any(th):
+                return np.inf
+            eta, phi = eta_at(th)[:2]
+            return eta * eps**2 + float(q @ phi) + 0.5 * ridge * float(th @ th)
+
+        return f
+
+    return newton(fun, theta0, gtol=GTOL, max_iter=200, line=line)
 
 
 def _newton_w2(data, beta, eps, ridge, theta0):
@@ -167,16 +209,49 @@ def _newton_w2(data, beta, eps, ridge, theta0):
     return rep
 
 
+def _ray_start(data, beta, eps, start):
+    """The exact minimiser of V along the ray through ``start`` (a start next to the kink)."""
+    from scipy.optimize import minimize_scalar
+
+    direction = start / np.linalg.norm(start)
+
+    def v(tau):
+        return w2_value(np.exp(tau) * direction, data, beta=beta, radius=eps).value
+
+    hi = float(np.log(np.linalg.norm(start)))
+    res = minimize_scalar(v, bounds=(hi - 30.0, hi), method="bounded",
+                          options={"xatol": 1e-10})
+    return np.exp(res.x) * direction
+
+
 def solve_w2(data, *, beta: float, eps: float, bound, start):
     """Minimise the exact W2 robust loss (the kink at 0 is checked by the caller)."""
     if np.linalg.norm(start) == 0:
         start = np.full(data.d, 1e-3)
     rep = _newton_w2(data, beta, eps, 0.0, start)
-    if not rep.converged:
-        raise RobustSolverError(f"W2 Newton did not converge: {rep.status}, "
-                                f"grad norm {rep.grad_norm:.3g}")
     theta = rep.x[:data.d]
-    info = {"iterations": rep.iterations, "eta": float(rep.x[data.d])}
+    info = {"iterations": rep.iterations, "eta": float(rep.x[data.d]), "profiled": False}
+    cert = float(np.linalg.norm(w2_value(theta, data, beta=beta, radius=eps).grad)) \
+        if np.any(theta) else np.inf
+    if not rep.converged or cert > PROFILE_SWITCH:
+        # next to the kink the joint iteration degenerates: profile eta out instead
+        x0 = theta if rep.converged and np.linalg.norm(theta) > 1e-8 else start
+        prof = _newton_w2_profiled(data, beta, eps, 0.0, x0)
+        if not prof.converged:
+            ray = _ray_start(data, beta, eps, start)
+            prof = _newton_w2_profiled(data, beta, eps, 0.0, ray)
+            if not prof.converged:
+                # Within ~1e-4 (relative) of the collapse radius the value is flat to
+                # ~1e-9 and Newton may stall: return the best point found; its KKT
+                # residual is reported and the result is marked "inaccurate".
+                cands = [c for c in (prof.x, ray, theta) if np.any(c)]
+                vals = [w2_value(c, data, beta=beta, radius=eps).value for c in cands]
+                prof = type(prof)(cands[int(np.argmin(vals))], min(vals), prof.grad,
+                                  prof.grad_norm, prof.iterations, False, prof.status,
+                                  prof.hess)
+                info["stalled"] = prof.status
+        theta = prof.x
+        info.update(iterations=rep.iterations + prof.iterations, profiled=True)
     if bound is None:
         return theta, 0.0, info
 
