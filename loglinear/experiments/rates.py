@@ -473,9 +473,11 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
     store = RecordStore(out / "records.csv", ROW_COLUMNS, ROW_KEY).open()
     try:
         units, pending = [], 0
-        for st in config.settings:
-            for n in config.n:
-                for seed in range(config.seeds):
+        # Seed-major order: an interrupted study holds complete (setting, n) grids for its
+        # first seeds rather than complete settings, so a partial analysis stays balanced.
+        for seed in range(config.seeds):
+            for st in config.settings:
+                for n in config.n:
                     jobs_here = []
                     for (sname, e, sched), by_n in plan.items():
                         if sname != st.name or store.done(dict(setting=sname, estimator=e,
