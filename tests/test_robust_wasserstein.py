@@ -219,3 +219,22 @@ def test_bad_input(kwargs, match):
     data = PreferenceData(np.array([[1.0], [-1.0], [0.5]]), np.array([1.0, 1.0, 0.0]))
     with pytest.raises(ValueError, match=match):
         solve_wasserstein(data, beta=1.0, **kwargs)
+
+
+def test_bounded_solves():
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-1, 1, (40, 2))
+    data = PreferenceData(x, (x @ np.array([3.0, -2.0]) + 0.3 * rng.normal(size=40) > 0)
+                          .astype(float))
+    w1 = solve_wasserstein(data, beta=1.0, radius=0.05, bound=0.5)
+    ref = solve_wasserstein(data, beta=1.0, radius=0.05, bound=0.5, method="cvxpy")
+    assert np.linalg.norm(w1.theta) == pytest.approx(0.5, rel=1e-9)
+    assert w1.objective == pytest.approx(ref.objective, rel=SOLVER_OBJ_RTOL)
+    np.testing.assert_allclose(w1.theta, ref.theta, atol=SOLVER_THETA_TOL)
+    assert w1.bound_multiplier == pytest.approx(ref.bound_multiplier, rel=1e-4)
+    w2 = solve_wasserstein(data, beta=1.0, radius=0.05, p=2, bound=0.5)
+    assert np.linalg.norm(w2.theta) == pytest.approx(0.5, rel=1e-9) and w2.certificate < 1e-7
+    angles = np.linspace(0, 2 * np.pi, 721)
+    circle = [wasserstein_value(0.5 * np.array([np.cos(a), np.sin(a)]), data, beta=1.0,
+                                radius=0.05, p=2).value for a in angles]
+    assert w2.objective <= min(circle) + 1e-12

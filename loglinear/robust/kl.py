@@ -251,6 +251,22 @@ def _mgf_newton(zk, qk, *, max_iter):
     return rep.value, pk / pk.sum()
 
 
+def _surely_below_collapse(data, rho) -> bool:
+    """True when one Newton step on log E_q e^{nu . z} already shows rho < rho_0.
+
+    Any nu gives the lower bound rho_0 >= -log E_q e^{nu . z}; the first Newton step from
+    nu = 0 usually suffices, which spares the full collapse-radius solve.
+    """
+    z, q = np.asarray(data.z), np.asarray(data.weight)
+    g = z.T @ q
+    h = weighted_gram(z, q) - np.outer(g, g)
+    nu = -np.linalg.lstsq(h, g, rcond=None)[0]
+    a = z @ nu
+    amax = float(a.max())
+    bound = -(amax + float(np.log(q @ np.exp(a - amax))))
+    return bool(np.isfinite(bound) and bound > rho * (1 + 1e-9))
+
+
 def _equaliser(data, beta):
     """A theta at which every weighted margin is equal (all losses tie), or None.
 
@@ -366,7 +382,7 @@ def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float |
         return _result(fit.theta, data, beta, rho, bound, fit.bound_multiplier, "newton", t0,
                        "nominal", {"iterations": fit.iterations})
     theta_k = np.zeros(data.d) if zero_offset(data) else _equaliser(data, beta)
-    if theta_k is not None:
+    if theta_k is not None and not _surely_below_collapse(data, rho):
         logm, pstar = _min_log_mgf(np.asarray(data.z), np.asarray(data.weight))
         rho0 = -logm
         if rho >= rho0 * (1 - COLLAPSE_RTOL):

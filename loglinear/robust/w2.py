@@ -197,7 +197,7 @@ def _newton_w2_profiled(data, beta, eps, ridge, theta0):
 
         return f
 
-    return newton(fun, theta0, gtol=GTOL, max_iter=200, line=line)
+    return newton(fun, theta0, gtol=GTOL, max_iter=60, line=line)
 
 
 def _newton_w2(data, beta, eps, ridge, theta0):
