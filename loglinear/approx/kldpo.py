@@ -2,6 +2,13 @@ r"""KLDPO: exponential reweighting, as written (normalised) and as run (capped).
 
 Fixed points minimise the convex :math:`F_\tau = \tau\log\sum_i q_i e^{l_i/\tau}`, i.e.
 KLDPO(tau) is exact KL-DRO at radius :math:`\mathrm{KL}(P^*\|q)` with dual tau.
+
+For a well-specified Bradley-Terry population (both labels of every pair, with
+probabilities :math:`\sigma(\pm r)`) stationarity per feature difference gives
+:math:`e^{l/\tau} = \sigma(m)^{-1/\tau}` and hence, in closed form,
+:math:`\theta_\tau = \theta^*\,\tau/(1+\tau)`; there the "refit with frozen weights, then
+reweight" map has Jacobian exactly :math:`-I/\tau` (:func:`refit_contraction`), so that
+iteration converges only for tau > 1 and cycles at tau = 1 (both tested).
 """
 
 from __future__ import annotations

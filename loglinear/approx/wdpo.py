@@ -6,6 +6,19 @@ r"""WDPO: the gradient-penalty surrogates of the W2 worst case (paper.md section
     R(\theta) = \Big(\sum_i q_i\,\sigma(-m_i)^2\Big)^{1/2} \le 1,
 
 paper form L + rho G (Algorithm 1), official form L + rho G^2 (the released code).
+
+**First-order remainder (derived here, tested against the exact W2 value).** With
+:math:`\kappa=\infty` the adversary moves each x_i along :math:`-s_i\theta/\|\theta\|`,
+lowering the margin by :math:`b t_i` (:math:`b = \beta\|\theta\|`, cost :math:`\sum q t^2 \le
+\varepsilon^2`). Convexity of :math:`\phi = \mathrm{softplus}(-\cdot)` with the feasible move
+:math:`t_i = \varepsilon\sigma(-m_i)/R` gives the lower bound; :math:`\phi'' \le 1/4` and
+Cauchy-Schwarz give the upper bound:
+
+.. math:: 0 \le V_{W_2}(\theta;\varepsilon) - \big(L(\theta) + \varepsilon G(\theta)\big)
+          \le \beta^2\|\theta\|^2\varepsilon^2/8 .
+
+So the paper's penalty always under-states the W2 worst case, by O(eps^2). For W1 the
+exact value is :math:`L + \varepsilon\beta\|\theta\| \ge L + \varepsilon G` (R <= 1).
 """
 
 from __future__ import annotations
