@@ -34,16 +34,14 @@ def plot_error_vs_radius(records, divergence: str, metric: str = "theta_err"):
     stats = _median_by(records, divergence, metric)
     for variant in sorted(stats.index.get_level_values(0).unique()):
         s = stats.loc[variant]
-        y = np.abs(s["median"].to_numpy())
-        keep = y > 1e-13
-        if not keep.any():
-            ax.plot([], [], label=f"{variant} (≡ exact, < 1e-13)")
-            continue
+        floor = 1e-16   # exact agreement is drawn at the float floor, not dropped
+        y = np.maximum(np.abs(s["median"].to_numpy()), floor)
         f = s.index.to_numpy()
-        line, = ax.plot(f[keep], y[keep], marker="o", ms=3, label=variant)
-        lo, hi = np.abs(s["min"].to_numpy()), np.abs(s["max"].to_numpy())
-        ax.fill_between(f[keep], np.maximum(lo[keep], 1e-16), hi[keep], alpha=0.15,
-                        color=line.get_color())
+        label = variant + (" (≡ exact: float floor)" if np.all(y < 1e-11) else "")
+        line, = ax.plot(f, y, marker="o", ms=3, label=label)
+        lo = np.maximum(np.abs(s["min"].to_numpy()), floor)
+        hi = np.maximum(np.abs(s["max"].to_numpy()), floor)
+        ax.fill_between(f, lo, hi, alpha=0.15, color=line.get_color())
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("radius / collapse radius")
