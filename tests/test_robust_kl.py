@@ -129,15 +129,21 @@ def test_value_is_monotone_and_concave_in_radius(data):
 @settings(deadline=None)
 @given(data=small)
 def test_collapse_radius(data):
-    rho0 = collapse_radius_kl(data, beta=1.0)
+    rho0 = collapse_radius_kl(data, beta=2.0)
     assert np.isfinite(rho0) and rho0 > 0
     for rho in (rho0, 1.5 * rho0):
-        res = solve_kl(data, beta=1.0, radius=rho)
+        res = solve_kl(data, beta=2.0, radius=rho)
         assert res.status == "collapsed" and np.all(res.theta == 0)
         assert res.verify() and res.certificate <= 1e-10
-    below = solve_kl(data, beta=1.0, radius=0.9 * rho0)
+    below = solve_kl(data, beta=2.0, radius=0.9 * rho0)
     assert np.linalg.norm(below.theta) > 1e-6
     assert below.objective < np.log(2)
+    # independent of rho_0's formula: at 1.01 rho_0 no nearby theta beats theta = 0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        t = rng.normal(size=data.d)
+        t *= rng.choice([1e-4, 1e-2, 0.3]) / np.linalg.norm(t)
+        assert kl_value(t, data, beta=2.0, radius=1.01 * rho0).value >= np.log(2) - 1e-15
 
 
 def test_collapse_radius_by_brute_force_in_one_dimension():

@@ -19,6 +19,7 @@ from loglinear.robust._w2inner import inner_sup
 FD_STEP = 1e-6
 small = preference_data(n_min=5, n_max=8, d_max=3)
 fractions = st.sampled_from([0.1, 0.4, 0.8])
+BETA_COLLAPSE = 2.0   # != 1, so that a stray 1/beta in a collapse radius would show
 
 
 def test_w2_inner_sup_matches_dense_grid():
@@ -184,15 +185,22 @@ def test_value_monotone_and_concave_in_radius_power(data, p):
 @settings(deadline=None)
 @given(data=small, p=st.sampled_from([1, 2]))
 def test_collapse_radius(data, p):
-    e0 = collapse_radius_wasserstein(data, beta=1.0, p=p)
+    e0 = collapse_radius_wasserstein(data, beta=BETA_COLLAPSE, p=p)
     zbar = np.linalg.norm(data.weight @ data.z)
     assert e0 == pytest.approx(zbar / 2 if p == 1 else zbar, rel=1e-12)
     for eps in (e0, 1.3 * e0):
-        res = solve_wasserstein(data, beta=1.0, radius=eps, p=p)
+        res = solve_wasserstein(data, beta=BETA_COLLAPSE, radius=eps, p=p)
         assert res.status == "collapsed" and np.all(res.theta == 0) and res.verify()
-    below = solve_wasserstein(data, beta=1.0, radius=0.9 * e0, p=p)
+    below = solve_wasserstein(data, beta=BETA_COLLAPSE, radius=0.9 * e0, p=p)
     assert np.linalg.norm(below.theta) > 1e-6
     assert below.objective < np.log(2)
+    # independent of the kink formula: at 1.01 eps_0 no nearby theta beats theta = 0
+    rng = np.random.default_rng(0)
+    v0 = wasserstein_value(np.zeros(data.d), data, beta=BETA_COLLAPSE, radius=1.01 * e0, p=p).value
+    for _ in range(20):
+        t = rng.normal(size=data.d)
+        t *= rng.choice([1e-4, 1e-2, 0.3]) / np.linalg.norm(t)
+        assert wasserstein_value(t, data, beta=BETA_COLLAPSE, radius=1.01 * e0, p=p).value >= v0
 
 
 def test_w1_closed_form_and_flips_that_never_pay():
