@@ -156,6 +156,11 @@ def build(records_dir, out_dir=None) -> Path:
         f"**This report comes from: {cfg['label']}** (model `{cfg['model']}`, device "
         f"`{cfg['device']}`, dtype `{cfg['dtype']}`). Records: `{records_dir}`.",
         "",
+        *([("> **CPU study.** No GPU was available when this was produced. The policy is "
+             "whatever the config names (see its header comment); a tiny random model "
+             "checks the pipeline, the methods' mechanics and their relative cost, not the "
+             "paper's claim about SmolLM2/GPT-2-scale models. The GPU study is configured "
+             f"and ready: `{GPU_COMMAND}`."), ""] if cfg["device"] == "cpu" else []),
         "Setup (paper.md §5, Xu et al. 2025 Sec. 6, rebuilt from PyPI-installable parts): "
         f"{n_pairs} preference pairs, two completions per story opening sampled from the "
         f"reference policy; Bradley–Terry labels under the convex mixture r(α_o = {alpha_o}) = "
@@ -169,7 +174,9 @@ def build(records_dir, out_dir=None) -> Path:
         f"lr {cfg['lr']}, {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, seeds "
         f"{cfg['seeds']}. Evaluation: {cfg['eval_samples']} completions on each of "
         f"{cfg['n_eval_prompts']} held-out prompts per policy, scored for every α; intervals are "
-        f"{cfg['ci_level']:.0%} Student-t intervals across seeds.",
+        f"{cfg['ci_level']:.0%} Student-t intervals across seeds. Within a seed every policy is "
+        "sampled with the same random stream (common random numbers), so differences between "
+        "methods are less noisy than the per-method intervals suggest.",
         "",
         f"![alpha sweep]({rel(sweep)})",
         "",
