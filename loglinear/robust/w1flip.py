@@ -30,6 +30,7 @@ MU_FACTOR = 1e-2
 CROSS_BAND = 10.0       # atoms with |m - lambda kappa| <= CROSS_BAND mu count as tied
 CROSS_EXTRA_TIES = 4    # try the exact active-set system with at most d + 1 + this ties
 CROSS_ITER = 30
+CROSS_ROUNDS = 8        # active-set rounds
 CROSS_TOL = 1e-13
 CROSS_CHECK = 1e-9      # slack of the partition / multiplier checks
 GTOL = 1e-10
@@ -116,14 +117,61 @@ def _problem(data, beta, eps, kappa, ridge, mu):
     return fun, line
 
 
+def _kkt_solve(data, beta, eps, kappa, ridge, theta, lam, w, tie, up, on_bound):
+    """Newton on the KKT system for a fixed partition. Returns (theta, lam, w, resid)."""
+    q, d = data.weight, data.d
+    sb = data.sign * beta
+    c0 = sb * data.offset
+    nt = int(tie.sum())
+    a_t, q_s = sb[tie, None] * data.x[tie], float(q[up].sum())
+    gs = data.x.T @ np.where(up, q * sb, 0.0)
+    ones, eye = np.ones(nt), np.eye(d)
+    resid = np.inf
+    for _ in range(CROSS_ITER):
+        m = sb * (data.x @ theta) - c0
+        s = sigmoid(-m)
+        grad_l = data.x.T @ (-q * s * sb) + ridge * theta
+        hess_l = weighted_gram(data.x, q * s * (1 - s) * beta**2) + ridge * eye
+        norm = float(np.linalg.norm(theta))
+        if on_bound:
+            u = theta / norm
+            e = beta * u
+            c = eps - kappa * (q_s + w.sum())
+            f = np.concatenate([grad_l + gs + a_t.T @ w + c * e, m[tie] - kappa * beta * norm])
+            jac = np.zeros((d + nt, d + nt))
+            jac[:d, :d] = hess_l + c * beta / norm * (eye - np.outer(u, u))
+            jac[:d, d:] = (a_t - kappa * e[None, :]).T
+            jac[d:, :d] = a_t - kappa * e[None, :]
+        else:
+            f = np.concatenate([grad_l + gs + a_t.T @ w, [eps - kappa * (q_s + w.sum())],
+                                m[tie] - lam * kappa])
+            jac = np.zeros((d + 1 + nt, d + 1 + nt))
+            jac[:d, :d] = hess_l
+            jac[:d, d + 1:] = a_t.T
+            jac[d, d + 1:] = -kappa * ones
+            jac[d + 1:, :d] = a_t
+            jac[d + 1:, d] = -kappa
+        resid = float(np.linalg.norm(f))
+        if resid <= CROSS_TOL * max(1.0, float(np.abs(grad_l).max())):
+            return theta, lam, w, resid
+        step = np.linalg.lstsq(jac, -f, rcond=None)[0]
+        theta = theta + step[:d]
+        if on_bound:
+            w = w + step[d:]
+        else:
+            lam, w = lam + step[d], w + step[d + 1:]
+    return None
+
+
 def _crossover(data, beta, eps, kappa, ridge, theta, mu):
     """From a smoothed solution, solve the exact piecewise-smooth KKT system.
 
     The atoms split into flipped S (m_i > lambda kappa), tied T (m_i = lambda kappa, with
     multipliers w_i in [0, q_i]) and kept. With that partition fixed, KKT is a smooth
     system in (theta, lambda, w_T) (or (theta, w_T) when lambda = beta ||theta||), solved
-    by Newton; the partition, the multiplier bounds and lambda's side conditions are then
-    checked. Returns (theta, kkt_residual) or None (keep smoothing).
+    by Newton. Then the partition, the multiplier bounds and lambda's side conditions
+    are checked; violators move between the sets (an active-set step) and the system is
+    solved again. Returns (theta, kkt_residual) or None (keep smoothing).
     """
     q, d = data.weight, data.d
     sb = data.sign * beta
@@ -137,66 +185,41 @@ def _crossover(data, beta, eps, kappa, ridge, theta, mu):
     pos = q > 0
     tie = pos & (np.abs(m - lam * kappa) <= band)
     up = pos & (m - lam * kappa > band)
-    nt = int(tie.sum())
-    if nt > d + 1 + CROSS_EXTRA_TIES:
-        return None
-    a_t, q_s = sb[tie, None] * data.x[tie], float(q[up].sum())
-    gs = data.x.T @ np.where(up, q * sb, 0.0)
-    w = q[tie] * sigmoid((m[tie] - lam * kappa) / mu)
-    ones = np.ones(nt)
-    eye = np.eye(d)
-    resid = np.inf
-    for _ in range(CROSS_ITER):
-        m = sb * (data.x @ theta) - c0
-        s = sigmoid(-m)
-        grad_l = data.x.T @ (-q * s * sb) + ridge * theta
-        hess_l = weighted_gram(data.x, q * s * (1 - s) * beta**2) + ridge * eye
-        norm = float(np.linalg.norm(theta))
-        if on_bound:
-            u = theta / norm
-            e = beta * u
-            hb = beta / norm * (eye - np.outer(u, u))
-            c = eps - kappa * (q_s + w.sum())
-            f1 = grad_l + gs + a_t.T @ w + c * e
-            f3 = m[tie] - kappa * beta * norm
-            f = np.concatenate([f1, f3])
-            jac = np.zeros((d + nt, d + nt))
-            jac[:d, :d] = hess_l + c * hb
-            jac[:d, d:] = (a_t - kappa * e[None, :]).T
-            jac[d:, :d] = a_t - kappa * e[None, :]
-        else:
-            f1 = grad_l + gs + a_t.T @ w
-            f2 = eps - kappa * (q_s + w.sum())
-            f3 = m[tie] - lam * kappa
-            f = np.concatenate([f1, [f2], f3])
-            jac = np.zeros((d + 1 + nt, d + 1 + nt))
-            jac[:d, :d] = hess_l
-            jac[:d, d + 1:] = a_t.T
-            jac[d, d + 1:] = -kappa * ones
-            jac[d + 1:, :d] = a_t
-            jac[d + 1:, d] = -kappa
-        resid = float(np.linalg.norm(f))
-        if resid <= CROSS_TOL * max(1.0, float(np.abs(grad_l).max())):
-            break
-        step = np.linalg.lstsq(jac, -f, rcond=None)[0]
-        theta = theta + step[:d]
-        if on_bound:
-            w = w + step[d:]
-        else:
-            lam = lam + step[d]
-            w = w + step[d + 1:]
-    else:
-        return None
-    m = sb * (data.x @ theta) - c0
-    b = beta * float(np.linalg.norm(theta))
-    if on_bound:
-        lam = b
-    slack = CROSS_CHECK * max(1.0, float(np.abs(m).max()))
-    ok = (np.all(w >= -slack) and np.all(w <= q[tie] + slack)
-          and np.all(m[up] - lam * kappa >= -slack)
-          and np.all(m[pos & ~up & ~tie] - lam * kappa <= slack)
-          and (eps - kappa * (q_s + w.sum()) >= -slack if on_bound else lam >= b - slack))
-    return (theta, resid) if ok else None
+    wfull = q * sigmoid((m - lam * kappa) / mu)
+    for _ in range(CROSS_ROUNDS):
+        if int(tie.sum()) > d + 1 + CROSS_EXTRA_TIES:
+            return None
+        sol = _kkt_solve(data, beta, eps, kappa, ridge, theta, lam, wfull[tie], tie, up,
+                         on_bound)
+        if sol is None:
+            return None
+        th, lam_new, w, resid = sol
+        m = sb * (data.x @ th) - c0
+        b = beta * float(np.linalg.norm(th))
+        lam_new = b if on_bound else lam_new
+        slack = CROSS_CHECK * max(1.0, float(np.abs(m).max()))
+        gap = m - lam_new * kappa
+        idx = np.flatnonzero(tie)
+        low, high = w < -slack, w > q[tie] + slack
+        bad_up = up & (gap < -slack)
+        bad_keep = pos & ~up & ~tie & (gap > slack)
+        side_ok = (eps - kappa * (float(q[up].sum()) + w.sum()) >= -slack) if on_bound \
+            else lam_new >= b - slack
+        if not (low.any() or high.any() or bad_up.any() or bad_keep.any()):
+            return (th, resid) if side_ok else None
+        # active-set step: multipliers at a bound leave T, violated atoms join it
+        tie = tie.copy()
+        up = up.copy()
+        tie[idx[low | high]] = False
+        up[idx[high]] = True
+        tie |= bad_up | bad_keep
+        up &= ~bad_up
+        wfull = wfull.copy()
+        wfull[idx] = np.clip(w, 0.0, q[idx])
+        wfull[bad_up] = q[bad_up]
+        wfull[bad_keep] = 0.0
+        theta, lam = th, lam_new
+    return None
 
 
 def _homotopy(data, beta, eps, kappa, ridge, theta0):
