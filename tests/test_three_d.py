@@ -126,9 +126,10 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
     report = main(cfg, rec)
     assert report == tmp_path / "three_d.md"
     assert not (rec / "records.jsonl").exists()
-    frame = load_records(rec)
+    frame = load_records(rec, variants=True)
     assert len(frame) == (3 + 1) * 4  # 3 methods + 1 Adam variant, steps {0, 10, 20, 30}
     assert sorted(set(frame["run"])) == ["adam lr=0.05", "main"]
+    assert set(load_records(rec)["run"]) == {"main"}
     assert frame["step"].iloc[0] == 0 and frame["kl"].iloc[0] == 0.0
     assert json.loads((rec / "config.json").read_text())["training"]["steps"] == 30
     text = report.read_text()
@@ -140,8 +141,9 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
     assert report.read_text() == text
     # a second run into the same directory replaces the records
     main(replace(cfg, training=replace(cfg.training, steps=10), variants=()), rec)
-    again = load_records(rec)
+    again = load_records(rec, variants=True)
     assert again["step"].max() == 10 and set(again["run"]) == {"main"}
+    assert not (rec / "variants.parquet").exists()
 
 
 def test_trajectories_subset_for_notebooks():

@@ -16,7 +16,8 @@ the data are separable and DPO keeps pushing, as in many epochs on a fixed datas
 
 ``main(config, out_dir)`` writes ``config.json`` first, trains every method on every
 (sharing, scenario), appends tidy records to ``records.jsonl`` after each run, converts
-them to ``records.parquet`` at the end, and builds the report. :func:`property_onsets`
+them at the end to ``records.parquet`` (main runs) and ``variants.parquet`` (optimizer
+sensitivity runs), and builds the report. :func:`property_onsets`
 turns records into the table of when each property appears (thresholds in the config).
 """
 
@@ -324,8 +325,10 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
     import pandas as pd
 
     frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame(records)
+    if "run" not in frame:
+        frame = frame.assign(run="main")
     out = []
-    for key, g in frame.groupby(["sharing", "scenario", "method"], sort=False):
+    for key, g in frame.groupby(["sharing", "scenario", "method", "run"], sort=False):
         g = g.sort_values("step")
         steps = g["step"].to_numpy()
         pc, pr, un = (g[c].to_numpy() for c in ("p_chosen", "p_rejected", "unseen_mass"))
@@ -335,7 +338,7 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
             return int(steps[idx[0]]) if idx.size else None
 
         out.append({
-            "sharing": key[0], "scenario": key[1], "method": key[2],
+            "sharing": key[0], "scenario": key[1], "method": key[2], "run": key[3],
             "objective": g["objective_name"].iloc[0] if "objective_name" in g else None,
             "drop_step": first(pr <= thresholds.drop_ratio * pr[0]),
             "degrade_step": first(pc < thresholds.degrade_ratio * np.maximum.accumulate(pc)),
@@ -362,7 +365,8 @@ def main(config: ThreeDConfig, out_dir) -> Path:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     rec_path = out / "records.jsonl"
     rec_path.write_text("")
-    (out / "records.parquet").unlink(missing_ok=True)  # never mix with an earlier run
+    for old in ("records.parquet", "variants.parquet"):  # never mix with an earlier run
+        (out / old).unlink(missing_ok=True)
     t0 = time.perf_counter()
 
     def append(rows):
@@ -374,7 +378,11 @@ def main(config: ThreeDConfig, out_dir) -> Path:
     # The finished records are stored as compressed parquet (a tenth of the JSONL size).
     from ..report.three_d import read_jsonl
 
-    read_jsonl(rec_path).to_parquet(out / "records.parquet", compression="zstd", index=False)
+    every = read_jsonl(rec_path)
+    is_main = every["run"] == "main"
+    every[is_main].to_parquet(out / "records.parquet", compression="zstd", index=False)
+    if not is_main.all():
+        every[~is_main].to_parquet(out / "variants.parquet", compression="zstd", index=False)
     rec_path.unlink()
     (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     (out / "runtime.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
