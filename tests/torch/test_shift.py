@@ -194,7 +194,7 @@ def test_resume_is_exact(tiny, tmp_path, monkeypatch):
     full = st.train(m1, pairs.with_ref(ref), run_dir=tmp_path / "a", **kw)
     assert full["done"] and full["steps"] == 8
     clock = iter(range(1000))
-    monkeypatch.setattr(st.time, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(st, "wall_clock", lambda: float(next(clock)))
     m2, _ = fresh()
     part = st.train(m2, pairs.with_ref(ref), run_dir=tmp_path / "b", deadline=4.5, **kw)
     assert not part["done"] and part["step"] == 5
