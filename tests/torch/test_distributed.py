@@ -67,6 +67,9 @@ def _worker(rank, world, port, out):
     try:
         for k, case in enumerate(CASES):
             _rank_case(rank, world, os.path.join(out, f"{k}-{rank}.pt"), *case)
+        # Neither rank tears gloo down while the other may still talk to it: a rank that
+        # exits early has aborted its peer ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
