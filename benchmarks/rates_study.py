@@ -72,7 +72,7 @@ def count_rows(config, out):
     from loglinear.experiments import rates
     from loglinear.experiments.estimators import get_estimator
 
-    for e, s in rates._combos(config):
+    for e, _ in rates._combos(config):
         if not get_estimator(e).available():
             continue
         n_sched += 1

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from .objectives import ObjectiveOutput, batch_objective
+from .sequence import PairBatch
 
 # The wall clock the deadline is checked against; a module attribute so that tests can
 # substitute a fake clock without touching ``time.time`` for every other library.
 wall_clock = time.time
-from .sequence import PairBatch
 
 
 def method_objective(model, batch: PairBatch, method, *, beta: float) -> ObjectiveOutput:
