@@ -246,3 +246,30 @@ def test_bounded_solves():
     circle = [wasserstein_value(0.5 * np.array([np.cos(a), np.sin(a)]), data, beta=1.0,
                                 radius=0.05, p=2).value for a in angles]
     assert w2.objective <= min(circle) + 1e-12
+
+
+def test_w1_near_collapse_escapes_the_kink():
+    """A population where plain Newton on L + eps beta ||theta|| stalls at the kink theta = 0
+    (0.9 of the collapse radius, poorly covered 'peaked' setting of the rates study): the
+    smoothing path finds the nonzero optimum, which cvxpy and Nelder-Mead confirm."""
+    from pathlib import Path
+
+    from scipy.optimize import minimize
+
+    from loglinear.experiments import rates
+    from loglinear.robust.wasserstein import _newton_w1_inf, _start
+
+    cfg = rates.RatesConfig.from_toml(Path(__file__).parents[1] / "simulations" / "rates.toml")
+    _, pop, _, _ = rates.environment(cfg, "peaked")
+    eps = 0.9 * collapse_radius_wasserstein(pop, beta=1.0, p=1)
+    assert not _newton_w1_inf(pop, 1.0, eps, 0.0, _start(pop, 1.0, None)).converged
+    res = solve_wasserstein(pop, beta=1.0, radius=eps, p=1)
+    assert res.status == "converged" and res.solver == "newton" and res.info["smoothed"]
+    assert np.linalg.norm(res.theta) > 0.05
+    cvx = solve_wasserstein(pop, beta=1.0, radius=eps, p=1, method="cvxpy")
+    np.testing.assert_allclose(cvx.objective, res.objective, rtol=SOLVER_OBJ_RTOL)
+    np.testing.assert_allclose(cvx.theta, res.theta, atol=SOLVER_THETA_TOL)
+    value = lambda th: wasserstein_value(th, pop, beta=1.0, radius=eps, p=1).value
+    nm = minimize(value, res.theta + 0.01, method="Nelder-Mead",
+                  options=dict(xatol=1e-10, fatol=1e-15, maxiter=20000))
+    assert res.objective <= nm.fun + 1e-14

@@ -224,12 +224,15 @@ def _start(data, beta, bound):
         return np.full(data.d, 1e-2)
 
 
-def _newton_w1_inf(data, beta, eps, ridge, theta0):
+def _newton_w1_inf(data, beta, eps, ridge, theta0, delta=0.0):
+    """Newton on L(θ) + εβ‖θ‖ + ridge/2 ‖θ‖², or, with ``delta > 0``, on the smoothed
+    L(θ) + εβ (‖θ‖² + δ²)^{1/2} + ridge/2 ‖θ‖² (C², used by :func:`_w1_inf_smoothing`)."""
     sb, sbo, q = data.sign * beta, data.sign * beta * data.offset, data.weight
+    d2 = delta * delta
 
     def fun(theta, need_hess):
         m = sb * (data.x @ theta) - sbo
-        nrm = float(np.linalg.norm(theta))
+        nrm = float(np.sqrt(theta @ theta + d2))
         s = sigmoid(-m)
         value = float(q @ softplus(-m)) + eps * beta * nrm + 0.5 * ridge * float(theta @ theta)
         grad = data.x.T @ (-q * s * sb) + ridge * theta
@@ -250,11 +253,39 @@ def _newton_w1_inf(data, beta, eps, ridge, theta0):
         def f(t):
             th = theta + t * step
             return float(q @ softplus(-(base + t * dm))) + eps * beta * float(
-                np.linalg.norm(th)) + 0.5 * ridge * float(th @ th)
+                np.sqrt(th @ th + d2)) + 0.5 * ridge * float(th @ th)
 
         return f
 
     return newton(fun, theta0, gtol=GTOL, max_iter=200, line=line)
+
+
+SMOOTH_SHRINK = 0.1     # delta shrinks tenfold per stage
+SMOOTH_STOP = 1e-4      # stop smoothing once delta <= SMOOTH_STOP * ||theta_delta||
+SMOOTH_STAGES = 14
+
+
+def _w1_inf_smoothing(data, beta, eps, ridge, theta0):
+    """Exact Newton on L + εβ‖θ‖ after a smoothing path, for when Newton alone fails.
+
+    Near the collapse radius the optimum has a small norm and plain Newton can run into the
+    kink at θ = 0 (its Hessian term εβ/‖θ‖ blows up and the line search stalls). The
+    smoothed objectives L + εβ(‖θ‖² + δ²)^{1/2} are C² and strictly convex; their minimisers
+    θ_δ tend to θ* as δ → 0 (the caller has checked that θ* ≠ 0), so δ shrinks tenfold per
+    warm-started stage until δ ≪ ‖θ_δ‖, where the exact objective is smooth, and Newton on
+    it finishes from there.
+    """
+    theta = np.asarray(theta0, float)
+    delta = max(float(np.linalg.norm(theta)), 1.0)
+    for _ in range(SMOOTH_STAGES):
+        rep = _newton_w1_inf(data, beta, eps, ridge, theta, delta=delta)
+        if not rep.converged:
+            break
+        theta = rep.x
+        if delta <= SMOOTH_STOP * float(np.linalg.norm(theta)):
+            break
+        delta *= SMOOTH_SHRINK
+    return _newton_w1_inf(data, beta, eps, ridge, theta)
 
 
 def _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, status, info):
@@ -365,15 +396,20 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
 def _solve_w1_inf(data, beta, eps, bound):
     start = _start(data, beta, bound)
     rep = _newton_w1_inf(data, beta, eps, 0.0, start)
+    smoothed = not rep.converged
+    if smoothed:
+        rep = _w1_inf_smoothing(data, beta, eps, 0.0, start)
     if not rep.converged:
-        raise RobustSolverError(f"W1 Newton did not converge: {rep.status}, "
-                                f"grad norm {rep.grad_norm:.3g}")
-    info = {"iterations": rep.iterations}
+        raise RobustSolverError(f"W1 Newton did not converge (also after smoothing): "
+                                f"{rep.status}, grad norm {rep.grad_norm:.3g}")
+    info = {"iterations": rep.iterations, "smoothed": smoothed}
     if bound is None:
         return rep.x, 0.0, info
 
     def solve_ridge(mu, x0):
         r = _newton_w1_inf(data, beta, eps, mu, x0)
+        if not r.converged:
+            r = _w1_inf_smoothing(data, beta, eps, mu, x0)
         if not r.converged:
             raise RobustSolverError(f"W1 ridge Newton failed: {r.status}")
         return r.x
