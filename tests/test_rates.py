@@ -158,6 +158,22 @@ def test_resume_after_killed_run(tmp_path):
     pd.testing.assert_frame_equal(resumed, _frame(tmp_path / "clean/records.csv"))
 
 
+def test_retry_failed_recomputes_only_failed_rows(tmp_path):
+    cfg = _config(seeds=2)
+    rates.run(cfg, tmp_path / "clean", progress=False)
+    rates.run(cfg, tmp_path / "x", progress=False)
+    rec = tmp_path / "x" / "records.csv"
+    df = pd.read_csv(rec)
+    df.loc[3, ["status", "error"]] = ["failed: RobustSolverError: stand-in", np.nan]
+    df.to_csv(rec, index=False)
+    rates.run(cfg, tmp_path / "x", progress=False)  # a plain resume keeps the failure
+    assert (pd.read_csv(rec).status != "ok").sum() == 1
+    rates.run(cfg, tmp_path / "x", progress=False, retry_failed=True)
+    again = _frame(rec)
+    assert set(again.status) == {"ok"} and len(again) == len(df)
+    pd.testing.assert_frame_equal(again, _frame(tmp_path / "clean/records.csv"))
+
+
 def test_record_store_repairs_and_skips(tmp_path):
     path = tmp_path / "r.csv"
     with RecordStore(path, ["k", "v"], ["k"]) as store:
@@ -171,6 +187,10 @@ def test_record_store_repairs_and_skips(tmp_path):
     assert path.read_text() == "k,v\n1,0.5\n2,0.2\n"
     with pytest.raises(ValueError, match="columns"):
         RecordStore(path, ["k", "w"], ["k"]).open()
+    store = RecordStore(path, ["k", "v"], ["k"]).open(drop=lambda row: row["v"] == "0.2")
+    assert not store.done({"k": 2}) and store.done({"k": 1})
+    store.close()
+    assert path.read_text() == "k,v\n1,0.5\n"
 
 
 def test_dask_matches_local(tmp_path):

@@ -15,6 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address tcp://HOST:PORT (runs there instead of locally)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="recompute the targets and rows whose status records a failure")
     p.add_argument("--report", action="store_true",
                    help="also build the report (loglinear report rates OUT) afterwards")
 
@@ -25,7 +27,7 @@ def run(args) -> int:
     if args.jobs == 0 or args.jobs < -1:
         raise ValueError(f"--jobs must be a positive count or -1, got {args.jobs}")
     path = rates.main(args.config, args.out, jobs=args.jobs, scheduler=args.scheduler,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, retry_failed=args.retry_failed)
     print(f"records written to {path}")
     if args.report:
         from loglinear import report

@@ -413,8 +413,12 @@ def _check_resume(config: RatesConfig, out: Path) -> None:
                          "changed); use a fresh --out directory")
 
 
+def _failed(row: dict) -> bool:
+    return row.get("status", "").startswith("failed")
+
+
 def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bool = True,
-        max_rows: int | None = None) -> Path:
+        max_rows: int | None = None, retry_failed: bool = False) -> Path:
     """Run (or resume) the study; returns the records path.
 
     Args:
@@ -424,6 +428,8 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
         scheduler: a Dask scheduler address ``tcp://HOST:PORT`` (or a ``Client``).
         progress: show tqdm bars.
         max_rows: stop after scheduling this many pending rows (for tests and benchmarks).
+        retry_failed: compute again the targets and rows whose status records a failure
+            (they are removed from the records first), e.g. after a solver fix.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -433,7 +439,8 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
     parts = max(1, jobs) * 4 if not scheduler else 64
 
     # Phase 1: collapse radii, then exact population targets (resumable).
-    targets = RecordStore(out / "targets.csv", TARGET_COLUMNS, TARGET_KEY).open()
+    drop = _failed if retry_failed else None
+    targets = RecordStore(out / "targets.csv", TARGET_COLUMNS, TARGET_KEY).open(drop=drop)
     try:
         items = sorted({("collapse", st.name, e, None) for e, s in combos
                         if s is not None and s.uses_collapse(get_estimator(e))
@@ -470,7 +477,7 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
     tmap = {(r.setting, r.estimator, r.param): r for r in tdf.itertuples()}
 
     # Phase 2: one unit = one sample (setting, n, seed) shared by all estimators.
-    store = RecordStore(out / "records.csv", ROW_COLUMNS, ROW_KEY).open()
+    store = RecordStore(out / "records.csv", ROW_COLUMNS, ROW_KEY).open(drop=drop)
     try:
         units, pending = [], 0
         # Seed-major order: an interrupted study holds complete (setting, n) grids for its
@@ -498,7 +505,8 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
     return out / "records.csv"
 
 
-def main(config_path, out, *, jobs: int = 1, scheduler=None, progress: bool = True) -> Path:
+def main(config_path, out, *, jobs: int = 1, scheduler=None, progress: bool = True,
+         retry_failed: bool = False) -> Path:
     """Entry point: parse the TOML config and run the study."""
     return run(RatesConfig.from_toml(config_path), out, jobs=jobs, scheduler=scheduler,
-               progress=progress)
+               progress=progress, retry_failed=retry_failed)

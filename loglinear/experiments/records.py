@@ -61,8 +61,13 @@ class RecordStore:
     def _key_of(self, row: dict) -> tuple[str, ...]:
         return tuple(_format(row[k]) for k in self.key)
 
-    def open(self) -> RecordStore:
-        """Read what is there (repairing a torn tail), then open for appending."""
+    def open(self, *, drop=None) -> RecordStore:
+        """Read what is there (repairing a torn tail), then open for appending.
+
+        ``drop``: an optional predicate on a stored row (a dict of strings); the rows it
+        selects are removed from the file and count as not done, so that they are computed
+        again (for example rows whose status says a solver failed, after a fix).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         good: list[list[str]] = []
         if self.path.exists():
@@ -80,8 +85,12 @@ class RecordStore:
                     if len(fields) != len(self.columns):
                         self.dropped_lines += 1
                         continue
-                    k = self._key_of(dict(zip(self.columns, fields)))
+                    row = dict(zip(self.columns, fields))
+                    k = self._key_of(row)
                     if k in seen:  # never written by this store, but keep the file clean
+                        self.dropped_lines += 1
+                        continue
+                    if drop is not None and drop(row):
                         self.dropped_lines += 1
                         continue
                     seen.add(k)
