@@ -452,7 +452,12 @@ def build(records_dir, out_dir=None) -> Path:
         *[f"![{t}]({rel(p)})\n" for t, p in figs],
     ]
     if len(fails) or len(failed_rows):
-        lines += ["## Failures", "", markdown_table(fails.to_dict("records")), "",
+        lines += ["## Failures", "",
+                  "Exact population targets that failed (their rows are not run):", "",
+                  markdown_table(fails.to_dict("records")), "",
+                  "Sample fits that failed (left out of every statistic above; the reason "
+                  "is in the records' `status`; `loglinear rates ... --retry-failed` "
+                  "recomputes them after a solver fix):", "",
                   markdown_table([dict(setting=k[0], estimator=k[1], schedule=k[2], rows=v)
                                   for k, v in failed_rows.items()]), ""]
     lines += [DOCS]
