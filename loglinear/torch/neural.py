@@ -117,7 +117,8 @@ class NeuralPolicy:
 
 
 def _t(a) -> torch.Tensor:
-    return a if torch.is_tensor(a) else torch.as_tensor(np.asarray(a, dtype=float), dtype=DTYPE)
+    # a copy: the environments' arrays are read-only, which torch warns about when shared
+    return a if torch.is_tensor(a) else torch.tensor(np.asarray(a, dtype=float), dtype=DTYPE)
 
 
 @dataclass(frozen=True)
