@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..torch.shift_config import run_dirname
 from ._common import markdown_table, save_figure
 
 REFERENCE = "reference"
@@ -93,7 +94,8 @@ def build(records_dir, out_dir=None) -> Path:
                         fig_dir / "alpha_sweep.png")
     logs = {}
     for method in cfg["methods"]:
-        path = records_dir / "runs" / method / f"seed{cfg['seeds'][0]}" / "train_log.csv"
+        seed_dir = f"seed{cfg['seeds'][0]}"
+        path = records_dir / "runs" / run_dirname(method) / seed_dir / "train_log.csv"
         if path.exists():
             logs[method] = pd.read_csv(path)
     diag = save_figure(plot_training_logps(logs), fig_dir / "training_logps.png") \

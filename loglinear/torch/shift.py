@@ -36,7 +36,7 @@ from loglinear.experiments.records import RecordStore
 from . import shift_data as sd
 from .emotion import EmotionReward
 from .sequence import PairBatch, collate_pairs, reference_logps, sequence_logps
-from .shift_config import TINY_MODELS, ShiftConfig
+from .shift_config import TINY_MODELS, ShiftConfig, run_dirname
 from .shift_eval import kl_estimate, reward_sweep, summarize, summarize_runs
 from .shift_train import add_lora, autocast, train
 
@@ -219,13 +219,14 @@ def run(config: ShiftConfig, *, max_seconds: float | None = None, log=print) -> 
                     break
                 log(f"seed {seed} {name}: training" if method else f"seed {seed} {name}")
                 stats = {"seconds": 0.0, "pairs": 0, "tokens": 0, "steps": 0}
+                run_dir = out / "runs" / run_dirname(name) / f"seed{seed}"
                 if method is None:
                     model, ref_fn = base, None
                 else:
                     model, ref_fn = _policy(base, config, seed)
                     stats = train(model, pairs, method=method, beta=config.beta, lr=config.lr,
                                   batch_size=config.batch_size, epochs=config.epochs,
-                                  seed=seed, run_dir=out / "runs" / name / f"seed{seed}",
+                                  seed=seed, run_dir=run_dir,
                                   checkpoint_every=config.checkpoint_every,
                                   log_every=config.log_every, device=config.device,
                                   dtype=config.dtype, deadline=deadline)
@@ -244,9 +245,8 @@ def run(config: ShiftConfig, *, max_seconds: float | None = None, log=print) -> 
                             "tokens_per_s": stats["tokens"] / sec if sec else "",
                             "eval_new_tokens": new_tokens, "label_agreement": agree,
                             "n_pairs": pairs.n_pairs})
-                sample_dir = out / "runs" / name / f"seed{seed}"
-                sample_dir.mkdir(parents=True, exist_ok=True)
-                (sample_dir / "samples.json").write_text(json.dumps(samples, indent=1))
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "samples.json").write_text(json.dumps(samples, indent=1))
                 log(f"  KL {kl['kl']:.4g}; reward at alpha_o "
                     f"{next(r['reward'] for r in rows if r['alpha'] == config.alpha_o):.4g}")
             if not complete:

@@ -35,6 +35,12 @@ class MethodSpec:
         return {} if key is None else {key: self.value, "form": self.form}
 
 
+def run_dirname(method_name: str) -> str:
+    """The directory of a method's runs: its name with ':' replaced by '_', so that the
+    paths stay portable (Windows, archive and transfer tools reject ':')."""
+    return method_name.replace(":", "_")
+
+
 def parse_method(text: str) -> MethodSpec:
     """``"dpo"`` | ``"wdpo-FORM:RHO"`` | ``"kldpo-FORM:TAU"`` -> :class:`MethodSpec`."""
     allowed = "'dpo', 'wdpo-paper:RHO', 'wdpo-official:RHO', 'kldpo-paper:TAU', " \
