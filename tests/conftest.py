@@ -18,6 +18,7 @@ NEWTON_THETA_TOL = 1e-8      # Newton solves (gradient norm <= 1e-10)
 FD_RTOL = 1e-6               # central finite differences with step 1e-6
 SOLVER_OBJ_RTOL = 1e-7       # two exact solvers on the same problem (objective)
 SOLVER_THETA_TOL = 1e-5      # two exact solvers on the same problem (theta)
+CVXPY_GAP_TOL = 1e-8         # Clarabel's default duality-gap tolerance (its accepted retry)
 
 settings.register_profile(
     "dev", max_examples=25, deadline=None,

@@ -330,6 +330,27 @@ def _newton_kl(data, beta, rho, ridge, theta0):
     return newton(fun, theta0, gtol=GTOL, max_iter=200, line=line)
 
 
+CONT_STAGES = 12  # radius continuation rho (1 - 2^-k), k = 1..CONT_STAGES - 1, then rho
+
+
+def _newton_kl_continued(data, beta, rho, ridge, theta0):
+    """Newton at radius rho after a continuation in the radius, for when Newton alone fails.
+
+    Near the collapse radius the optimum lies close to the kink at theta = 0 (where every
+    loss is equal and lambda* -> 0), and Newton from the DPO fit can stall there (the line
+    search fails). The robust optimum moves continuously with the radius, so the radii
+    rho (1 - 2^-k) approach rho with warm starts, each one inside the next one's region of
+    fast convergence.
+    """
+    theta = np.asarray(theta0, float)
+    for k in range(1, CONT_STAGES):
+        rep = _newton_kl(data, beta, rho * (1.0 - 0.5**k), ridge, theta)
+        if not rep.converged:
+            return rep
+        theta = rep.x
+    return _newton_kl(data, beta, rho, ridge, theta)
+
+
 def _result(theta, data, beta, rho, bound, mu, solver, t0, status, info, ev=None):
     ev = ev or kl_value(theta, data, beta=beta, radius=rho)
     cert = float(np.linalg.norm(ev.grad + mu * theta))
@@ -409,18 +430,25 @@ def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float |
     try:
         theta_free = None
         iters = 0
+        continued = False
         if free_ok:
             rep = _newton_kl(data, beta, rho, 0.0, start)
+            if not rep.converged:
+                rep, continued = _newton_kl_continued(data, beta, rho, 0.0, start), True
             iters += rep.iterations
             if not rep.converged:
-                raise RobustSolverError(f"KL Newton did not converge: {rep.status}, "
+                raise RobustSolverError(f"KL Newton did not converge (also with radius "
+                                        f"continuation): {rep.status}, "
                                         f"grad norm {rep.grad_norm:.3g}")
             theta_free = rep.x
         mu = 0.0
         theta = theta_free
         if bound is not None:
             def solve_ridge(mu_, x0):
+                nonlocal continued
                 r = _newton_kl(data, beta, rho, mu_, x0)
+                if not r.converged:
+                    r, continued = _newton_kl_continued(data, beta, rho, mu_, x0), True
                 if not r.converged:
                     raise RobustSolverError(f"KL ridge Newton failed: {r.status}")
                 return r.x
@@ -429,7 +457,7 @@ def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float |
                                 lambda th: kl_value(th, data, beta=beta, radius=rho).grad,
                                 data.d, bound, theta_free)
         return _result(theta, data, beta, rho, bound, mu, "newton", t0, "converged",
-                       {"iterations": iters})
+                       {"iterations": iters, "continued": continued})
     except RobustSolverError as err:
         if method == "newton":
             raise
