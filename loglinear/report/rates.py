@@ -209,7 +209,8 @@ def _conclusions(ex, ex_star, ts, el) -> list[str]:
         txt = (f"1. **{'The rate is n^-1/2, not n^-1/4' if allhalf else 'Mostly n^-1/2'}.** "
                f"Measured against its own exact population target, {len(near_half)} of "
                f"{len(own)} estimator x setting x schedule groups have an exponent between -0.6 "
-               f"and -0.4 (n >= 1e3), and {len(quarter)} have a 95% CI containing -1/4.")
+               f"and -0.4 (n >= 1e3), and {len(quarter)} "
+               f"{'has' if len(quarter) == 1 else 'have'} a 95% CI containing -1/4.")
         if allhalf:
             txt += (" This covers every estimator, schedule and coverage level in the study, "
                     "including radii near and at the collapse radius.")
