@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop (checkpointed) after this many minutes; exit code 75 means rerun")
     p.add_argument("--report", action="store_true",
-                   help="build the report from the records when the study is complete")
+                   help="when the study is complete, rebuild the report from its records and "
+                        "those of the studies beside it")
 
 
 def run(args) -> int:
@@ -30,7 +31,11 @@ def run(args) -> int:
         print(f"incomplete: rerun `loglinear llm-shift --config {args.config}` to resume")
         return EXIT_INCOMPLETE
     if args.report:
+        from pathlib import Path
+
         from loglinear.report.llm_shift import build
 
-        print(f"report written to {build(status['out'])}")
+        # every study beside this one (e.g. reports/llm_shift/{gpu,cpu_smollm2,cpu}) goes
+        # into the one report
+        print(f"report written to {build(Path(status['out']).parent)}")
     return 0

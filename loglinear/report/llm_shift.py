@@ -1,10 +1,13 @@
 """Report of the preference-shift (emotion) study, rebuilt from its records alone.
 
-``loglinear report llm-shift DIR [--out OUT]`` reads ``DIR/config.json``, ``summary.csv``,
-``runs.csv``, ``runs_summary.csv`` and ``runs/*/seed*/train_log.csv`` (written by
-:mod:`loglinear.torch.shift`) and writes ``OUT/llm_shift.md`` with figures under
-``OUT/llm_shift/<DIR name>/``. OUT defaults to the grandparent of DIR, so records in
-``reports/llm_shift/cpu`` give ``reports/llm_shift.md``. Needs pandas and matplotlib only.
+``loglinear report llm-shift DIR [--out OUT]`` reads, for each study, ``config.json``,
+``summary.csv``, ``runs.csv``, ``runs_summary.csv`` and ``runs/*/seed*/train_log.csv``
+(written by :mod:`loglinear.torch.shift`) and writes ``OUT/llm_shift.md`` with figures under
+``OUT/llm_shift/<study dir name>/``. DIR is one study's directory, or a root holding several
+(``reports/llm_shift`` with ``gpu/``, ``cpu_smollm2/``, ``cpu/``): then the report has one
+section per study, GPU studies first. OUT defaults to the directory above the studies, so
+``reports/llm_shift`` (or ``reports/llm_shift/cpu``) gives ``reports/llm_shift.md``. Needs
+pandas and matplotlib only.
 """
 
 from __future__ import annotations
@@ -80,14 +83,72 @@ def plot_training_logps(logs: dict):
     return fig
 
 
-def build(records_dir, out_dir=None) -> Path:
-    """Regenerate ``llm_shift.md`` and its figures from ``records_dir``."""
+def study_dirs(records_dir) -> list[Path]:
+    """The study directories under ``records_dir`` (itself, if it is one): GPU studies
+    first, then pretrained-model CPU studies, then tiny-model ones."""
     records_dir = Path(records_dir)
+    if (records_dir / "config.json").exists():
+        return [records_dir]
+    found = sorted(p.parent for p in records_dir.glob("*/config.json")
+                   if (p.parent / "summary.csv").exists())
+    if not found:
+        raise FileNotFoundError(f"no study records (config.json + summary.csv) in "
+                                f"{records_dir} or its subdirectories; run `loglinear "
+                                "llm-shift --config ...` first")
+
+    def order(path):
+        cfg = json.loads((path / "config.json").read_text())
+        return (cfg["device"] != "cuda", cfg["model"].startswith("tiny"), path.name)
+
+    return sorted(found, key=order)
+
+
+def build(records_dir, out_dir=None) -> Path:
+    """Regenerate ``llm_shift.md`` and its figures from one study or a root of studies."""
+    records_dir = Path(records_dir)
+    studies = study_dirs(records_dir)
+    single = studies == [records_dir]
+    if out_dir is not None:
+        out = Path(out_dir)
+    else:
+        out = (records_dir.resolve().parent.parent if single
+               else records_dir.resolve().parent)
+    labels = [json.loads((d / "config.json").read_text())["label"] for d in studies]
+    if single:
+        text = [f"# Preference shift: the emotion experiment rebuilt offline — {labels[0]}",
+                ""]
+    else:
+        text = ["# Preference shift: the emotion experiment rebuilt offline", "",
+                f"Studies in this report (records under `{records_dir}`):", "",
+                *[f"{i + 1}. {lab} (`{d}`)" for i, (lab, d) in enumerate(zip(labels, studies))],
+                ""]
+    level = "##" if single else "###"
+    for d, lab in zip(studies, labels):
+        if not single:
+            text += [f"## {lab}", ""]
+        text += _study_section(d, out, level)
+    text += [
+        "## Regenerate",
+        "",
+        f"- This report: `loglinear report llm-shift {records_dir}`.",
+        "- CPU studies: `loglinear llm-shift --config simulations/llm_shift_cpu.toml "
+        "--report` (tiny model, about a minute) and `loglinear llm-shift --config "
+        "simulations/llm_shift_cpu_smollm2.toml --report` (SmolLM2-135M).",
+        f"- GPU study (one H100, stages of at most 9 minutes that resume): `{GPU_COMMAND}`.",
+        "",
+    ]
+    path = out / "llm_shift.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(text))
+    return path
+
+
+def _study_section(records_dir: Path, out: Path, h: str) -> list[str]:
+    """Markdown lines of one study, headings at level ``h``."""
     cfg = json.loads((records_dir / "config.json").read_text())
     summary = pd.read_csv(records_dir / "summary.csv")
     runs = pd.read_csv(records_dir / "runs.csv")
     runs_summary = pd.read_csv(records_dir / "runs_summary.csv")
-    out = Path(out_dir) if out_dir is not None else records_dir.resolve().parent.parent
     fig_dir = out / "llm_shift" / records_dir.name
     alpha_o, emotions = cfg["alpha_o"], cfg["emotions"]
     sweep = save_figure(plot_alpha_sweep(summary, alpha_o=alpha_o, emotions=emotions),
@@ -152,17 +213,20 @@ def build(records_dir, out_dir=None) -> Path:
     n_pairs = int(runs["n_pairs"].iloc[0]) if len(runs) else 0
     agree = float(runs["label_agreement"].mean()) if len(runs) else math.nan
 
+    tiny = cfg["model"].startswith("tiny")
     text = [
-        f"# Preference shift: the emotion experiment rebuilt offline — {cfg['label']}",
-        "",
-        f"**This report comes from: {cfg['label']}** (model `{cfg['model']}`, device "
+        f"**This section comes from: {cfg['label']}** (model `{cfg['model']}`, device "
         f"`{cfg['device']}`, dtype `{cfg['dtype']}`). Records: `{records_dir}`.",
         "",
-        *([("> **CPU study.** No GPU was available when this was produced. The policy is "
-             "whatever the config names (see its header comment); a tiny random model "
-             "checks the pipeline, the methods' mechanics and their relative cost, not the "
-             "paper's claim about SmolLM2/GPT-2-scale models. The GPU study is configured "
-             f"and ready: `{GPU_COMMAND}`."), ""] if cfg["device"] == "cpu" else []),
+        *([("> **CPU study.** No GPU was available when this was produced. "
+             + ("A tiny random model checks the pipeline, the methods' mechanics and their "
+                "relative cost, not the paper's claim about SmolLM2/GPT-2-scale models. "
+                if tiny else
+                "The policy is the real pretrained model, but the study is sized for two "
+                "CPU cores (few pairs, short completions, few steps), far below the "
+                "paper's scale. ")
+             + f"The GPU study is configured and ready: `{GPU_COMMAND}`."), ""]
+          if cfg["device"] == "cpu" else []),
         "Setup (paper.md §5, Xu et al. 2025 Sec. 6, rebuilt from PyPI-installable parts): "
         f"{n_pairs} preference pairs, two completions per story opening sampled from the "
         f"reference policy; Bradley–Terry labels under the convex mixture r(α_o = {alpha_o}) = "
@@ -182,37 +246,25 @@ def build(records_dir, out_dir=None) -> Path:
         "",
         f"![alpha sweep]({rel(sweep)})",
         "",
-        "## Reward at the ends of the sweep and KL to the reference",
+        f"{h} Reward at the ends of the sweep and KL to the reference",
         "",
         markdown_table(table),
         "",
-        "## What the numbers say",
+        f"{h} What the numbers say",
         "",
         *lines,
         "",
-        "Read the differences against the CIs: with a tiny model, few pairs and few seeds the "
+        "Read the differences against the CIs: with a small model, few pairs and few seeds the "
         "methods can be statistically indistinguishable, and then the study does not show the "
         "paper's effect either way. The robust methods' in-distribution cost is their "
         f"difference to DPO at α_o = {alpha_o}.",
         "",
-        "## Throughput (training steps only)",
+        f"{h} Throughput (training steps only)",
         "",
         markdown_table(thr_rows),
         "",
     ]
     if diag is not None:
-        text += ["## 3D diagnostics: chosen and rejected log-probabilities over training", "",
-                 f"![training log-probs]({rel(diag)})", ""]
-    text += [
-        "## Regenerate",
-        "",
-        f"- This report: `loglinear report llm-shift {records_dir}`.",
-        "- CPU smoke study: `loglinear llm-shift --config simulations/llm_shift_cpu.toml "
-        "--report`.",
-        f"- GPU study (one H100, stages of at most 9 minutes that resume): `{GPU_COMMAND}`.",
-        "",
-    ]
-    path = out / "llm_shift.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(text))
-    return path
+        text += [f"{h} 3D diagnostics: chosen and rejected log-probabilities over training",
+                 "", f"![training log-probs]({rel(diag)})", ""]
+    return text

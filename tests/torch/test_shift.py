@@ -3,6 +3,7 @@ objectives, exact resume, and the smoke study end to end on a tiny model."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -250,6 +251,17 @@ def test_smoke_study_end_to_end(tmp_path, probe_file, monkeypatch):
     text = report.read_text()
     assert "CPU smoke study" in text
     assert (tmp_path / "report" / "llm_shift" / "run" / "alpha_sweep.png").exists()
+    # a root of several studies: one section each, pretrained-model studies before tiny ones
+    other = tmp_path / "pretrained"
+    shutil.copytree(out, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg.update(label="pretrained stand-in", model="smollm2-135m")
+    (other / "config.json").write_text(json.dumps(cfg))
+    both = build(tmp_path, tmp_path / "both").read_text()
+    assert both.index("## pretrained stand-in") < both.index("## CPU smoke study")
+    assert both.count("### What the numbers say") == 2
+    for name in ("run", "pretrained"):
+        assert (tmp_path / "both" / "llm_shift" / name / "alpha_sweep.png").exists()
 
 
 def se_read(path):
