@@ -102,7 +102,10 @@ def main(argv=None) -> None:
                             gap = f"{abs(ded.objective - ref.objective) / ref.objective:.1e}"
                             dth = f"{np.abs(ded.theta - ref.theta).max():.1e}"
                         except (RobustSolverError, MemoryError) as err:
-                            note += f"; cvxpy failed: {str(err)[:60]}"
+                            # a failed solve still took its time: budget the next n by it
+                            last[(name, d)] = (n, time.perf_counter() - t0)
+                            note += (f"; cvxpy failed after {last[(name, d)][1]:.1f} s: "
+                                     f"{str(err)[:60]}")
                 print(f"{name:>9} {n:>7} {d:>3} {t_ded:>11.3f} {cvx_s:>9} {ratio:>8} "
                       f"{gap:>11} {dth:>11}  {note}", flush=True)
 

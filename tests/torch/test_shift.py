@@ -282,5 +282,8 @@ def test_shipped_configs_parse():
     assert gpu.model == "smollm2-135m" and len(gpu.seeds) >= 3
     assert {m.kind for m in gpu.method_specs} == {"dpo", "wdpo", "kldpo"}
     assert {m.form for m in gpu.method_specs if m.kind != "dpo"} == {"paper", "official"}
+    smol = load_config(root / "llm_shift_cpu_smollm2.toml")
+    assert smol.device == "cpu" and smol.model == "smollm2-135m"
+    assert {m.kind for m in smol.method_specs} == {"dpo", "wdpo", "kldpo"}
     with pytest.raises(ValueError, match="unknown keys"):
         load_config(root / "llm_shift_cpu.toml", bogus=1)
