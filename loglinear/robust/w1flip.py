@@ -36,28 +36,46 @@ CROSS_CHECK = 1e-9      # slack of the partition / multiplier checks
 GTOL = 1e-10
 
 
+SATURATED = 40.0  # |r| beyond which sigmoid(r) is 0 or 1 to within e^-40 ~ 4e-18
+
+
 def _profile_lambda(m, q, b, eps, kappa, mu, lam0=None):
-    """argmin_{lam >= b} lam eps + mu sum q softplus((m - lam kappa)/mu)."""
+    """argmin_{lam >= b} lam eps + mu sum q softplus((m - lam kappa)/mu).
 
-    def d1(lam):
-        return eps - kappa * float(q @ sigmoid((m - lam * kappa) / mu))
-
-    if d1(b) >= 0:
+    The root of eps - kappa sum q sigmoid((m - lam kappa)/mu) is bracketed and refined by
+    safeguarded Newton. For small mu most atoms are saturated over the bracket (sigmoid
+    0 or 1 for every lam in it), so each time the bracket has halved the saturated atoms
+    are folded into a constant and the iterations work on the few atoms near the root.
+    """
+    if eps - kappa * float(q @ sigmoid((m - b * kappa) / mu)) >= 0:
         return b, True
-    lo, hi = b, (float(m.max()) + 40.0 * mu) / kappa
+    lo, hi = b, (float(m.max()) + SATURATED * mu) / kappa
+    mm, qq, above = m, q, 0.0      # the unsaturated atoms and the q-mass saturated at 1
+    width = np.inf
+
+    def restrict():
+        nonlocal mm, qq, above, width
+        r_lo, r_hi = (mm - lo * kappa) / mu, (mm - hi * kappa) / mu
+        ones, keep = r_hi > SATURATED, (r_hi <= SATURATED) & (r_lo >= -SATURATED)
+        above += float(qq[ones].sum())
+        mm, qq, width = mm[keep], qq[keep], hi - lo
+
+    restrict()
     lam = lam0 if lam0 is not None and lo < lam0 < hi else 0.5 * (lo + hi)
     for _ in range(200):
-        g = d1(lam)
+        s = sigmoid((mm - lam * kappa) / mu)
+        g = eps - kappa * (above + float(qq @ s))
         if g > 0:
             hi = lam
         else:
             lo = lam
         if abs(g) <= 1e-15 * max(1.0, eps) or hi - lo <= 4e-16 * max(1.0, abs(hi)):
             break
-        s = sigmoid((m - lam * kappa) / mu)
-        h = kappa**2 * float(q @ (s * (1 - s))) / mu
+        h = kappa**2 * float(qq @ (s * (1 - s))) / mu
         ln = lam - g / h if h > 0 else np.nan
         lam = ln if lo < ln < hi else 0.5 * (lo + hi)
+        if hi - lo <= 0.5 * width:
+            restrict()
     else:
         raise RobustSolverError("W1 flip multiplier root did not converge")
     return lam, False
