@@ -147,6 +147,11 @@ show(views.plot_prediction_scatter(summary, title="Measured RMSE against √(tr 
 
 # %%
 tr = targets[(targets.param != "collapse") & (targets.status == "ok")].copy()
+# the targets of the schedule shown above only (a shrinking schedule has one per n)
+shown = records[records.schedule.isin([SCHEDULE, "none"])]
+keep = {(r.setting, r.estimator, "" if pd.isna(r.param) else repr(float(r.param)))
+        for r in shown[["setting", "estimator", "param"]].drop_duplicates().itertuples()}
+tr = tr[[k in keep for k in zip(tr.setting, tr.estimator, tr.param)]]
 lam_of = summary.groupby("setting").lambda_min.first()
 tr["lambda_min"] = tr.setting.map(lam_of)
 tr = tr[np.isfinite(tr.tr_hinv.astype(float)) & tr.lambda_min.notna()]
