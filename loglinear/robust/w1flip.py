@@ -39,6 +39,13 @@ GTOL = 1e-10
 SATURATED = 40.0  # |r| beyond which sigmoid(r) is 0 or 1 to within e^-40 ~ 4e-18
 
 
+def _hinge_mass(r, q) -> float:
+    """sum q softplus(r), with softplus(r) = max(r, 0) taken exactly where |r| > SATURATED
+    (the dropped term is below e^-40 relative): for small mu most atoms are saturated."""
+    mid = np.abs(r) <= SATURATED
+    return float(q[~mid] @ np.maximum(r[~mid], 0.0)) + float(q[mid] @ softplus(r[mid]))
+
+
 def _profile_lambda(m, q, b, eps, kappa, mu, lam0=None):
     """argmin_{lam >= b} lam eps + mu sum q softplus((m - lam kappa)/mu).
 
@@ -95,7 +102,7 @@ def _problem(data, beta, eps, kappa, ridge, mu):
         b = smooth_b(theta)[0]
         lam, _ = _profile_lambda(m, q, b, eps, kappa, mu, state["lam"])
         return (float(q @ softplus(-m)) + lam * eps
-                + mu * float(q @ softplus((m - lam * kappa) / mu))
+                + mu * _hinge_mass((m - lam * kappa) / mu, q)
                 + 0.5 * ridge * float(theta @ theta))
 
     def fun(theta, need_hess):
@@ -107,7 +114,7 @@ def _problem(data, beta, eps, kappa, ridge, mu):
         w = q * sigmoid(r)
         w1 = q * sigmoid(r) * sigmoid(-r) / mu
         s = sigmoid(-m)
-        value = (float(q @ softplus(-m)) + lam * eps + mu * float(q @ softplus(r))
+        value = (float(q @ softplus(-m)) + lam * eps + mu * _hinge_mass(r, q)
                  + 0.5 * ridge * float(theta @ theta))
         h_theta = data.x.T @ ((w - q * s) * sb)
         h_lam = eps - kappa * float(w.sum())
