@@ -48,3 +48,20 @@ def small_env():
 
     return LogLinearEnv.random(np.random.default_rng(7), n_states=5, n_actions=4, dim=3,
                                beta=1.0, concentration=0.5, ref_scale=0.3)
+
+
+def rates_sample(setting: str, n: int | None = None, seed: int = 0):
+    """(sample, population) of a setting of ``simulations/rates.toml``, the sample drawn
+    with the study's documented seed (``None`` when ``n`` is None): real study instances
+    for regression tests."""
+    from pathlib import Path
+
+    from loglinear.experiments import rates
+
+    cfg = rates.RatesConfig.from_toml(Path(__file__).parents[1] / "simulations" / "rates.toml")
+    env, pop, _, _ = rates.environment(cfg, setting)
+    if n is None:
+        return None, pop
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rates._stable(setting), n,
+                                                        seed]))
+    return env.sample_counts(n, rng, centered=True), pop

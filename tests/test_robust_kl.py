@@ -11,6 +11,7 @@ from conftest import (
     NEWTON_THETA_TOL,
     SOLVER_OBJ_RTOL,
     SOLVER_THETA_TOL,
+    rates_sample,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -233,19 +234,6 @@ def test_kink_away_from_zero_with_offsets():
     assert below.objective < np.log(2) and below.certificate <= 1e-8
 
 
-def _rates_sample(setting, n, seed):
-    """One sample of the rates study (its documented seed), and its population."""
-    from pathlib import Path
-
-    from loglinear.experiments import rates
-
-    cfg = rates.RatesConfig.from_toml(Path(__file__).parents[1] / "simulations" / "rates.toml")
-    env, pop, _, _ = rates.environment(cfg, setting)
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rates._stable(setting), n,
-                                                        seed]))
-    return env.sample_counts(n, rng, centered=True), pop
-
-
 def test_radius_continuation_escapes_the_kink_near_collapse():
     """A sample of the rates study at the population collapse radius, where plain Newton
     from the DPO fit stalls next to the kink theta = 0: the radius continuation reaches
@@ -254,7 +242,7 @@ def test_radius_continuation_escapes_the_kink_near_collapse():
 
     from loglinear.robust.kl import _newton_kl
 
-    data, pop = _rates_sample("concentrated", 10**6, 10)
+    data, pop = rates_sample("concentrated", 10**6, 10)
     rho = collapse_radius_kl(pop, beta=1.0)
     assert rho < collapse_radius_kl(data, beta=1.0)  # the sample optimum is not at 0
     assert not _newton_kl(data, 1.0, rho, 0.0, fit_dpo(data, beta=1.0).theta).converged
@@ -271,7 +259,7 @@ def test_radius_continuation_on_the_ball():
     """The same stall inside the bounded solve (rates study, thin-0.01, radius 0.3 of the
     collapse radius at n = 100 shrunk like 1/n): the optimum sits on ||theta|| = B with a
     nonnegative multiplier and a KKT residual at the float floor."""
-    data, pop = _rates_sample("thin-0.01", 10**5, 22)
+    data, pop = rates_sample("thin-0.01", 10**5, 22)
     rho = 0.3 * collapse_radius_kl(pop, beta=1.0) * (10**5 / 100) ** -1.0
     res = solve_kl(data, beta=1.0, radius=rho, bound=2.0, method="newton")
     assert res.status == "converged"

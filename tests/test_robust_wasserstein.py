@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import NEWTON_THETA_TOL, SOLVER_OBJ_RTOL, SOLVER_THETA_TOL
+from conftest import NEWTON_THETA_TOL, SOLVER_OBJ_RTOL, SOLVER_THETA_TOL, rates_sample
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
@@ -252,15 +252,11 @@ def test_w1_near_collapse_escapes_the_kink():
     """A population where plain Newton on L + eps beta ||theta|| stalls at the kink theta = 0
     (0.9 of the collapse radius, poorly covered 'peaked' setting of the rates study): the
     smoothing path finds the nonzero optimum, which cvxpy and Nelder-Mead confirm."""
-    from pathlib import Path
-
     from scipy.optimize import minimize
 
-    from loglinear.experiments import rates
     from loglinear.robust.wasserstein import _newton_w1_inf, _start
 
-    cfg = rates.RatesConfig.from_toml(Path(__file__).parents[1] / "simulations" / "rates.toml")
-    _, pop, _, _ = rates.environment(cfg, "peaked")
+    _, pop = rates_sample("peaked")
     eps = 0.9 * collapse_radius_wasserstein(pop, beta=1.0, p=1)
     assert not _newton_w1_inf(pop, 1.0, eps, 0.0, _start(pop, 1.0, None)).converged
     res = solve_wasserstein(pop, beta=1.0, radius=eps, p=1)
