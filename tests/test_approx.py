@@ -416,3 +416,26 @@ def test_official_penalty_fit_calibration_reproduces_the_paper_fit():
                                    atol=NEWTON_THETA_TOL)
     with pytest.raises(ValueError, match="collapse"):
         rho_for_w2_radius(1.01 * limit, data, beta=1.0, form="official", calibrate="fit")
+
+
+def _decimal_tau_log_mean_exp(l, q, tau):
+    """tau log sum q e^{l/tau} in 50-digit decimal arithmetic (q sums to one exactly)."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 50
+    t = Decimal(float(tau))
+    tot = sum(Decimal(float(qi)) * (Decimal(float(li)) / t).exp() for qi, li in zip(q, l))
+    return float(t * tot.ln())
+
+
+@pytest.mark.parametrize("tau", [1e-3, 0.1, 1.0, 10.0, 1e4, 1e7])
+def test_tau_log_mean_exp_is_accurate_for_every_tau(tau):
+    """The KLDPO objective to ~1e-16 also at large tau, where tau * logsumexp loses
+    ~1e-16 tau to rounding (1e-12 at tau = 1e4: more than a late Newton decrement)."""
+    from loglinear.approx.kldpo import _tau_log_mean_exp
+
+    rng = np.random.default_rng(4)
+    q = rng.multinomial(64, np.full(16, 1 / 16)) / 64.0     # sums to one exactly
+    l = rng.exponential(size=16)
+    ref = _decimal_tau_log_mean_exp(l, q, tau)
+    assert abs(_tau_log_mean_exp(l, q, tau) - ref) <= 4e-16 * max(1.0, abs(ref))

@@ -100,15 +100,29 @@ def kldpo_weights(losses, weight, *, tau: float, form: str = "paper",
     return _get(KLDPO_FORMS, form, "KLDPO form").weights(losses, weight, tau, cap)
 
 
+def _tau_log_mean_exp(l, q, tau):
+    r"""tau log sum_i q_i e^{l_i / tau}, accurate also for large tau.
+
+    As c + tau log1p(sum q expm1((l - c)/tau)) with c = sum q l: the plain log-sum-exp
+    returns the O(1/tau) excess over a log of order one, so its rounding (~1e-16 tau)
+    would swamp the Newton decrement once tau is large (1e-12 at tau = 1e4).
+    """
+    c = float(q @ l)
+    z = (l - c) / tau
+    if float(np.max(z)) <= 1.0:
+        return c + tau * float(np.log1p(q @ np.expm1(z)))
+    with np.errstate(divide="ignore"):
+        return tau * float(logsumexp(np.log(q) + l / tau))
+
+
 def _kldpo_terms(theta, data, beta, tau, hessian):
     r"""F = tau log sum q e^{l/tau}, grad = sum P grad l, hess = sum P H_i + Cov_P(grad l)/tau."""
     theta, m, a, c = _pieces(theta, data, beta)
     l = softplus(-m)
     with np.errstate(divide="ignore"):
         logits = np.log(data.weight) + l / tau
-    lse = float(logsumexp(logits))
-    P = np.exp(logits - lse)
-    value = tau * lse
+    P = np.exp(logits - float(logsumexp(logits)))
+    value = _tau_log_mean_exp(l, data.weight, tau)
     gi = c[:, None] * data.x
     grad = gi.T @ P
     hess = None
@@ -162,9 +176,7 @@ def _kldpo_line(data, beta, tau):
     def line(theta, step):
         base = data.sign * beta * (data.x @ theta - data.offset)
         dm = data.sign * beta * (data.x @ step)
-        with np.errstate(divide="ignore"):
-            logq = np.log(data.weight)
-        return lambda t: tau * float(logsumexp(logq + softplus(-(base + t * dm)) / tau))
+        return lambda t: _tau_log_mean_exp(softplus(-(base + t * dm)), data.weight, tau)
     return line
 
 
