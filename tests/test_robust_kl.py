@@ -268,3 +268,42 @@ def test_radius_continuation_on_the_ball():
     mu = -float(ev.grad @ res.theta) / 4.0     # grad + mu theta = 0 on the ball
     assert mu > 0
     np.testing.assert_allclose(ev.grad + mu * res.theta, 0.0, atol=1e-10)
+
+
+def test_collapse_detected_on_nearly_balanced_data():
+    """rho_0 ~ 1e-8 (weighted mean of z nearly 0): the quick 'surely below collapse' bound
+    must not exceed rho_0 through rounding (it did for 37% of such draws when evaluated as
+    log E e^a instead of log1p E expm1 a), so rho = rho_0 collapses exactly."""
+    from loglinear.robust.kl import _surely_below_collapse
+
+    rng = np.random.default_rng(0)
+    quick = 0
+    for _ in range(60):
+        n = int(rng.integers(4, 12))
+        z = rng.normal(size=(n, 1))
+        q = rng.dirichlet(np.ones(n))
+        z[-1, 0] -= (q @ z[:, 0]) / q[-1] * (1 - rng.uniform(1e-6, 1e-3))
+        data = PreferenceData(z, np.ones(n), weight=q)
+        rho0 = collapse_radius_kl(data, beta=2.0)
+        assert 0 < rho0 < 1e-5
+        res = solve_kl(data, beta=2.0, radius=rho0)
+        assert res.status == "collapsed" and np.all(res.theta == 0)
+        quick += _surely_below_collapse(data, 0.5 * rho0)
+    assert quick == 60      # well below rho_0 the cheap test still decides
+
+
+@pytest.mark.parametrize("s", [1e-7, 1e-4, 0.1, 3.0, 50.0])
+def test_log_partition_is_accurate_at_small_inverse_multiplier(s):
+    """log sum q e^{s d} to ~1e-16 relative for every s = 1/lambda: at large lambda (small
+    radii) the value lambda (rho + log Z) multiplies any absolute error in log Z by lambda."""
+    from decimal import Decimal, getcontext
+
+    from loglinear.robust.kl import _kl_of
+
+    getcontext().prec = 50
+    rng = np.random.default_rng(5)
+    q = rng.multinomial(64, np.full(12, 1 / 12)) / 64.0     # sums to one exactly
+    d = -rng.exponential(size=12)
+    ref = float(sum(Decimal(float(qi)) * (Decimal(s) * Decimal(float(di))).exp()
+                    for qi, di in zip(q, d)).ln())
+    assert abs(_kl_of(s, d, q)[2] - ref) <= 4e-16 * abs(ref)

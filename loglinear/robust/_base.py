@@ -20,6 +20,7 @@ from ..losses import _check_beta, softplus
 CERT_TOL = 1e-6          # a smooth solve whose KKT residual exceeds this is "inaccurate"
 VERIFY_RTOL = 1e-7      # verify(): primal value of the worst case vs the objective
 BUDGET_RTOL = 1e-7      # verify(): the worst case lies in the ball up to this relative slack
+CONT_STAGES = 12        # radius continuation r (1 - 2^-k), k = 1..CONT_STAGES - 1, then r
 
 
 class RobustSolverError(RuntimeError):
@@ -202,6 +203,31 @@ def weighted_gram(x: np.ndarray, w: np.ndarray, *, exact: bool = False) -> np.nd
 
 def zero_offset(data: PreferenceData) -> bool:
     return not np.any(data.offset)
+
+
+def grad_at_zero(data: PreferenceData, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(grad L(0), sigma(-m(0))): the nominal gradient at the kink theta = 0, and each
+    pair's loss slope there."""
+    s0 = 1.0 / (1.0 + np.exp(-data.sign * beta * data.offset))
+    return data.x.T @ (data.weight * -s0 * data.sign * beta), s0
+
+
+def radius_continuation(solve_at: Callable, radius: float, x0: np.ndarray):
+    """``solve_at(radius, x)`` after warm-started solves at radius (1 - 2^-k), k = 1..11.
+
+    Near a collapse radius the robust optimum lies close to the kink at theta = 0, and
+    Newton from the DPO fit can stall there (the line search fails). The optimum moves
+    continuously with the radius, so each stage starts inside the next one's region of
+    fast convergence. ``solve_at`` returns a Newton report (``.converged``, ``.x``); the
+    first stage that fails is returned as is.
+    """
+    x = np.asarray(x0, float)
+    for k in range(1, CONT_STAGES):
+        rep = solve_at(radius * (1.0 - 0.5**k), x)
+        if not rep.converged:
+            return rep
+        x = rep.x
+    return solve_at(radius, x)
 
 
 def on_ball(solve_ridge: Callable[[float, np.ndarray], np.ndarray], grad_at: Callable,

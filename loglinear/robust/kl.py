@@ -43,6 +43,7 @@ from ._base import (
     check_problem,
     check_theta,
     on_ball,
+    radius_continuation,
     weighted_gram,
     zero_offset,
 )
@@ -81,12 +82,25 @@ class KLValue:
 
 
 def _kl_of(s, d, q):
-    """KL(p_s||q), sum p d, log sum q e^{s d}, p, for d = l - max l <= 0."""
-    w = q * np.exp(s * d)
-    zsum = w.sum()
-    p = w / zsum
+    """KL(p_s||q), sum p d, log sum q e^{s d}, p, for d = l - max l <= 0.
+
+    For small s (large lambda, small radii) log Z = s c + log1p(sum q expm1(s (d - c)))
+    with c = sum q d: log of a sum near one would carry an absolute error ~1e-16, which
+    the value lambda (rho + log Z) magnifies by lambda.
+    """
+    c = float(q @ d)
+    e = s * (d - c)
+    if float(np.max(np.abs(e))) <= 1.0:
+        em = np.expm1(e)
+        tot = float(q @ em)
+        p = q * (1.0 + em) / (1.0 + tot)
+        logz = s * c + float(np.log1p(tot))
+    else:
+        w = q * np.exp(s * d)
+        zsum = w.sum()
+        p = w / zsum
+        logz = float(np.log(zsum))
     dbar = float(p @ d)
-    logz = float(np.log(zsum))
     return s * dbar - logz, dbar, logz, p
 
 
@@ -263,8 +277,13 @@ def _surely_below_collapse(data, rho) -> bool:
     nu = -np.linalg.lstsq(h, g, rcond=None)[0]
     a = z @ nu
     amax = float(a.max())
-    bound = -(amax + float(np.log(q @ np.exp(a - amax))))
-    return bool(np.isfinite(bound) and bound > rho * (1 + 1e-9))
+    if amax <= 1.0:   # log1p(E expm1(a)): rho_0 may be tiny (nearly balanced data)
+        with np.errstate(divide="ignore"):      # log1p(-1) on separable data: no bound
+            bound = -float(np.log1p(q @ np.expm1(a)))
+    else:
+        bound = -(amax + float(np.log(q @ np.exp(a - amax))))
+    slack = 8 * np.finfo(float).eps * max(1.0, abs(amax))    # rounding of the bound itself
+    return bool(np.isfinite(bound) and bound > rho * (1 + 1e-9) + slack)
 
 
 def _equaliser(data, beta):
@@ -330,25 +349,9 @@ def _newton_kl(data, beta, rho, ridge, theta0):
     return newton(fun, theta0, gtol=GTOL, max_iter=200, line=line)
 
 
-CONT_STAGES = 12  # radius continuation rho (1 - 2^-k), k = 1..CONT_STAGES - 1, then rho
-
-
 def _newton_kl_continued(data, beta, rho, ridge, theta0):
-    """Newton at radius rho after a continuation in the radius, for when Newton alone fails.
-
-    Near the collapse radius the optimum lies close to the kink at theta = 0 (where every
-    loss is equal and lambda* -> 0), and Newton from the DPO fit can stall there (the line
-    search fails). The robust optimum moves continuously with the radius, so the radii
-    rho (1 - 2^-k) approach rho with warm starts, each one inside the next one's region of
-    fast convergence.
-    """
-    theta = np.asarray(theta0, float)
-    for k in range(1, CONT_STAGES):
-        rep = _newton_kl(data, beta, rho * (1.0 - 0.5**k), ridge, theta)
-        if not rep.converged:
-            return rep
-        theta = rep.x
-    return _newton_kl(data, beta, rho, ridge, theta)
+    """Newton at radius rho after a radius continuation, for when Newton alone fails."""
+    return radius_continuation(lambda r, x: _newton_kl(data, beta, r, ridge, x), rho, theta0)
 
 
 def _result(theta, data, beta, rho, bound, mu, solver, t0, status, info, ev=None):
