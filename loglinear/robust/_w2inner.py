@@ -19,6 +19,7 @@ import numpy as np
 from scipy.special import expit
 
 from ..losses import softplus
+from ._base import weighted_gram
 
 MAX_ITER = 200
 
@@ -77,9 +78,10 @@ def inner_sup(u: np.ndarray, b: float, eta: float):
     if c >= 0.25:
         t = _root_decreasing(u, b, eta, zeros, tmax)
         return softplus(u + b * t) - eta * t * t, t, np.full(n, -np.inf), t
-    r = np.sqrt(1.0 - 4.0 * c)
-    sm, sp = 0.5 * (1.0 - r), 0.5 * (1.0 + r)
-    vm, vp = np.log(sm / (1.0 - sm)), np.log(sp / (1.0 - sp))
+    # the roots of s (1 - s) = c, without cancellation: s_- s_+ = c, s_- + s_+ = 1
+    sp = 0.5 * (1.0 + np.sqrt(1.0 - 4.0 * c))
+    sm = c / sp
+    vm, vp = np.log(sm) - np.log(sp), np.log(sp) - np.log(sm)
     t1, t2 = (vm - u) / b, (vp - u) / b
     # piece A: [0, min(t1, T)], decreasing; a root iff g there is <= 0
     a_hi = np.clip(t1, 0.0, big_t)
@@ -116,3 +118,26 @@ def second_order(u, b, eta, t):
             -fu_t * fe_t / ftt,
             -fb_t * fe_t / ftt,
             -fe_t * fe_t / ftt)
+
+
+def derivs(x, sb, w, u, theta, beta, eta, t, need_hess):
+    r"""Derivatives of sum_i w_i phi(u_i, beta ||theta||, eta) at the maximisers t_i.
+
+    u_i = -(sb_i x_i . theta - ...), so d u_i / d theta = -sb_i x_i. Returns the theta
+    gradient, the eta derivative and, with ``need_hess``, the blocks (H_tt, H_te, H_ee).
+    """
+    d = x.shape[1]
+    norm = float(np.linalg.norm(theta))
+    unit = theta / norm
+    e = beta * unit
+    pu, pb, pe, puu, pub, pbb, pue, pbe, pee = second_order(u, beta * norm, eta, t)
+    g_theta = x.T @ (w * pu * -sb) + float(w @ pb) * e
+    g_eta = float(w @ pe)
+    if not need_hess:
+        return g_theta, g_eta, None, None, None
+    v = x.T @ (w * pub * -sb)
+    htt = weighted_gram(x, w * puu * beta**2)
+    htt += np.outer(v, e) + np.outer(e, v) + float(w @ pbb) * np.outer(e, e)
+    htt += float(w @ pb) * beta / norm * (np.eye(d) - np.outer(unit, unit))
+    hte = x.T @ (w * pue * -sb) + float(w @ pbe) * e
+    return g_theta, g_eta, htt, hte, float(w @ pee)

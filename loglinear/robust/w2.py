@@ -10,21 +10,34 @@ with u_i = -m_i. The inner supremum is solved exactly by
 partial supremum of convex functions of (theta, eta)), so the solver runs Newton on
 (theta, eta) jointly, with the Hessian of phi from the implicit function theorem; eta is
 kept positive by the line search (phi -> inf as eta -> 0 for theta != 0).
+
+Phi is not smooth everywhere: where an atom's two local maxima tie, phi_i is the larger
+of two smooth branches. Optima can sit on such kinks (:mod:`._w2kink` solves them
+exactly), or next to the kink at theta = 0 near the collapse radius (a radius
+continuation and starts along rays reach them); :func:`_solve_ridge` tries these in turn.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from ..losses import softplus
 from ..optim import newton
-from ._base import RobustSolverError, Transport, on_ball, weighted_gram
+from ._base import RobustSolverError, Transport, grad_at_zero, on_ball, radius_continuation
+from ._w2inner import derivs as _derivs
 from ._w2inner import inner_sup, second_order
+from ._w2kink import kink_solve
 
 ETA_RTOL = 1e-13
 TIE_RTOL = 1e-12
 GTOL = 1e-10
 PROFILE_SWITCH = 1e-8   # KKT residual above which the profiled solver takes over
+SHRINK_LIMIT = 0.125    # a joint Newton step shrinks ||theta|| by at most this factor
+JOINT_MAX_ITER = 60     # smooth problems converge in ~5-20 steps; a kink makes Newton crawl
+KINK_AFTER = 15         # joint Newton steps before the kink system is tried
+PROFILED_MAX_ITER = 20  # the last resort; each step profiles eta at every trial point
 
 
 def _profile_eta(u, q, b, eps, eta0=None):
@@ -58,6 +71,31 @@ def _profile_eta(u, q, b, eps, eta0=None):
     return eta, phi, t, alt_phi, alt_t
 
 
+def _tie_split(q, eps, phi, t, alt_phi, alt_t):
+    """The fraction of each atom's mass the worst case sends to its other local maximum.
+
+    Nonzero only when eta* sits at a jump of t(eta): there the tied atoms (both local
+    maxima equal) split their mass so that the budget sum q t^2 = eps^2 is spent exactly.
+    The tied atoms send one common fraction to their larger maximiser (any split that
+    spends the budget is a worst case; this one is continuous in the data). Returns the
+    fractions and the mask of the split atoms.
+    """
+    frac = np.zeros(q.shape[0])
+    split = np.zeros(q.shape[0], dtype=bool)
+    spent = float(q @ (t * t))
+    tie = (q > 0) & (alt_phi >= phi - TIE_RTOL * np.maximum(1.0, np.abs(phi)))
+    if abs(spent - eps**2) > 1e-10 * eps**2 and tie.any():
+        lo = np.minimum(t[tie], alt_t[tie])
+        hi = np.maximum(t[tie], alt_t[tie])
+        delta = float(q[tie] @ (hi**2 - lo**2))
+        if delta != 0:
+            base = spent + float(q[tie] @ (lo**2 - t[tie] ** 2))
+            to_hi = min(1.0, max(0.0, (eps**2 - base) / delta))
+            frac[tie] = np.where(t[tie] <= alt_t[tie], to_hi, 1.0 - to_hi)
+            split = tie
+    return frac, split
+
+
 def w2_value(theta, data, *, beta: float, radius: float):
     """The exact W2 worst case at fixed theta; see :func:`wasserstein_value`."""
     from .wasserstein import WassersteinValue, _min_norm
@@ -79,14 +117,7 @@ def w2_value(theta, data, *, beta: float, radius: float):
         return WassersteinValue(nominal, dual, grad, tr, losses, nominal, 2, np.inf)
     u = -m
     eta, phi, t, alt_phi, alt_t = _profile_eta(u, q, b, eps)
-    frac = np.zeros(data.n)
-    spent = float(q @ (t * t))
-    tie = (q > 0) & (alt_phi >= phi - TIE_RTOL * np.maximum(1.0, np.abs(phi)))
-    if abs(spent - eps**2) > 1e-10 * eps**2 and tie.any():
-        # at a jump of t(eta) the worst case splits the tied atoms between both maxima
-        delta = float(q[tie] @ (alt_t[tie] ** 2 - t[tie] ** 2))
-        if delta != 0:
-            frac[tie] = min(1.0, max(0.0, (eps**2 - spent) / delta))
+    frac = _tie_split(q, eps, phi, t, alt_phi, alt_t)[0]
     value = eta * eps**2 + float(q @ phi)
     unit = theta / norm
     sig = 1.0 / (1.0 + np.exp(-(u + b * t)))
@@ -108,28 +139,15 @@ def w2_value(theta, data, *, beta: float, radius: float):
 
 def _pieces(data, beta, eps, ridge, theta, eta, need_hess):
     """Phi(theta, eta) + ridge/2 ||theta||^2 with its gradient and Hessian blocks."""
-    q, d = data.weight, data.d
-    sb, sbo = data.sign * beta, data.sign * beta * data.offset
-    norm = float(np.linalg.norm(theta))
-    u = -(sb * (data.x @ theta) - sbo)
-    b = beta * norm
-    phi, t, _, _ = inner_sup(u, b, eta)
-    pu, pb, pe, puu, pub, pbb, pue, pbe, pee = second_order(u, b, eta, t)
-    unit = theta / norm
-    e = beta * unit
+    q, sb = data.weight, data.sign * beta
+    u = -(sb * (data.x @ theta) - sb * data.offset)
+    phi, t, _, _ = inner_sup(u, beta * float(np.linalg.norm(theta)), eta)
     value = eta * eps**2 + float(q @ phi) + 0.5 * ridge * float(theta @ theta)
-    # d u_i / d theta = -s_i beta x_i
-    g_theta = data.x.T @ (q * pu * -sb) + float(q @ pb) * e + ridge * theta
-    g_eta = eps**2 + float(q @ pe)
-    if not need_hess:
-        return value, g_theta, g_eta, None, None, None
-    w = data.x.T @ (q * pub * -sb)
-    htt = weighted_gram(data.x, q * puu * beta**2)
-    htt += np.outer(w, e) + np.outer(e, w) + float(q @ pbb) * np.outer(e, e)
-    htt += float(q @ pb) * beta / norm * (np.eye(d) - np.outer(unit, unit))
-    htt[np.diag_indices(d)] += ridge
-    hte = data.x.T @ (q * pue * -sb) + float(q @ pbe) * e
-    return value, g_theta, g_eta, htt, hte, float(q @ pee)
+    g_theta, g_eta, htt, hte, hee = _derivs(data.x, sb, q, u, theta, beta, eta, t, need_hess)
+    g_theta = g_theta + ridge * theta
+    if htt is not None:
+        htt[np.diag_indices(data.d)] += ridge
+    return value, g_theta, eps**2 + g_eta, htt, hte, hee
 
 
 def _joint(data, beta, eps, ridge):
@@ -159,16 +177,71 @@ def _joint(data, beta, eps, ridge):
         theta, eta = z[:d], float(z[d])
         base = -(sb * (data.x @ theta) - sbo)
         du = -(sb * (data.x @ step[:d]))
-        return lambda tt: value_at(base + tt * du, theta + tt * step[:d], eta + tt * step[d])
+        floor = SHRINK_LIMIT * float(np.linalg.norm(theta))
+
+        def f(tt):
+            th = theta + tt * step[:d]
+            if np.linalg.norm(th) < floor:    # toward the kink at 0: at most a factor a step
+                return np.inf
+            return value_at(base + tt * du, th, eta + tt * step[d])
+
+        return f
 
     return fun, line
 
 
-def _newton_w2_profiled(data, beta, eps, ridge, theta0):
-    """Newton in theta on V(theta) = min_eta Phi, eta profiled out (Schur complement).
+def _profiled_pieces(data, beta, eps, ridge, theta, eta, phi, t, alt_phi, alt_t, need_hess):
+    r"""V(theta) + ridge/2 ||theta||^2 at the profiled eta, with its gradient and Hessian.
 
-    Slower than the joint iteration, but well behaved next to the kink at 0, where the
-    joint problem degenerates (eta* -> 0 together with theta).
+    Off a tie this is the Schur complement of the joint Hessian. At a tie (eta* at a jump
+    of t(eta), the tied atoms T split between their smaller and larger maximisers) eta*
+    is held there by the tie condition, and the common fraction f sent to the larger
+    maximisers acts as its multiplier: with L = Phi at the split,
+    H = L_tt - [L_te, L_tf] [[L_ee, L_ef], [L_ef, 0]]^{-1} [L_te, L_tf]^T.
+    (Where two tie conditions hold at once V has a kink; see :mod:`._w2kink`.)
+    """
+    q, sb = data.weight, data.sign * beta
+    u = -(sb * (data.x @ theta) - sb * data.offset)
+    frac, split = _tie_split(q, eps, phi, t, alt_phi, alt_t)
+    value = eta * eps**2 + float(q @ phi) + 0.5 * ridge * float(theta @ theta)
+    if not split.any():
+        g, _, htt, hte, hee = _derivs(data.x, sb, q, u, theta, beta, eta, t, need_hess)
+        l_ef = 0.0
+    else:
+        tie = np.flatnonzero(split)
+        lo = np.minimum(t[tie], alt_t[tie])
+        hi = np.maximum(t[tie], alt_t[tie])
+        to_hi = np.where(t[tie] <= alt_t[tie], frac[tie], 1.0 - frac[tie])
+        w = q.copy()
+        w[tie] = 0.0
+        xs = np.vstack([data.x, data.x[tie], data.x[tie]])
+        ss = np.concatenate([sb, sb[tie], sb[tie]])
+        us = np.concatenate([u, u[tie], u[tie]])
+        ts = np.concatenate([t, lo, hi])
+        ws = np.concatenate([w, q[tie] * (1.0 - to_hi), q[tie] * to_hi])
+        g, _, htt, hte, hee = _derivs(xs, ss, ws, us, theta, beta, eta, ts, need_hess)
+        if need_hess:
+            xt, st, ut, qt = data.x[tie], sb[tie], u[tie], q[tie]
+            l_tf = (_derivs(xt, st, qt, ut, theta, beta, eta, hi, False)[0]
+                    - _derivs(xt, st, qt, ut, theta, beta, eta, lo, False)[0])
+            l_ef = float(qt @ (lo**2 - hi**2))
+    g = g + ridge * theta
+    if not need_hess:
+        return value, g, None
+    htt[np.diag_indices(data.d)] += ridge
+    if l_ef != 0:
+        b_mat = np.column_stack([hte, l_tf])
+        m_inv = np.array([[0.0, 1.0], [1.0, -hee / l_ef]]) / l_ef   # [[hee, l_ef], [l_ef, 0]]^-1
+        return value, g, htt - b_mat @ m_inv @ b_mat.T
+    return value, g, htt - np.outer(hte, hte) / max(hee, 1e-300)
+
+
+def _newton_w2_profiled(data, beta, eps, ridge, theta0):
+    """Newton in theta on V(theta) = min_eta Phi, eta profiled out.
+
+    Slower than the joint iteration, but exact where the joint problem is not smooth:
+    where eta* sits at a jump of t(eta) (an atom split between two maxima, common on
+    small or separable data), and next to the kink at 0, where eta* -> 0 with theta.
     """
     q, d = data.weight, data.d
     sb, sbo = data.sign * beta, data.sign * beta * data.offset
@@ -181,11 +254,9 @@ def _newton_w2_profiled(data, beta, eps, ridge, theta0):
     def fun(theta, need_hess):
         if not np.any(theta):
             return np.inf, np.full(d, np.inf), np.eye(d)
-        eta = eta_at(theta)[0]
-        state["eta"] = eta
-        value, g_t, _, htt, hte, hee = _pieces(data, beta, eps, ridge, theta, eta, need_hess)
-        hess = None if htt is None else htt - np.outer(hte, hte) / max(hee, 1e-300)
-        return value, g_t, hess
+        prof = eta_at(theta)
+        state["eta"] = prof[0]
+        return _profiled_pieces(data, beta, eps, ridge, theta, *prof, need_hess)
 
     def line(theta, step):
         def f(tt):
@@ -197,29 +268,43 @@ def _newton_w2_profiled(data, beta, eps, ridge, theta0):
 
         return f
 
-    return newton(fun, theta0, gtol=GTOL, max_iter=60, line=line)
+    return newton(fun, theta0, gtol=GTOL, max_iter=PROFILED_MAX_ITER, line=line)
 
 
-def _newton_w2(data, beta, eps, ridge, theta0):
-    q = data.weight
-    u0 = -(data.sign * beta * (data.x @ theta0 - data.offset))
-    eta0 = _profile_eta(u0, q, beta * float(np.linalg.norm(theta0)), eps)[0]
+def _newton_w2(data, beta, eps, ridge, x0, max_iter=JOINT_MAX_ITER):
+    """Joint Newton on z = (theta, eta) from x0: theta, with its profiled eta, or z."""
+    x0 = np.asarray(x0, float)
+    theta0 = x0[:data.d]
+    if x0.size == data.d + 1 and x0[data.d] > 0:
+        eta0 = float(x0[data.d])
+    else:
+        u0 = -(data.sign * beta * (data.x @ theta0 - data.offset))
+        eta0 = _profile_eta(u0, data.weight, beta * float(np.linalg.norm(theta0)), eps)[0]
     fun, line = _joint(data, beta, eps, ridge)
-    rep = newton(fun, np.concatenate([theta0, [eta0]]), gtol=GTOL, max_iter=200, line=line)
-    return rep
+    return newton(fun, np.append(theta0, eta0), gtol=GTOL, max_iter=max_iter, line=line)
 
 
-def _ray_start(data, beta, eps, start):
-    """The exact minimiser of V along the ray through ``start`` (a start next to the kink)."""
+def _kkt(data, beta, eps, ridge, rep):
+    """The exact KKT residual ||grad V(theta) + ridge theta|| at a converged joint report."""
+    theta = rep.x[:data.d]
+    if not rep.converged or not np.any(theta):
+        return np.inf
+    grad = w2_value(theta, data, beta=beta, radius=eps).grad
+    return float(np.linalg.norm(grad + ridge * theta))
+
+
+def _ray_start(data, beta, eps, ridge, start):
+    """The exact minimiser of V + ridge/2 ||theta||^2 along the ray through ``start``."""
     from scipy.optimize import minimize_scalar
 
     direction = start / np.linalg.norm(start)
 
     def v(tau):
-        return w2_value(np.exp(tau) * direction, data, beta=beta, radius=eps).value
+        r = np.exp(tau)
+        return w2_value(r * direction, data, beta=beta, radius=eps).value + 0.5 * ridge * r * r
 
     hi = float(np.log(np.linalg.norm(start)))
-    res = minimize_scalar(v, bounds=(hi - 30.0, hi), method="bounded",
+    res = minimize_scalar(v, bounds=(hi - 30.0, hi + 1.0), method="bounded",
                           options={"xatol": 1e-10})
     return np.exp(res.x) * direction
 
@@ -228,39 +313,147 @@ def solve_w2(data, *, beta: float, eps: float, bound, start):
     """Minimise the exact W2 robust loss (the kink at 0 is checked by the caller)."""
     if np.linalg.norm(start) == 0:
         start = np.full(data.d, 1e-3)
-    rep = _newton_w2(data, beta, eps, 0.0, start)
-    theta = rep.x[:data.d]
-    info = {"iterations": rep.iterations, "eta": float(rep.x[data.d]), "profiled": False}
-    cert = float(np.linalg.norm(w2_value(theta, data, beta=beta, radius=eps).grad)) \
-        if np.any(theta) else np.inf
-    if not rep.converged or cert > PROFILE_SWITCH:
-        # next to the kink the joint iteration degenerates: profile eta out instead
-        x0 = theta if rep.converged and np.linalg.norm(theta) > 1e-8 else start
-        prof = _newton_w2_profiled(data, beta, eps, 0.0, x0)
-        if not prof.converged:
-            ray = _ray_start(data, beta, eps, start)
-            prof = _newton_w2_profiled(data, beta, eps, 0.0, ray)
-            if not prof.converged:
-                # Within ~1e-4 (relative) of the collapse radius the value is flat to
-                # ~1e-9 and Newton may stall: return the best point found; its KKT
-                # residual is reported and the result is marked "inaccurate".
-                cands = [c for c in (prof.x, ray, theta) if np.any(c)]
-                vals = [w2_value(c, data, beta=beta, radius=eps).value for c in cands]
-                prof = type(prof)(cands[int(np.argmin(vals))], min(vals), prof.grad,
-                                  prof.grad_norm, prof.iterations, False, prof.status,
-                                  prof.hess)
-                info["stalled"] = prof.status
-        theta = prof.x
-        info.update(iterations=rep.iterations + prof.iterations, profiled=True)
+    theta, info = _solve_ridge(data, beta, eps, 0.0, start)
     if bound is None:
         return theta, 0.0, info
 
     def solve_ridge(mu, x0):
-        r = _newton_w2(data, beta, eps, mu, x0)
-        if not r.converged:
-            raise RobustSolverError(f"W2 ridge Newton failed: {r.status}")
-        return r.x[:data.d]
+        th, inf = _solve_ridge(data, beta, eps, mu, x0)
+        if "stalled" in inf:
+            raise RobustSolverError(f"W2 ridge solve failed: {inf['stalled']}")
+        return th
 
     theta, mu = on_ball(solve_ridge, lambda th: w2_value(th, data, beta=beta, radius=eps).grad,
                         data.d, bound, theta)
     return theta, mu, info
+
+
+def _solve_ridge(data, beta, eps, ridge, start):
+    """argmin V + ridge/2 ||theta||^2, with the solver path taken in ``info``.
+
+    Each attempt is :func:`_newton_or_kink`: from ``start``, then after a radius
+    continuation from it (next to the kink at 0 the joint problem degenerates), then both
+    again from the exact minimiser along the ray through ``start`` (a far start, e.g. the
+    DPO fit on nearly separable data, can make the first step diverge), then from the
+    minimiser along -grad L(0) (the direction in which the optimum leaves 0 at the
+    collapse radius). Last comes profiled Newton from the best iterate. Where all fail
+    the best point found is returned with ``info["stalled"]`` (the caller reports its KKT
+    residual and marks the result "inaccurate").
+    """
+    info = {"iterations": 0, "profiled": False}
+    tried = []
+
+    def solve_at(r, x0):
+        rep = _newton_or_kink(data, beta, r, ridge, x0)
+        info["iterations"] += rep.iterations
+        return rep
+
+    ray = []
+
+    def ray_start():
+        if not ray:
+            ray.append(_ray_start(data, beta, eps, ridge, start))
+        return ray[0]
+
+    def descent_start():
+        # next to the collapse radius the optimum leaves 0 along -grad L(0)
+        g0 = grad_at_zero(data, beta)[0]
+        scale = float(np.linalg.norm(start)) / max(float(np.linalg.norm(g0)), 1e-300)
+        return _ray_start(data, beta, eps, ridge, -g0 * scale)
+
+    attempts = [("joint", lambda: solve_at(eps, start)),
+                ("continued", lambda: radius_continuation(solve_at, eps, start)),
+                ("ray", lambda: solve_at(eps, ray_start())),
+                ("ray-continued", lambda: radius_continuation(solve_at, eps, ray_start())),
+                ("descent-ray", lambda: solve_at(eps, descent_start()))]
+    for path, run in attempts:
+        try:
+            rep = run()
+        except RobustSolverError:         # a multiplier root failed at a trial point
+            continue
+        theta = rep.x[:data.d]
+        if rep.converged:
+            info.update(path=path, eta=float(rep.x[data.d]))
+            if rep.status.startswith("kink"):
+                info.update(kkt_residual=rep.grad_norm, kink=rep.status)
+            return theta, info
+        if np.any(theta) and np.isfinite(rep.value):
+            tried.append(theta)
+    best = _best(data, beta, eps, ridge, tried)
+    x = _profiled(data, beta, eps, ridge, best if best is not None and
+                  np.linalg.norm(best) > 1e-8 else ray_start(), info)
+    if x is not None and np.any(x):
+        if info.pop("converged", False):
+            info["path"] = "profiled"
+            return x, info
+        tried.append(x)
+    info["stalled"] = info.get("profiled_status", "every Newton attempt stalled")
+    best = _best(data, beta, eps, ridge, tried)
+    if best is None:
+        raise RobustSolverError(f"W2 Newton failed from every start: {info['stalled']}")
+    return best, info
+
+
+def _newton_or_kink(data, beta, eps, ridge, x0):
+    """Joint Newton from x0; if it stalls, the kink system (:mod:`._w2kink`) from its
+    iterate (an optimum on a kink of V stalls Newton next to it).
+
+    Returns a report on z = (theta, eta), converged only if its exact KKT residual is at
+    most PROFILE_SWITCH; a kink solution has status "kink (k tie groups)" and that
+    residual as ``grad_norm``.
+    """
+    rep = _newton_w2(data, beta, eps, ridge, x0, KINK_AFTER)
+    if rep.status == "max_iter":
+        kink = _kink(data, beta, eps, ridge, rep)
+        if kink is not None:
+            return kink
+        more = _newton_w2(data, beta, eps, ridge, rep.x, JOINT_MAX_ITER - KINK_AFTER)
+        rep = replace(more, iterations=rep.iterations + more.iterations)
+    if _kkt(data, beta, eps, ridge, rep) <= PROFILE_SWITCH:
+        return rep
+    return _kink(data, beta, eps, ridge, rep) or replace(rep, converged=False)
+
+
+def _kink(data, beta, eps, ridge, rep):
+    """The kink system solved from a joint report's iterate, as a converged report; None
+    if it has no solution there."""
+    theta = rep.x[:data.d]
+    if np.any(theta) and np.isfinite(rep.value):
+        u = -(data.sign * beta * (data.x @ theta - data.offset))
+        try:
+            profile = _profile_eta(u, data.weight, beta * float(np.linalg.norm(theta)), eps)
+        except RobustSolverError:
+            profile = None
+        out = None if profile is None else kink_solve(data, beta, eps, ridge, theta, profile,
+                                                     PROFILE_SWITCH)
+        if out is not None:
+            th, eta, res, groups = out
+            value = w2_value(th, data, beta=beta, radius=eps).value + \
+                0.5 * ridge * float(th @ th)
+            return replace(rep, x=np.append(th, eta), value=value, grad_norm=res,
+                           converged=True, status=f"kink ({len(groups)} tie groups)")
+    return None
+
+
+def _best(data, beta, eps, ridge, cands):
+    """The candidate with the lowest exact objective (None if there is none)."""
+    cands = [c for c in cands if np.any(c)]
+    if not cands:
+        return None
+    vals = [w2_value(c, data, beta=beta, radius=eps).value + 0.5 * ridge * float(c @ c)
+            for c in cands]
+    return cands[int(np.argmin(vals))]
+
+
+def _profiled(data, beta, eps, ridge, x0, info):
+    """Profiled Newton from x0; records its work in info; None if its root failed."""
+    info["profiled"] = True
+    try:
+        prof = _newton_w2_profiled(data, beta, eps, ridge, x0)
+    except RobustSolverError as err:    # the multiplier root failed at a trial point
+        info["profiled_status"] = str(err)
+        return None
+    info["iterations"] += prof.iterations
+    info["profiled_status"] = prof.status
+    info["converged"] = prof.converged
+    return prof.x

@@ -36,6 +36,7 @@ from ._base import (
     Transport,
     check_problem,
     check_theta,
+    grad_at_zero,
     on_ball,
     weighted_gram,
     zero_offset,
@@ -206,9 +207,7 @@ def collapse_radius_wasserstein(data: PreferenceData, *, beta: float, p: int = 1
     """
     beta, _ = check_problem(data, beta, 0.0, None, "x", {"x"})
     p, _ = check_order(p, np.inf)
-    m0 = -data.sign * beta * data.offset
-    s0 = sigmoid(-m0)
-    g0 = data.x.T @ (data.weight * -s0 * data.sign * beta)
+    g0, s0 = grad_at_zero(data, beta)
     scale = 1.0 if p == 1 else float(np.sqrt(data.weight @ s0**2))
     return float(np.linalg.norm(g0) / (beta * scale))
 
@@ -307,9 +306,7 @@ def _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, status, inf
 
 def kink_threshold(data, beta, eps, p) -> tuple[float, float]:
     """(||grad L(0)||, the radius of the penalty's subdifferential at 0)."""
-    m0 = -data.sign * beta * data.offset
-    s0 = sigmoid(-m0)
-    g0 = data.x.T @ (data.weight * -s0 * data.sign * beta)
+    g0, s0 = grad_at_zero(data, beta)
     r = eps * beta * (1.0 if p == 1 else float(np.sqrt(data.weight @ s0**2)))
     return float(np.linalg.norm(g0)), r
 
