@@ -182,9 +182,9 @@ def sample_row(config: NeuralConfig, spec: EnvSpec, arch: Arch, n: int, seed: in
 
 def run(config: NeuralConfig, out) -> Path:
     """Run (or resume) the study into ``out``; returns the records path."""
-    import torch
+    from ..torch.sgd import use_threads
 
-    torch.set_num_threads(1)
+    use_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(config, out / "config.json")

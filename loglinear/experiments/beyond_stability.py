@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stability import effective_sample_size, empirical_variance
 from .beyond_common import EnvSpec, Timer, environment, load, mixture, row_rng
 from .beyond_neural import Arch
 from .config import write_resolved
@@ -106,57 +105,11 @@ class StabilityConfig:
         return load(cls, path)
 
 
-def _grad(nn, name, pol, params, pairs, beta, hyper):
-    import torch
-
-    p = params.detach().clone().requires_grad_(True)
-    v = nn.objective(name, pol, p, pairs, beta=beta, hyper=hyper)
-    (g,) = torch.autograd.grad(v, p)
-    return float(v.detach()), g
-
-
-def minibatch_gradients(name: str, policy, params, pairs, *, beta: float, hyper: float,
-                        batch_size: int, n_batches: int, rng: np.random.Generator):
-    """(K, p) minibatch gradients of the named objective at fixed params (i.i.d. batches)."""
-    from ..torch import neural as nn
-
-    n = pairs.sign.shape[0]
-    out = []
-    for _ in range(int(n_batches)):
-        idx = rng.integers(0, n, size=int(batch_size))
-        out.append(_grad(nn, name, policy, params, pairs.subset(idx), beta, hyper)[1].numpy())
-    return np.stack(out)
-
-
-def _diagnostics(config, nn, pol, params, pairs, beta, method, hyper, rng) -> dict:
-    import torch
-
-    obj, g = _grad(nn, method, pol, params, pairs, beta, hyper)
-    mb = minibatch_gradients(method, pol, params, pairs, beta=beta, hyper=hyper,
-                             batch_size=config.batch_size, n_batches=config.n_batches, rng=rng)
-    var = empirical_variance(mb)
-    mean_norm2 = float(np.sum(mb.mean(0) ** 2))
-    losses, gx = nn.pair_losses(pol, params.detach(), pairs, beta=beta, input_grads=True)
-    q = pairs.weight
-    loss = float((q * losses).sum().detach())
-    gx_rms = float(torch.sqrt((q * gx).sum()).detach())
-    with torch.no_grad():
-        tau = hyper if method == "kldpo" else config.tau[0]
-        lse = tau * torch.logsumexp(torch.log(q) + losses / tau, dim=0)
-        w = torch.softmax(torch.log(q) + losses / tau, dim=0)
-    penalty = {"dpo": 0.0, "wdpo": hyper * gx_rms, "kldpo": float(lse) - loss}[method]
-    return dict(loss=loss, objective=obj, grad_norm=float(g.norm()),
-                grad_var=var, grad_var_rel=var / mean_norm2 if mean_norm2 > 0 else float("nan"),
-                mb_grad_norm=float(np.mean(np.linalg.norm(mb, axis=1))), penalty=penalty,
-                grad_x_rms=gx_rms, ess=effective_sample_size(w.numpy(), q.numpy()))
-
-
 def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
                method: str, hyper: float, seed: int) -> list[dict]:
     """One SGD run with its diagnostics every ``every`` steps (step 0 included)."""
-    import torch
-
     from ..torch import neural as nn
+    from ..torch import sgd
 
     env = environment(spec, config.seed)
     env_a = env.with_reward(mixture(spec, config.seed, alpha))
@@ -169,28 +122,19 @@ def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
         p0 = env.theta_ref.copy()
     else:
         p0 = pol.init(row_rng(config.seed, spec.name, arch.name, seed), scale=config.init_scale)
-    params = torch.tensor(p0, dtype=torch.float64)
     # common random numbers: every method sees the same minibatch indices
     train_rng = row_rng(config.seed, spec.name, "batches", round(1000 * alpha), seed)
     diag_rng = row_rng(config.seed, spec.name, "diag", round(1000 * alpha), seed)
     rows, t0 = [], time.perf_counter()
     base = dict(setting=spec.name, alpha=alpha, arch=arch.name, method=method, hyper=hyper,
-                seed=seed,
-                lr=config.lr, batch_size=config.batch_size)
-    for step in range(config.steps + 1):
-        if step % config.every == 0:
-            d = _diagnostics(config, nn, pol, params, pairs, env.beta, method, hyper,
-                             diag_rng)
-            rows.append(dict(base, step=step, **d, seconds=time.perf_counter() - t0))
-        if step == config.steps:
-            break
-        idx = train_rng.integers(0, config.n, size=config.batch_size)
-        _, g = _grad(nn, method, pol, params, pairs.subset(idx), env.beta, hyper)
-        params = params - config.lr * g
-        if not bool(torch.isfinite(params).all()):
-            rows.append(dict(base, step=step + 1, objective=float("nan"),
-                             seconds=time.perf_counter() - t0))
-            break
+                seed=seed, lr=config.lr, batch_size=config.batch_size)
+    for step, diag in sgd.sgd(pol, p0, pairs, beta=env.beta, method=method, hyper=hyper,
+                              lr=config.lr, batch_size=config.batch_size, steps=config.steps,
+                              every=config.every, tau=config.tau[0],
+                              n_batches=config.n_batches, train_rng=train_rng,
+                              diag_rng=diag_rng):
+        diag = {"objective": float("nan")} if diag is None else diag   # diverged
+        rows.append(dict(base, step=step, **diag, seconds=time.perf_counter() - t0))
     return rows
 
 
@@ -200,9 +144,9 @@ def _complete(row: dict) -> dict:
 
 def run(config: StabilityConfig, out) -> Path:
     """Run (or resume) the study into ``out/records.csv``; returns that path."""
-    import torch
+    from ..torch.sgd import use_threads
 
-    torch.set_num_threads(1)
+    use_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(config, out / "config.json")

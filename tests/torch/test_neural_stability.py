@@ -15,6 +15,7 @@ from loglinear.experiments.beyond_neural import Arch
 from loglinear.losses import get_loss
 from loglinear.stability import minibatch_gradient_variance
 from loglinear.torch import neural as nn
+from loglinear.torch import sgd
 
 MC_RTOL = 0.08  # Monte Carlo: 3000 minibatches, relative sd of a variance ~ sqrt(2/K) ~ 3%
 
@@ -28,8 +29,8 @@ def test_minibatch_gradient_variance_matches_closed_form_depth0():
     theta = np.array([0.3, -0.5, 0.8])
     per_pair = get_loss("dpo").grad_theta(theta, data, beta=1.0)  # (n, d), the core's
     exact = minibatch_gradient_variance(per_pair, batch_size=8)
-    mb = bs.minibatch_gradients("dpo", pol, torch.tensor(theta), pairs, beta=1.0, hyper=0.0,
-                                batch_size=8, n_batches=3000, rng=np.random.default_rng(4))
+    mb = sgd.minibatch_gradients("dpo", pol, torch.tensor(theta), pairs, beta=1.0, hyper=0.0,
+                                 batch_size=8, n_batches=3000, rng=np.random.default_rng(4))
     est = float(np.sum((mb - mb.mean(0)) ** 2) / (len(mb) - 1))
     assert est == pytest.approx(exact, rel=MC_RTOL)
     # the mean minibatch gradient is unbiased for the full gradient
