@@ -34,6 +34,7 @@ from loglinear.experiments.config import to_jsonable, write_resolved
 from loglinear.experiments.records import RecordStore
 
 from . import shift_data as sd
+from . import shift_train
 from .emotion import EmotionReward
 from .sequence import PairBatch, collate_pairs, reference_logps, sequence_logps
 from .shift_config import TINY_MODELS, ShiftConfig, run_dirname
@@ -179,7 +180,7 @@ def run(config: ShiftConfig, *, max_seconds: float | None = None, log=print) -> 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _same_config(out / "config.json", config)
-    deadline = None if max_seconds is None else time.time() + max_seconds
+    deadline = None if max_seconds is None else shift_train.wall_clock() + max_seconds
     torch.set_num_threads(config.threads)
     reward = EmotionReward.default(cache=out / "cache" / "probe.npz", device=config.device)
     base, tok = load_base(config)
@@ -214,7 +215,7 @@ def run(config: ShiftConfig, *, max_seconds: float | None = None, log=print) -> 
             for name, method in policies:
                 if runs.done({"method": name, "seed": seed}):
                     continue
-                if deadline is not None and time.time() > deadline:
+                if deadline is not None and shift_train.wall_clock() > deadline:
                     complete = False
                     break
                 log(f"seed {seed} {name}: training" if method else f"seed {seed} {name}")
