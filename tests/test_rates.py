@@ -264,3 +264,20 @@ def test_report_from_records(tmp_path):
     (arch / "records.csv.gz").write_bytes(gzip.compress((tmp_path / "rec/records.csv")
                                                         .read_bytes()))
     pd.testing.assert_frame_equal(ra.load(arch)[0], rec)
+
+
+def test_inaccurate_robust_solve_is_a_recorded_failure():
+    """An estimate the solver flags inaccurate is not returned as a result: the study row
+    records the failure with its reason (and --retry-failed redoes it)."""
+    from types import SimpleNamespace
+
+    from loglinear.experiments.estimators import _accurate_theta
+    from loglinear.robust import RobustSolverError
+
+    ok = SimpleNamespace(status="converged", theta=np.ones(2), solver="newton",
+                         certificate=1e-12, info={})
+    np.testing.assert_array_equal(_accurate_theta(ok), np.ones(2))
+    bad = SimpleNamespace(status="inaccurate", theta=np.zeros(2), solver="newton",
+                          certificate=1.8e-3, info={"iterations": 75})
+    with pytest.raises(RobustSolverError, match=r"inaccurate \(KKT residual 0.0018\)"):
+        _accurate_theta(bad)

@@ -307,3 +307,20 @@ def test_log_partition_is_accurate_at_small_inverse_multiplier(s):
     ref = float(sum(Decimal(float(qi)) * (Decimal(s) * Decimal(float(di))).exp()
                     for qi, di in zip(q, d)).ln())
     assert abs(_kl_of(s, d, q)[2] - ref) <= 4e-16 * abs(ref)
+
+
+def test_newton_stopping_at_the_kink_is_not_accepted():
+    """A rates-study sample at 0.9 of the population collapse radius where Newton from the
+    DPO fit walks into the kink at 0 and stops on its decrement test (nothing representable
+    left to gain along its step) with the gradient still 1.8e-3: that is not convergence,
+    so the radius continuation runs and finds theta != 0 with a lower value than V(0)."""
+    from loglinear.robust.kl import _newton_kl
+
+    data, _ = rates_sample("peaked", 10**5, 28)
+    rho = 0.005717544473415037            # the study's near-collapse radius for `peaked`
+    plain = _newton_kl(data, 1.0, rho, 0.0, fit_dpo(data, beta=1.0).theta)
+    assert plain.converged and plain.grad_norm > 1e-4 and np.linalg.norm(plain.x) < 1e-10
+    res = solve_kl(data, beta=1.0, radius=rho)
+    assert res.status == "converged" and res.info["continued"]
+    assert res.certificate <= 1e-10 and np.linalg.norm(res.theta) > 0.03
+    assert res.objective < kl_value(np.zeros(data.d), data, beta=1.0, radius=rho).value - 3e-6

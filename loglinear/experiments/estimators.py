@@ -72,24 +72,33 @@ def _fit_dpo(data: PreferenceData, *, beta, param, bound):
     return fit_dpo(data, beta=beta, bound=bound).theta
 
 
+def _accurate_theta(res) -> np.ndarray:
+    """The solution of a robust solve, or an error if it is flagged inaccurate (a study
+    records the failure with its reason instead of an unreliable estimate)."""
+    from ..robust import RobustSolverError
+
+    if res.status == "inaccurate":
+        raise RobustSolverError(f"{res.solver} solve is inaccurate (KKT residual "
+                                f"{res.certificate:.3g}): {res.info}")
+    return np.asarray(res.theta, float)
+
+
 def _fit_kl(data, *, beta, param, bound):
     from ..robust import solve_kl
 
-    return np.asarray(solve_kl(data, beta=beta, radius=param, bound=bound).theta, float)
+    return _accurate_theta(solve_kl(data, beta=beta, radius=param, bound=bound))
 
 
 def _fit_w1(data, *, beta, param, bound):
     from ..robust import solve_wasserstein
 
-    res = solve_wasserstein(data, beta=beta, radius=param, p=1, bound=bound)
-    return np.asarray(res.theta, float)
+    return _accurate_theta(solve_wasserstein(data, beta=beta, radius=param, p=1, bound=bound))
 
 
 def _fit_w2(data, *, beta, param, bound):
     from ..robust import solve_wasserstein
 
-    res = solve_wasserstein(data, beta=beta, radius=param, p=2, bound=bound)
-    return np.asarray(res.theta, float)
+    return _accurate_theta(solve_wasserstein(data, beta=beta, radius=param, p=2, bound=bound))
 
 
 def _fit_wdpo(data, *, beta, param, bound):

@@ -205,6 +205,12 @@ def zero_offset(data: PreferenceData) -> bool:
     return not np.any(data.offset)
 
 
+def accurate(rep) -> bool:
+    """A Newton report that converged with a small gradient: next to a kink Newton can
+    stop on its decrement test (no decrease representable) with a large gradient."""
+    return rep.converged and rep.grad_norm <= CERT_TOL
+
+
 def grad_at_zero(data: PreferenceData, beta: float) -> tuple[np.ndarray, np.ndarray]:
     """(grad L(0), sigma(-m(0))): the nominal gradient at the kink theta = 0, and each
     pair's loss slope there."""

@@ -40,6 +40,7 @@ from ._base import (
     CERT_TOL,
     RobustResult,
     RobustSolverError,
+    accurate,
     check_problem,
     check_theta,
     on_ball,
@@ -436,7 +437,7 @@ def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float |
         continued = False
         if free_ok:
             rep = _newton_kl(data, beta, rho, 0.0, start)
-            if not rep.converged:
+            if not accurate(rep):
                 rep, continued = _newton_kl_continued(data, beta, rho, 0.0, start), True
             iters += rep.iterations
             if not rep.converged:
@@ -450,7 +451,7 @@ def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float |
             def solve_ridge(mu_, x0):
                 nonlocal continued
                 r = _newton_kl(data, beta, rho, mu_, x0)
-                if not r.converged:
+                if not accurate(r):
                     r, continued = _newton_kl_continued(data, beta, rho, mu_, x0), True
                 if not r.converged:
                     raise RobustSolverError(f"KL ridge Newton failed: {r.status}")

@@ -34,6 +34,7 @@ from ._base import (
     RobustResult,
     RobustSolverError,
     Transport,
+    accurate,
     check_problem,
     check_theta,
     grad_at_zero,
@@ -393,7 +394,7 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
 def _solve_w1_inf(data, beta, eps, bound):
     start = _start(data, beta, bound)
     rep = _newton_w1_inf(data, beta, eps, 0.0, start)
-    smoothed = not rep.converged
+    smoothed = not accurate(rep)
     if smoothed:
         rep = _w1_inf_smoothing(data, beta, eps, 0.0, start)
     if not rep.converged:
@@ -405,7 +406,7 @@ def _solve_w1_inf(data, beta, eps, bound):
 
     def solve_ridge(mu, x0):
         r = _newton_w1_inf(data, beta, eps, mu, x0)
-        if not r.converged:
+        if not accurate(r):
             r = _w1_inf_smoothing(data, beta, eps, mu, x0)
         if not r.converged:
             raise RobustSolverError(f"W1 ridge Newton failed: {r.status}")
