@@ -323,9 +323,10 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
         * ``"newton"`` / ``"auto"``: the dedicated solvers: p = 1, kappa = inf: Newton on
           the closed form L + eps beta ||theta|| after an exact kink test at 0; p = 1,
           finite kappa: smoothing homotopy (:mod:`loglinear.robust.w1flip`); p = 2:
-          joint Newton in (theta, eta) over the exact inner suprema
-          (:mod:`loglinear.robust.w2`). ``"auto"`` falls back to cvxpy (p = 1) if the
-          dedicated solver fails.
+          joint Newton in (theta, eta) over the exact inner suprema, and where the
+          optimum sits on a kink of V (atoms split between two maxima) Newton on the
+          split worst case's KKT system (:mod:`loglinear.robust.w2`; ``info["kink"]``).
+          ``"auto"`` falls back to cvxpy (p = 1) if the dedicated solver fails.
         * ``"cvxpy"``: the conic reformulation with Clarabel (p = 1 only; the p = 2 dual
           is not DCP).
 
