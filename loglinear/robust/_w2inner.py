@@ -141,3 +141,15 @@ def derivs(x, sb, w, u, theta, beta, eta, t, need_hess):
     htt += float(w @ pb) * beta / norm * (np.eye(d) - np.outer(unit, unit))
     hte = x.T @ (w * pue * -sb) + float(w @ pbe) * e
     return g_theta, g_eta, htt, hte, float(w @ pee)
+
+
+def split_derivs(x, sb, u, theta, beta, eta, t, rest, idx, lo, hi, w_lo, w_hi, need_hess):
+    """:func:`derivs` of a worst case that splits the atoms ``idx`` between their two
+    maximisers: sum_i rest_i phi_i(t_i) + sum_k [w_lo_k phi_k(lo_k) + w_hi_k phi_k(hi_k)]
+    (``rest`` is zero on ``idx``)."""
+    xs = np.vstack([x, x[idx], x[idx]])
+    ss = np.concatenate([sb, sb[idx], sb[idx]])
+    us = np.concatenate([u, u[idx], u[idx]])
+    ts = np.concatenate([t, lo, hi])
+    ws = np.concatenate([rest, w_lo, w_hi])
+    return derivs(xs, ss, ws, us, theta, beta, eta, ts, need_hess)

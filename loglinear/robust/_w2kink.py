@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from ._w2inner import derivs, inner_sup
+from ._w2inner import inner_sup, split_derivs
 
 MAX_ITER = 40
 RTOL = 1e-12          # ||residual|| at which the Newton iteration stops
@@ -64,12 +64,8 @@ def _system(data, beta, eps, ridge, groups, z, need_jac):
     phi_hi = np.where(t[reps] <= alt_t[reps], alt_phi[reps], phi[reps])
     rest = q.copy()
     rest[members] = 0.0
-    xs = np.vstack([data.x, data.x[reps], data.x[reps]])
-    ss = np.concatenate([sb, sb[reps], sb[reps]])
-    us = np.concatenate([u, u[reps], u[reps]])
-    ts = np.concatenate([t, lo, hi])
-    ws = np.concatenate([rest, mass * (1.0 - f), mass * f])
-    g, g_eta, htt, hte, hee = derivs(xs, ss, ws, us, theta, beta, eta, ts, need_jac)
+    g, g_eta, htt, hte, hee = split_derivs(data.x, sb, u, theta, beta, eta, t, rest, reps, lo,
+                                           hi, mass * (1.0 - f), mass * f, need_jac)
     value = (eta * eps**2 + float(rest @ phi) + float(mass @ ((1 - f) * phi_lo + f * phi_hi))
              + 0.5 * ridge * float(theta @ theta))
     res = np.concatenate([g + ridge * theta, [eps**2 + g_eta], mass * (phi_hi - phi_lo)])

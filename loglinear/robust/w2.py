@@ -27,7 +27,7 @@ from ..losses import softplus
 from ..optim import newton
 from ._base import RobustSolverError, Transport, grad_at_zero, on_ball, radius_continuation
 from ._w2inner import derivs as _derivs
-from ._w2inner import inner_sup, second_order
+from ._w2inner import inner_sup, second_order, split_derivs
 from ._w2kink import kink_solve
 
 ETA_RTOL = 1e-13
@@ -212,14 +212,11 @@ def _profiled_pieces(data, beta, eps, ridge, theta, eta, phi, t, alt_phi, alt_t,
         lo = np.minimum(t[tie], alt_t[tie])
         hi = np.maximum(t[tie], alt_t[tie])
         to_hi = np.where(t[tie] <= alt_t[tie], frac[tie], 1.0 - frac[tie])
-        w = q.copy()
-        w[tie] = 0.0
-        xs = np.vstack([data.x, data.x[tie], data.x[tie]])
-        ss = np.concatenate([sb, sb[tie], sb[tie]])
-        us = np.concatenate([u, u[tie], u[tie]])
-        ts = np.concatenate([t, lo, hi])
-        ws = np.concatenate([w, q[tie] * (1.0 - to_hi), q[tie] * to_hi])
-        g, _, htt, hte, hee = _derivs(xs, ss, ws, us, theta, beta, eta, ts, need_hess)
+        rest = q.copy()
+        rest[tie] = 0.0
+        g, _, htt, hte, hee = split_derivs(data.x, sb, u, theta, beta, eta, t, rest, tie, lo,
+                                           hi, q[tie] * (1.0 - to_hi), q[tie] * to_hi,
+                                           need_hess)
         if need_hess:
             xt, st, ut, qt = data.x[tie], sb[tie], u[tie], q[tie]
             l_tf = (_derivs(xt, st, qt, ut, theta, beta, eta, hi, False)[0]
