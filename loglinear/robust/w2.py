@@ -33,7 +33,7 @@ from ._w2kink import kink_solve
 ETA_RTOL = 1e-13
 TIE_RTOL = 1e-12
 GTOL = 1e-10
-PROFILE_SWITCH = 1e-8   # KKT residual above which the profiled solver takes over
+PROFILE_SWITCH = 1e-8   # exact KKT residual up to which a Newton attempt is accepted
 SHRINK_LIMIT = 0.125    # a joint Newton step shrinks ||theta|| by at most this factor
 JOINT_MAX_ITER = 60     # smooth problems converge in ~5-20 steps; a kink makes Newton crawl
 KINK_AFTER = 15         # joint Newton steps before the kink system is tried
