@@ -22,7 +22,7 @@ from ..losses import sigmoid, softplus
 from ..optim import newton
 from ._base import RobustSolverError, on_ball, weighted_gram
 
-MU_START = 1e-3
+MU_START = 1e-4
 MU_MIN = 1e-10
 STAGE_GTOL = 1e-6    # at tiny mu the smoothed Hessian is ill-conditioned; theta is O(mu) off
                      # the nonsmooth optimum anyway, so a stage may stop at this gradient
@@ -111,8 +111,9 @@ def _problem(data, beta, eps, kappa, ridge, mu):
         lam, on_bound = _profile_lambda(m, q, b, eps, kappa, mu, state["lam"])
         state["lam"] = lam
         r = (m - lam * kappa) / mu
-        w = q * sigmoid(r)
-        w1 = q * sigmoid(r) * sigmoid(-r) / mu
+        sr = sigmoid(r)
+        w = q * sr
+        w1 = w * (1.0 - sr) / mu
         s = sigmoid(-m)
         value = (float(q @ softplus(-m)) + lam * eps + mu * _hinge_mass(r, q)
                  + 0.5 * ridge * float(theta @ theta))
@@ -206,11 +207,35 @@ def _crossover(data, beta, eps, kappa, ridge, theta, mu):
     if norm == 0:
         return None
     lam, on_bound = _profile_lambda(m, q, beta * norm, eps, kappa, mu)
-    band = CROSS_BAND * mu
     pos = q > 0
-    tie = pos & (np.abs(m - lam * kappa) <= band)
-    up = pos & (m - lam * kappa > band)
-    wfull = q * sigmoid((m - lam * kappa) / mu)
+    gap0 = m - lam * kappa
+    wfull = q * sigmoid(gap0 / mu)
+    # first the atoms within CROSS_BAND mu of the hinge; if they are few (mu is small
+    # enough to have sorted the atoms) but the active-set steps fail from them, the k
+    # atoms nearest to the hinge, k = 1..d + 1
+    band = pos & (np.abs(gap0) <= CROSS_BAND * mu)
+    if int(band.sum()) > d + 1 + CROSS_EXTRA_TIES:
+        return None
+    near = np.argsort(np.where(pos, np.abs(gap0), np.inf), kind="stable")
+    starts = [band]
+    for k in range(1, d + 2):
+        tie = np.zeros(data.n, dtype=bool)
+        tie[near[:k]] = True
+        starts.append(tie & pos)
+    for tie in starts:
+        out = _active_set(data, beta, eps, kappa, ridge, theta, lam, on_bound, tie,
+                          pos & ~tie & (gap0 > 0), wfull)
+        if out is not None:
+            return out
+    return None
+
+
+def _active_set(data, beta, eps, kappa, ridge, theta, lam, on_bound, tie, up, wfull):
+    """Active-set rounds of :func:`_crossover` from one initial partition."""
+    q, d = data.weight, data.d
+    sb = data.sign * beta
+    c0 = sb * data.offset
+    pos = q > 0
     for _ in range(CROSS_ROUNDS):
         if int(tie.sum()) > d + 1 + CROSS_EXTRA_TIES:
             return None
