@@ -153,3 +153,17 @@ def split_derivs(x, sb, u, theta, beta, eta, t, rest, idx, lo, hi, w_lo, w_hi, n
     ts = np.concatenate([t, lo, hi])
     ws = np.concatenate([rest, w_lo, w_hi])
     return derivs(xs, ss, ws, us, theta, beta, eta, ts, need_hess)
+
+
+def ordered_maxima(t, alt_t, phi, alt_phi):
+    """(t_lo, t_hi, phi_lo, phi_hi): an atom's two local maxima ordered by position."""
+    first = t <= alt_t
+    return (np.where(first, t, alt_t), np.where(first, alt_t, t),
+            np.where(first, phi, alt_phi), np.where(first, alt_phi, phi))
+
+
+def branch_grads(x, sb, u, theta, beta, t):
+    """(k, d): the theta gradient of each atom's phi at its fixed maximiser t (envelope)."""
+    norm = float(np.linalg.norm(theta))
+    s = expit(u + beta * norm * t)
+    return (s * -sb)[:, None] * x + (beta * t * s)[:, None] * (theta / norm)

@@ -25,9 +25,8 @@ closest to a tie, k = 1, ..., d + 1.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
-from ._w2inner import inner_sup, split_derivs
+from ._w2inner import branch_grads, inner_sup, ordered_maxima, split_derivs
 
 MAX_ITER = 40
 RTOL = 1e-12          # ||residual|| at which the Newton iteration stops
@@ -58,10 +57,7 @@ def _system(data, beta, eps, ridge, groups, z, need_jac):
     phi, t, alt_phi, alt_t = inner_sup(u, b, eta)
     if not np.all(np.isfinite(alt_phi[reps])):
         return None                          # a group lost one of its two maxima
-    lo = np.minimum(t[reps], alt_t[reps])
-    hi = np.maximum(t[reps], alt_t[reps])
-    phi_lo = np.where(t[reps] <= alt_t[reps], phi[reps], alt_phi[reps])
-    phi_hi = np.where(t[reps] <= alt_t[reps], alt_phi[reps], phi[reps])
+    lo, hi, phi_lo, phi_hi = ordered_maxima(t[reps], alt_t[reps], phi[reps], alt_phi[reps])
     rest = q.copy()
     rest[members] = 0.0
     g, g_eta, htt, hte, hee = split_derivs(data.x, sb, u, theta, beta, eta, t, rest, reps, lo,
@@ -71,13 +67,9 @@ def _system(data, beta, eps, ridge, groups, z, need_jac):
     res = np.concatenate([g + ridge * theta, [eps**2 + g_eta], mass * (phi_hi - phi_lo)])
     if not need_jac:
         return res, None, value
-    unit = theta / norm
-
-    def branch_grads(tt):                    # per-group gradients of phi at t = tt
-        s = expit(u[reps] + b * tt)
-        return (s * -sb[reps])[:, None] * data.x[reps] + (beta * tt * s)[:, None] * unit
-
-    l_tf = (mass[:, None] * (branch_grads(hi) - branch_grads(lo))).T
+    xr, sr, ur = data.x[reps], sb[reps], u[reps]
+    l_tf = (mass[:, None] * (branch_grads(xr, sr, ur, theta, beta, hi)
+                             - branch_grads(xr, sr, ur, theta, beta, lo))).T
     l_ef = mass * (lo**2 - hi**2)
     jac = np.zeros((d + 1 + k, d + 1 + k))
     htt[np.diag_indices(d)] += ridge

@@ -26,8 +26,8 @@ import numpy as np
 from ..losses import softplus
 from ..optim import newton
 from ._base import RobustSolverError, Transport, grad_at_zero, on_ball, radius_continuation
+from ._w2inner import branch_grads, inner_sup, ordered_maxima, second_order, split_derivs
 from ._w2inner import derivs as _derivs
-from ._w2inner import inner_sup, second_order, split_derivs
 from ._w2kink import kink_solve
 
 ETA_RTOL = 1e-13
@@ -85,8 +85,7 @@ def _tie_split(q, eps, phi, t, alt_phi, alt_t):
     spent = float(q @ (t * t))
     tie = (q > 0) & (alt_phi >= phi - TIE_RTOL * np.maximum(1.0, np.abs(phi)))
     if abs(spent - eps**2) > 1e-10 * eps**2 and tie.any():
-        lo = np.minimum(t[tie], alt_t[tie])
-        hi = np.maximum(t[tie], alt_t[tie])
+        lo, hi, _, _ = ordered_maxima(t[tie], alt_t[tie], phi[tie], alt_phi[tie])
         delta = float(q[tie] @ (hi**2 - lo**2))
         if delta != 0:
             base = spent + float(q[tie] @ (lo**2 - t[tie] ** 2))
@@ -209,8 +208,7 @@ def _profiled_pieces(data, beta, eps, ridge, theta, eta, phi, t, alt_phi, alt_t,
         l_ef = 0.0
     else:
         tie = np.flatnonzero(split)
-        lo = np.minimum(t[tie], alt_t[tie])
-        hi = np.maximum(t[tie], alt_t[tie])
+        lo, hi, _, _ = ordered_maxima(t[tie], alt_t[tie], phi[tie], alt_phi[tie])
         to_hi = np.where(t[tie] <= alt_t[tie], frac[tie], 1.0 - frac[tie])
         rest = q.copy()
         rest[tie] = 0.0
@@ -219,8 +217,8 @@ def _profiled_pieces(data, beta, eps, ridge, theta, eta, phi, t, alt_phi, alt_t,
                                            need_hess)
         if need_hess:
             xt, st, ut, qt = data.x[tie], sb[tie], u[tie], q[tie]
-            l_tf = (_derivs(xt, st, qt, ut, theta, beta, eta, hi, False)[0]
-                    - _derivs(xt, st, qt, ut, theta, beta, eta, lo, False)[0])
+            l_tf = qt @ (branch_grads(xt, st, ut, theta, beta, hi)
+                         - branch_grads(xt, st, ut, theta, beta, lo))
             l_ef = float(qt @ (lo**2 - hi**2))
     g = g + ridge * theta
     if not need_hess:
