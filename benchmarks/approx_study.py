@@ -71,8 +71,8 @@ def main() -> None:
         print(f"{name:46s} {ts:12.4f} {te:10.4f} {te / ts:16.2f}")
     if args.skip_study:
         return
-    from loglinear.experiments.approx import load_config
-    from loglinear.experiments.approx import main as run_study
+    from loglinear.experiments.approx.run import load_config
+    from loglinear.experiments.approx.run import main as run_study
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "approx.toml")
     with tempfile.TemporaryDirectory() as tmp:

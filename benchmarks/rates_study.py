@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def compression(config):
     from loglinear import fit_dpo
-    from loglinear.experiments import rates
+    from loglinear.experiments.rates import run as rates
 
     env, _, _, _ = rates.environment(config, config.settings[0].name)
     print("count compression (DPO, one sample: draw + fit):")
@@ -46,7 +46,7 @@ def compression(config):
 
 
 def throughput(config, rows, jobs):
-    from loglinear.experiments import rates
+    from loglinear.experiments.rates import run as rates
 
     out = tempfile.mkdtemp(prefix="rates_bench_")
     try:
@@ -69,8 +69,8 @@ def count_rows(config, out):
 
     tgt = read_records(f"{out}/targets.csv")
     n_sched = 0
-    from loglinear.experiments import rates
     from loglinear.experiments.estimators import get_estimator
+    from loglinear.experiments.rates import run as rates
 
     for e, _ in rates._combos(config):
         if not get_estimator(e).available():
@@ -81,7 +81,7 @@ def count_rows(config, out):
 
 
 def main():
-    from loglinear.experiments.rates import RatesConfig
+    from loglinear.experiments.rates.run import RatesConfig
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="simulations/rates.toml")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib
 
+from . import _compat
 from .data import PreferenceData
 from .env import LogLinearEnv, mix_rewards
 from .estimation import coverage
 from .fit import FitResult, SeparableDataError, fit_dpo
+
+_compat.install()
 
 __version__ = "0.1.0"
 

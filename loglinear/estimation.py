@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import logsumexp
 
 from .data import PreferenceData
 
@@ -162,7 +163,6 @@ def kl_dual_variable(losses, q, radius) -> float:
     maximal losses (the edge case of paper.md section 3).
     """
     from scipy.optimize import brentq
-    from scipy.special import logsumexp
 
     l = np.asarray(losses, float)
     keep = q > 0
@@ -289,3 +289,19 @@ def _wdpo_local(pop, w, *, beta, rho):
     dgradS = dA_q / S - np.outer(dS_q, A) / S**2
     infl = (g - q @ g) + rho * beta * (np.outer(dS_q, w / nw) + nw * dgradS)
     return _sandwich(0.5 * (H + H.T), infl, q)
+
+
+# ---------------------------------------------------------------- rewards / values
+def kl_regularised_optimum(env, reward=None) -> float:
+    r"""The best achievable :math:`E[r] - \beta KL(\pi\|\pi_{ref})` over all policies.
+
+    .. math:: V^* = \sum_s \mu(s)\,\beta\log\sum_a \pi_{ref}(a|s)\,e^{r(s,a)/\beta},
+
+    attained by :math:`\pi^*\propto\pi_{ref}e^{r/\beta}`; ``env.value(theta, r).objective``
+    is at most this, and the difference is the regret of theta under r.
+    """
+    r = env.reward if reward is None else np.asarray(reward, dtype=float)
+    if r.shape != (env.n_states, env.n_actions):
+        raise ValueError(f"reward must be an (S, A) table, got {r.shape}")
+    logref = env.log_policy(env.theta_ref)
+    return float(env.state_dist @ (env.beta * logsumexp(logref + r / env.beta, axis=1)))

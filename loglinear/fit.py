@@ -17,7 +17,7 @@ from scipy.optimize import brentq, linprog
 
 from .data import PreferenceData
 from .losses import _check_beta, get_loss, objective
-from .optim import newton
+from .newton import newton
 
 SINGULAR_RTOL = 1e-10
 SATURATED_MARGIN = 20.0  # sigma(-20) ~ 2e-9: past this a pair no longer pulls on theta
@@ -112,7 +112,7 @@ class _MarginProblem:
 
     def __init__(self, data, beta, loss, ridge):
         self.data, self.beta, self.ridge = data, beta, ridge
-        self.spec = get_loss(loss)
+        self.spec = get_loss(loss, margin=True)
         self.fast = loss == "dpo"
         self.sb = data.sign * beta
         self.sbo = self.sb * data.offset
@@ -207,7 +207,7 @@ def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
     if bound is not None and not (np.isfinite(bound) and bound > 0):
         raise ValueError(f"bound must be a positive finite radius or None, got {bound}")
     x0 = np.zeros(data.d) if theta0 is None else np.asarray(theta0, dtype=float)
-    spec = get_loss(loss)
+    spec = get_loss(loss, margin=True)
     vanishing = spec.phi(np.array([50.0]), beta)[0] < 1e-12
     # Small problems: settle separability up front (an LP costs microseconds there).
     # Large ones: only when the Newton run looks suspicious (saturated margins, divergence).

@@ -14,17 +14,29 @@ so l_i = phi(m_i) and, by the chain rule,
 with s_i = 2 y_i - 1. Functions return per-pair arrays of shape (n,); the caller
 weights and reduces (``weighted_mean``), as robust reweighting needs the per-pair values.
 Variants are looked up by name in :data:`LOSSES`.
+
+Some remedies of Yan et al. (arXiv 2406.07327) break the margin symmetry, so the registry
+also holds losses of the chosen and rejected log-ratios c = log pi(a+)/pi_ref(a+) and
+r = log pi(a-)/pi_ref(a-) and of log pi(a+) (docs/theory.md §6):
+
+* Flex-DPO:  l = softplus(-(beta_plus c - beta_minus r));
+* DPO + SFT: l = softplus(-beta (c - r)) - sft_weight * log pi(a+|s).
+
+Every entry returns the per-pair value with dl/dc and dl/dr (:class:`PairTerms`);
+probability-space partials follow from dl/dpi = (dl/d log pi) / pi
+(:func:`probability_partials`), which for DPO gives (dl/dpi-)/(dl/dpi+) = -pi+/pi-.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy.special import expit
 
 from .data import PreferenceData
+from .registry import Registry
 
 
 def softplus(u: np.ndarray) -> np.ndarray:
@@ -71,6 +83,17 @@ class MarginLoss:
     d2phi: Callable[[np.ndarray, float], np.ndarray]
     convex: bool = True
     doc: str = ""
+    params: tuple[str, ...] = ("beta",)
+
+    def terms(self, chosen_logratio, rejected_logratio, chosen_logp=None, *, beta: float
+              ) -> PairTerms:
+        """Value and partials in (c, r): l = phi(beta (c - r)), dl/dc = -dl/dr =
+        beta phi'(beta (c - r)). ``chosen_logp`` is unused (uniform signature)."""
+        beta = _positive("beta", beta)
+        c, r = _arrays(chosen_logratio, rejected_logratio)
+        m = beta * (c - r)
+        d = beta * self.dphi(m, beta)
+        return PairTerms(self.phi(m, beta), d, -d)
 
     def value(self, theta, data: PreferenceData, *, beta: float) -> np.ndarray:
         """Per-pair loss, shape (n,)."""
@@ -121,28 +144,138 @@ def _ipo_d2phi(m, beta):
     return np.full_like(m, 2.0 / beta**2)
 
 
-LOSSES: dict[str, MarginLoss] = {
-    "dpo": MarginLoss("dpo", _dpo_phi, _dpo_dphi, _dpo_d2phi,
-                      doc="-log sigma(m), the Bradley-Terry negative log-likelihood"),
-    "ipo": MarginLoss("ipo", _ipo_phi, _ipo_dphi, _ipo_d2phi,
-                      doc="(m/beta - 1/(2 beta))^2, identity preference optimisation"),
-}
+class PairTerms(NamedTuple):
+    """Per-pair value and partials in the chosen and rejected log-probabilities."""
+
+    value: np.ndarray
+    d_chosen: np.ndarray
+    d_rejected: np.ndarray
 
 
-def get_loss(name: str) -> MarginLoss:
-    """Look a loss up by name in :data:`LOSSES`."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}") from None
+def _positive(name: str, v: float) -> float:
+    v = float(v)
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {v}")
+    return v
 
 
-def register_loss(loss: MarginLoss) -> MarginLoss:
-    """Add a margin loss to the registry (a name may be registered once)."""
-    if loss.name in LOSSES:
-        raise ValueError(f"loss {loss.name!r} is already registered")
-    LOSSES[loss.name] = loss
+def _nonnegative(name: str, v: float) -> float:
+    v = float(v)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a nonnegative finite number, got {v}")
+    return v
+
+
+def _arrays(*arrays):
+    out = [np.asarray(a, dtype=np.float64) for a in arrays]
+    shape = out[0].shape
+    for a in out:
+        if a.shape != shape or a.ndim != 1:
+            raise ValueError("pair arrays must be 1-d of equal length, got "
+                             f"{[b.shape for b in out]}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("pair arrays contain NaN or infinite entries")
+    return out
+
+
+def flex_dpo_terms(chosen_logratio, rejected_logratio, chosen_logp=None, *,
+                   beta_plus: float, beta_minus: float) -> PairTerms:
+    r"""Flex-DPO: separate temperatures on the chosen and rejected log-ratios.
+
+    .. math::  l = -\log\sigma(\beta^+ c - \beta^- r), \quad
+               \partial_c l = -\beta^+\sigma(-u), \quad \partial_r l = \beta^-\sigma(-u),
+
+    with u = beta_plus c - beta_minus r. A small beta_minus damps the push on the rejected
+    response (Yan et al., section 5). ``chosen_logp`` is unused (uniform signature).
+    """
+    bp, bm = _positive("beta_plus", beta_plus), _positive("beta_minus", beta_minus)
+    c, r = _arrays(chosen_logratio, rejected_logratio)
+    u = bp * c - bm * r
+    s = expit(-u)
+    return PairTerms(np.logaddexp(0.0, -u), -bp * s, bm * s)
+
+
+def dpo_terms(chosen_logratio, rejected_logratio, chosen_logp=None, *, beta: float
+              ) -> PairTerms:
+    r"""DPO as a function of (c, r): Flex-DPO with beta_plus = beta_minus = beta.
+
+    .. math::  l = -\log\sigma(\beta(c - r)), \quad \partial_c l = -\partial_r l
+               = -\beta\sigma(-\beta(c - r)).
+    """
+    return flex_dpo_terms(chosen_logratio, rejected_logratio, beta_plus=beta, beta_minus=beta)
+
+
+def dpo_sft_terms(chosen_logratio, rejected_logratio, chosen_logp, *, beta: float,
+                  sft_weight: float) -> PairTerms:
+    r"""DPO plus an SFT term on the chosen response (Yan et al., section 5).
+
+    .. math::  l = -\log\sigma(\beta(c - r)) - c_{sft}\log\pi_\theta(a^+|s), \quad
+               \partial_c l = -\beta\sigma(-\beta(c - r)) - c_{sft}.
+
+    (d log pi+ = d c, since the reference is fixed.)
+    """
+    w = _nonnegative("sft_weight", sft_weight)
+    (lp,) = _arrays(chosen_logp)
+    base = dpo_terms(chosen_logratio, rejected_logratio, beta=beta)
+    if lp.shape != base.value.shape:
+        raise ValueError("chosen_logp must match the log-ratio arrays in shape")
+    return PairTerms(base.value - w * lp, base.d_chosen - w, base.d_rejected)
+
+
+def probability_partials(terms: PairTerms, p_chosen, p_rejected) -> tuple[np.ndarray, np.ndarray]:
+    r"""Partials in probability space: dl/dpi = (dl/d log pi) / pi, per pair.
+
+    For DPO the ratio of the two is exactly -pi+ / pi- (docs/theory.md §6): the push on
+    the rejected probability grows without bound as pi- -> 0.
+    """
+    p_c, p_r = _arrays(p_chosen, p_rejected)
+    if np.any(p_c <= 0) or np.any(p_r <= 0):
+        raise ValueError("probabilities must be strictly positive")
+    return terms.d_chosen / p_c, terms.d_rejected / p_r
+
+
+@dataclass(frozen=True)
+class PairLoss:
+    """A per-pair loss of (c, r, log pi+) that is not a function of the margin alone.
+
+    ``terms(c, r, chosen_logp, **hyperparameters) -> PairTerms``; ``params`` names the
+    hyperparameters it takes.
+    """
+
+    name: str
+    terms: Callable[..., PairTerms]
+    params: tuple[str, ...]
+    doc: str = ""
+
+
+LOSSES: Registry[MarginLoss | PairLoss] = Registry("loss")
+"""Every per-pair loss by name: margin losses (usable by fits and robust solvers) and pair
+losses of (c, r, log pi+) (usable where log-probabilities are known, e.g. the 3D
+dynamics). Every entry has ``terms`` and ``params``."""
+
+
+def get_loss(name: str, *, margin: bool = False) -> MarginLoss | PairLoss:
+    """Look a loss up by name in :data:`LOSSES`; ``margin=True`` insists on a margin loss."""
+    loss = LOSSES.get(name)
+    if margin and not isinstance(loss, MarginLoss):
+        raise ValueError(f"loss {name!r} depends on (c, r, log pi+), not on the margin "
+                         f"alone; margin losses: "
+                         f"{sorted(k for k, v in LOSSES.items() if isinstance(v, MarginLoss))}")
     return loss
+
+
+def register_loss(loss: MarginLoss | PairLoss) -> MarginLoss | PairLoss:
+    """Add a loss to :data:`LOSSES` (a name may be registered once)."""
+    return LOSSES.register(loss.name, loss)
+
+register_loss(MarginLoss("dpo", _dpo_phi, _dpo_dphi, _dpo_d2phi,
+                         doc="-log sigma(m), the Bradley-Terry negative log-likelihood"))
+register_loss(MarginLoss("ipo", _ipo_phi, _ipo_dphi, _ipo_d2phi,
+                         doc="(m/beta - 1/(2 beta))^2, identity preference optimisation"))
+register_loss(PairLoss("flex-dpo", flex_dpo_terms, ("beta_plus", "beta_minus"),
+                       "separate beta+ (chosen) and beta- (rejected)"))
+register_loss(PairLoss("dpo-sft", dpo_sft_terms, ("beta", "sft_weight"),
+                       "DPO - sft_weight * log pi(chosen)"))
 
 
 def dpo_loss(theta, data: PreferenceData, *, beta: float) -> np.ndarray:
@@ -187,7 +320,7 @@ def objective(theta, data: PreferenceData, *, beta: float, loss: str = "dpo",
     ``weight`` overrides the data's weights (used by reweighting schemes); it is not
     renormalised.
     """
-    spec = get_loss(loss)
+    spec = get_loss(loss, margin=True)
     beta = _check_beta(beta)
     m = margins(theta, data, beta=beta)
     q = data.weight if weight is None else weight
@@ -199,3 +332,17 @@ def objective(theta, data: PreferenceData, *, beta: float, loss: str = "dpo",
         c = q * spec.d2phi(m, beta) * beta**2
         hess = (data.x * c[:, None]).T @ data.x
     return Objective(value, grad, hess, m)
+
+
+_DEPRECATED = {"PAIR_LOSSES": "LOSSES", "get_pair_loss": "get_loss"}
+
+
+def __getattr__(name: str):
+    # loglinear.pairlosses was merged into this module; its names live on for one release.
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"loglinear.losses.{name} is deprecated; use {_DEPRECATED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module 'loglinear.losses' has no attribute {name!r}")

@@ -8,6 +8,22 @@ The rate of an estimator is the slope b of
 fitted by least squares over the grid of n. Its uncertainty comes from the seeds: a
 bootstrap draws R seed indices with replacement (the same indices at every n), recomputes
 RMSE(n) and refits the slope; the percentile interval of the refits is the CI.
+
+**Effective sample size.** For importance weights :math:`P` of a sample with base weights
+:math:`q` (an empirical sample has :math:`q_i = 1/n`; a compressed sample has the counts
+over n), the Kish effective sample size, as a fraction of the sample, is
+
+.. math::  \mathrm{ESS}(P\|q) = \frac{(\sum_i P_i)^2}{\sum_i P_i^2/q_i} \in (0, 1],
+
+which is 1 for :math:`P = q` and :math:`q(\text{support})` when P puts all its mass on
+one atom. It is invariant to splitting an atom into copies (so counts and raw samples
+agree). For log-normal likelihood ratios with log-sd :math:`\sigma`,
+:math:`\mathrm{ESS} = e^{-\sigma^2}`.
+
+**Minibatch gradient variance.** With per-pair gradients :math:`g_i` and a minibatch of b
+pairs drawn i.i.d. from q, the minibatch mean gradient has total variance
+:math:`\mathrm{tr\,Cov}_q(g)/b`; drawn uniformly without replacement from n pairs, it is
+:math:`\frac{n-b}{b(n-1)}\mathrm{tr\,Cov}(g)`.
 """
 
 from __future__ import annotations
@@ -108,3 +124,100 @@ def bootstrap_exponent(n, errors, *, rng: np.random.Generator, n_boot: int = 200
 def elasticity(x, y) -> PowerLaw:
     """d log y / d log x across settings (e.g. error against 1/lambda_min)."""
     return fit_power_law(x, y)
+
+
+def _weights(weights, base):
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"weights must be a non-empty 1-d array, got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("weights must be finite, nonnegative and not all zero")
+    if base is None:
+        q = np.full(w.size, 1.0 / w.size)
+    else:
+        q = np.asarray(base, dtype=float)
+        if q.shape != w.shape:
+            raise ValueError(f"base must have the shape of weights {w.shape}, got {q.shape}")
+        if not np.all(np.isfinite(q)) or np.any(q < 0) or abs(q.sum() - 1.0) > 1e-9:
+            raise ValueError("base weights must be nonnegative and sum to one")
+        if np.any((q == 0) & (w > 0)):
+            raise ValueError("weights put mass where the base weights are zero (P << q fails)")
+    return w, q
+
+
+def effective_sample_size(weights, base=None) -> float:
+    r"""Kish ESS as a fraction of the sample: :math:`(\sum P)^2 / \sum_i P_i^2/q_i`.
+
+    Args:
+        weights: (n,) nonnegative importance weights P (normalisation irrelevant).
+        base: (n,) base weights q summing to one (default uniform 1/n).
+
+    Returns:
+        A number in (0, 1]; multiply by n for the count of "effective pairs".
+    """
+    w, q = _weights(weights, base)
+    pos = q > 0
+    return float(w.sum() ** 2 / np.sum(w[pos] ** 2 / q[pos]))
+
+
+def ess_count(weights) -> float:
+    r"""Kish ESS as a count, :math:`(\sum w)^2/\sum w^2` (uniform base)."""
+    w, _ = _weights(weights, None)
+    return float(w.sum() ** 2 / np.sum(w**2))
+
+
+def gradient_covariance_trace(grads, base=None) -> float:
+    r""":math:`\mathrm{tr\,Cov}_q(g) = \sum_i q_i\|g_i - \bar g\|^2`, :math:`\bar g = \sum q_i g_i`.
+
+    Args:
+        grads: (n, p) per-pair gradients.
+        base: (n,) weights q summing to one (default uniform).
+    """
+    g = np.asarray(grads, dtype=float)
+    if g.ndim != 2 or g.shape[0] == 0:
+        raise ValueError(f"grads must be a non-empty (n, p) array, got shape {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("grads contain NaN or infinite values")
+    _, q = _weights(np.ones(g.shape[0]) if base is None else np.asarray(base, float), base)
+    gbar = q @ g
+    return float(q @ np.sum((g - gbar) ** 2, axis=1))
+
+
+def minibatch_gradient_variance(grads, *, batch_size: int, base=None,
+                                replace: bool = True) -> float:
+    r"""Total variance :math:`E\|\hat g_B - \bar g\|^2` of a minibatch mean gradient.
+
+    .. math::
+        \text{i.i.d. from } q:\ \frac{\mathrm{tr\,Cov}_q(g)}{b}, \qquad
+        \text{uniform without replacement:}\ \frac{n-b}{b\,(n-1)}\,\mathrm{tr\,Cov}(g).
+
+    Only linear (averaged) minibatch gradients obey this; reweighted ones (KLDPO) are
+    measured empirically with :func:`empirical_variance`.
+    """
+    g = np.asarray(grads, dtype=float)
+    b = int(batch_size)
+    if b < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    tr = gradient_covariance_trace(g, base)
+    if replace:
+        return tr / b
+    n = g.shape[0]
+    if base is not None:
+        raise ValueError("sampling without replacement is defined here for uniform base only")
+    if b > n:
+        raise ValueError(f"batch_size {b} exceeds the n = {n} pairs (without replacement)")
+    return 0.0 if n == 1 else tr * (n - b) / (b * (n - 1))
+
+
+def empirical_variance(samples) -> float:
+    r"""Unbiased total variance of K vector samples: :math:`\frac{1}{K-1}\sum_k\|g_k-\bar g\|^2`.
+
+    Args:
+        samples: (K, p) e.g. minibatch gradients, K >= 2.
+    """
+    g = np.asarray(samples, dtype=float)
+    if g.ndim != 2 or g.shape[0] < 2:
+        raise ValueError(f"samples must be (K, p) with K >= 2, got shape {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("samples contain NaN or infinite values")
+    return float(np.sum((g - g.mean(0)) ** 2) / (g.shape[0] - 1))

@@ -46,8 +46,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from loglinear import approx, explore, robust
-from loglinear import plots_explore as views
+from loglinear import approx, robust
+from loglinear import plots as views
+from loglinear.experiments import explore
 from loglinear.losses import margins
 
 

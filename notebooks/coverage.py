@@ -26,7 +26,7 @@
 # 3. the **sample size** $n$: the empirical $\Sigma_D$ converges to $\Sigma$;
 # 4. **which directions** lose coverage first.
 #
-# Everything is computed by `loglinear` (`loglinear.explore`, `loglinear.plots_explore`); the
+# Everything is computed by `loglinear` (`loglinear.experiments.explore`, `loglinear.plots`); the
 # notebook only chooses the knobs and shows the results. Sizes are small by default; raise
 # them in the parameter cell below.
 
@@ -51,8 +51,8 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from loglinear import explore
-from loglinear import plots_explore as views
+from loglinear import plots as views
+from loglinear.experiments import explore
 
 BASE = {"n_states": N_STATES, "n_actions": N_ACTIONS, "dim": DIM}
 

@@ -25,7 +25,7 @@
 # 4. the interaction with the robust radius: the collapse radius (where the robust optimum
 #    becomes $\pi_{ref}$) against coverage, and how the solution shrinks toward $\pi_{ref}$.
 #
-# The errors come from the rates study runner (`loglinear.experiments.rates`). If precomputed
+# The errors come from the rates study runner (`loglinear.experiments.rates.run`). If precomputed
 # records exist (`PRECOMPUTED`), they are read; otherwise a small grid is computed here in
 # well under a minute. Robust radii follow the study's "fixed" schedule: a fraction of each
 # estimator's population collapse radius.
@@ -56,9 +56,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from loglinear import estimation, explore, robust, stats
-from loglinear import plots_explore as views
-from loglinear.experiments import rates
+from loglinear import estimation, robust, stats
+from loglinear import plots as views
+from loglinear.experiments import explore, rates
 from loglinear.experiments.estimators import ESTIMATORS as REGISTRY
 from loglinear.experiments.records import read_records
 

@@ -23,11 +23,11 @@
 #
 # Their cause is the gradient ratio $\frac{\partial\ell/\partial\pi^-}{\partial\ell/\partial\pi^+}
 # = -\pi^+/\pi^-$: as π⁻ → 0 the push on the rejected response dominates. In a finite
-# log-linear policy all three quantities are exact. The toy (`loglinear.experiments.three_d`)
+# log-linear policy all three quantities are exact. The toy (`loglinear.experiments.three_d.run`)
 # has prompts with a few likely ("on-policy") and many unlikely ("off-policy") responses under
 # π_ref; each scenario "⟨chosen⟩-⟨rejected⟩" draws the pairs from those pools, and the
 # *sharing* η makes a response's features partly shared across prompts, as in a language model.
-# Training runs through `loglinear.dynamics.train`. Precomputed study records are read when
+# Training runs through `loglinear.experiments.three_d.dynamics.train`. Precomputed study records are read when
 # they exist (`PRECOMPUTED`), otherwise a short run is computed here.
 
 # %% tags=["parameters"]
@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from loglinear import plots_explore as views
+from loglinear import plots as views
 from loglinear.experiments import three_d as td
 
 

@@ -56,7 +56,7 @@ def rates_sample(setting: str, n: int | None = None, seed: int = 0):
     for regression tests."""
     from pathlib import Path
 
-    from loglinear.experiments import rates
+    from loglinear.experiments.rates import run as rates
 
     cfg = rates.RatesConfig.from_toml(Path(__file__).parents[1] / "simulations" / "rates.toml")
     env, pop, _, _ = rates.environment(cfg, setting)

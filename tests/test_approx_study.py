@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("loglinear.robust")
 
-from loglinear.experiments.approx import (  # noqa: E402
+from loglinear.experiments.approx.run import (  # noqa: E402
     COLUMNS,
     VARIANTS,
     ApproxStudyConfig,

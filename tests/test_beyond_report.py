@@ -4,8 +4,8 @@ the torch studies in tests/torch/test_neural_report.py)."""
 from __future__ import annotations
 
 from loglinear import report
-from loglinear.experiments import beyond_tau as bt
-from loglinear.experiments.beyond_common import EnvSpec
+from loglinear.experiments.beyond import tau as bt
+from loglinear.experiments.beyond.common import EnvSpec
 
 
 def test_report_from_tau_records_only(tmp_path):

@@ -10,18 +10,15 @@ import pytest
 
 from loglinear import LogLinearEnv, fit_dpo
 from loglinear.approx import fit_kldpo
-from loglinear.stability import (
+from loglinear.approx.calibrate import kldpo_ess, loss_spread, suggest_tau, tau_for_ess
+from loglinear.estimation import kl_regularised_optimum
+from loglinear.experiments.beyond.reweighting import reweighting_path
+from loglinear.stats import (
     effective_sample_size,
     empirical_variance,
     ess_count,
     gradient_covariance_trace,
-    kl_regularised_optimum,
-    kldpo_ess,
-    loss_spread,
     minibatch_gradient_variance,
-    reweighting_path,
-    suggest_tau,
-    tau_for_ess,
 )
 
 EXACT = 1e-12

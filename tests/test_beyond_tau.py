@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loglinear.experiments import beyond_tau as bt
-from loglinear.experiments.beyond_common import EnvSpec, environment
+from loglinear.experiments.beyond import tau as bt
+from loglinear.experiments.beyond.common import EnvSpec, environment
 from loglinear.robust import solve_kl
 
 SPEC = EnvSpec("u", n_states=4, n_actions=3, dim=2, reward_scale=3.0)
@@ -39,7 +39,7 @@ def test_kldpo_row_is_the_exact_kl_dro_solution_at_its_implied_radius(tmp_path):
     cfg = small(seeds=1, n_tau=2)
     rows = bt.unit_rows(cfg, SPEC, 300, 0)
     env = environment(SPEC, cfg.seed)
-    from loglinear.experiments.beyond_common import row_rng
+    from loglinear.experiments.beyond.common import row_rng
 
     data = env.sample_counts(300, row_rng(cfg.seed, SPEC.name, 300, 0))
     row = next(r for r in rows if r["method"] == "kldpo" and r["tau"] == 10.0)

@@ -1,4 +1,5 @@
-"""Contracts of the exact training dynamics (loglinear.dynamics, loglinear.pairlosses)."""
+"""Contracts of the exact training dynamics (loglinear.experiments.three_d.dynamics) and of
+the pair losses in loglinear.losses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from strategies import environments, seeds
 
 from loglinear import LogLinearEnv, PreferenceData
-from loglinear.dynamics import (
+from loglinear.experiments.three_d.dynamics import (
     OBJECTIVES,
     PairSetting,
     _reweighted_margin,
@@ -18,8 +19,8 @@ from loglinear.dynamics import (
     evaluate_objective,
     train,
 )
-from loglinear.experiments.three_d import SCENARIOS, toy_setting
-from loglinear.pairlosses import dpo_sft_terms, dpo_terms, flex_dpo_terms, probability_partials
+from loglinear.experiments.three_d.run import SCENARIOS, toy_setting
+from loglinear.losses import dpo_sft_terms, dpo_terms, flex_dpo_terms, probability_partials
 
 FD_STEP = 1e-6
 # FD of a value of size O(1) with step 1e-6: truncation ~1e-12, rounding ~1e-10 / 1e-6.

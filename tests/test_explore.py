@@ -1,4 +1,5 @@
-"""Contracts of loglinear.explore (the computations behind the notebooks) and its views."""
+"""Contracts of loglinear.experiments.explore (the computations behind the notebooks) and of
+its views (loglinear.plots)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from conftest import FLOAT64_TOL, SOLVER_THETA_TOL  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from strategies import environments  # noqa: E402
 
-from loglinear import explore  # noqa: E402
-from loglinear import plots_explore as views  # noqa: E402
+from loglinear import plots as views  # noqa: E402
+from loglinear.experiments import explore  # noqa: E402
 
 # Eigenvalues of matrices with entries O(1), computed two ways in float64.
 EIG_TOL = 1e-10

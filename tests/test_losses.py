@@ -9,6 +9,7 @@ from strategies import betas, preference_data
 from loglinear import PreferenceData
 from loglinear.losses import (
     LOSSES,
+    MarginLoss,
     dpo_grad_x,
     dpo_loss,
     get_loss,
@@ -64,7 +65,10 @@ def _fd_grad(f, theta):
     return g
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+MARGIN_LOSSES = sorted(k for k, v in LOSSES.items() if isinstance(v, MarginLoss))
+
+
+@pytest.mark.parametrize("name", MARGIN_LOSSES)
 @given(data=preference_data(with_offset=True), beta=betas)
 def test_gradient_and_hessian_match_finite_differences(name, data, beta):
     rng = np.random.default_rng(data.n)
@@ -110,6 +114,34 @@ def test_grad_x_matches_finite_differences_moving_x(data, beta):
 @given(data=preference_data(with_offset=True), beta=betas)
 def test_swapping_responses_leaves_every_loss_unchanged(data, beta):
     theta = np.random.default_rng(2).normal(size=data.d)
-    for spec in LOSSES.values():
+    for spec in (LOSSES[name] for name in MARGIN_LOSSES):
         np.testing.assert_allclose(spec.value(theta, data, beta=beta),
                                    spec.value(theta, data.flip(), beta=beta), rtol=FLOAT64_TOL)
+
+
+@given(data=preference_data(), beta=betas)
+def test_margin_losses_pair_terms_agree_with_their_margin_form(data, beta):
+    # terms(c, r) of a margin loss is phi(beta (c - r)) with dl/dc = -dl/dr = beta phi'
+    rng = np.random.default_rng(3)
+    c, r = rng.normal(size=data.n), rng.normal(size=data.n)
+    for name in MARGIN_LOSSES:
+        spec = LOSSES[name]
+        t = spec.terms(c, r, beta=beta)
+        m = beta * (c - r)
+        np.testing.assert_allclose(t.value, spec.phi(m, beta), rtol=FLOAT64_TOL)
+        np.testing.assert_allclose(t.d_chosen, -t.d_rejected, rtol=FLOAT64_TOL)
+        h = 1e-6
+        fd = (spec.phi(beta * (c + h - r), beta) - spec.phi(beta * (c - h - r), beta)) / (2 * h)
+        np.testing.assert_allclose(t.d_chosen, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_pair_losses_are_refused_where_a_margin_loss_is_needed():
+    from loglinear.fit import fit_margin
+    from loglinear.losses import get_loss
+
+    assert get_loss("flex-dpo").params == ("beta_plus", "beta_minus")
+    data = PreferenceData(np.array([[1.0], [-0.5], [0.3]]), np.array([1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="margin losses"):
+        fit_margin(data, beta=1.0, loss="flex-dpo")
+    with pytest.raises(ValueError, match="unknown loss 'nope'; registered"):
+        get_loss("nope")

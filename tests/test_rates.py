@@ -15,8 +15,8 @@ import pytest
 from conftest import NEWTON_THETA_TOL
 
 from loglinear import fit_dpo
-from loglinear.experiments import rates
-from loglinear.experiments.rates import EnvSpec, RatesConfig, Schedule
+from loglinear.experiments.rates import run as rates
+from loglinear.experiments.rates.run import EnvSpec, RatesConfig, Schedule
 from loglinear.experiments.records import RecordStore, read_records
 
 TIMING = ["seconds"]  # the only column allowed to differ between identical runs
@@ -233,7 +233,7 @@ def test_cli_runs_and_reports(tmp_path):
 
 def test_report_from_records(tmp_path):
     """The report regenerates from the records alone, with the exponent table and figures."""
-    from loglinear.experiments import rates_analysis as ra
+    from loglinear.experiments.rates import analysis as ra
     from loglinear.report import build
 
     rates.run(_config(seeds=6), tmp_path / "rec", progress=False)

@@ -254,7 +254,8 @@ def test_w1_near_collapse_escapes_the_kink():
     smoothing path finds the nonzero optimum, which cvxpy and Nelder-Mead confirm."""
     from scipy.optimize import minimize
 
-    from loglinear.robust.wasserstein import _newton_w1_inf, _start
+    from loglinear.robust.w1 import _newton_w1_inf
+    from loglinear.robust.wasserstein import _start
 
     _, pop = rates_sample("peaked")
     eps = 0.9 * collapse_radius_wasserstein(pop, beta=1.0, p=1)

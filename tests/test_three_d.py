@@ -11,8 +11,8 @@ import pytest
 from conftest import FLOAT64_TOL
 
 from loglinear.cli import main as cli_main
-from loglinear.dynamics import train
-from loglinear.experiments.three_d import (
+from loglinear.experiments.three_d.dynamics import train
+from loglinear.experiments.three_d.run import (
     SCENARIOS,
     Method,
     ThreeDConfig,
@@ -120,10 +120,12 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
                   methods=tuple(m for m in cfg.methods
                                 if m.objective in ("dpo", "flex-dpo", "dpo-sft")),
                   variants=(Variant("adam", 0.05, ("DPO",)),))
-    from loglinear.experiments.three_d import main
+    from loglinear.experiments.three_d.run import main
+    from loglinear.report.three_d import build
 
     rec = tmp_path / "three_d"
-    report = main(cfg, rec)
+    assert main(cfg, rec) == rec
+    report = build(rec)
     assert report == tmp_path / "three_d.md"
     assert not (rec / "records.jsonl").exists()
     frame = load_records(rec, variants=True)
@@ -147,7 +149,7 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
 
 
 def test_trajectories_subset_for_notebooks():
-    from loglinear.experiments.three_d import trajectories
+    from loglinear.experiments.three_d.run import trajectories
     from loglinear.report.three_d import plot_gradient_ratio, plot_trajectories
 
     cfg = ThreeDConfig.from_toml(CONFIG)

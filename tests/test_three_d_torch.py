@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from loglinear.torch.diagnostics import ThreeDProbe, collate_responses  # noqa: E402
+from loglinear.experiments.three_d.lm_probe import ThreeDProbe, collate_responses  # noqa: E402
 from loglinear.torch.losses import dpo_loss  # noqa: E402
 from loglinear.torch.models import byte_tokenizer, tiny_model  # noqa: E402
 from loglinear.torch.sequence import (  # noqa: E402

@@ -29,33 +29,41 @@ The paper iteration is gradient descent on the convex function
 :math:`F_\tau(\theta) = \tau\log\sum_i q_i e^{l_i/\tau}`; its minimiser is the exact KL-DRO
 solution at radius :math:`\rho(\tau) = \mathrm{KL}(P^*\|q)` with dual :math:`\lambda^* = \tau`.
 
-Calibration helpers map a surrogate's hyperparameter to the radius it buys:
-:func:`implied_radius_kl` (exact), :func:`w2_radius` (first order) and the W1 rescaling
-factor :func:`w1_rescaling` (``R``).
+Calibration (:mod:`loglinear.approx.calibrate`) maps a surrogate's hyperparameter to the
+radius it buys: :func:`implied_radius_kl` (exact), :func:`w2_radius` (first order), and
+holds the KLDPO temperature rule :func:`suggest_tau`; :func:`w1_rescaling` is the W1
+rescaling factor ``R``.
 """
 
 from __future__ import annotations
 
 from ._common import ApproxResult
+from .calibrate import (
+    W2_CALIBRATIONS,
+    TauSuggestion,
+    implied_radius_kl,
+    kldpo_ess,
+    loss_spread,
+    rho_for_w2_radius,
+    suggest_tau,
+    tau_for_ess,
+    tau_for_radius_kl,
+    w2_radius,
+)
 from .kldpo import (
     KLDPO_FORMS,
     KLDPO_METHODS,
     OFFICIAL_CAP,
     fit_kldpo,
-    implied_radius_kl,
     kldpo_objective,
     kldpo_weights,
     refit_contraction,
-    tau_for_radius_kl,
 )
 from .wdpo import (
-    W2_CALIBRATIONS,
     WDPO_FORMS,
     fit_wdpo,
     grad_x_norm,
-    rho_for_w2_radius,
     w1_rescaling,
-    w2_radius,
     wdpo_objective,
     wdpo_pair_loss,
     wdpo_penalty,
@@ -66,4 +74,5 @@ __all__ = [
     "fit_kldpo", "fit_wdpo", "grad_x_norm", "implied_radius_kl", "kldpo_objective",
     "kldpo_weights", "refit_contraction", "rho_for_w2_radius", "tau_for_radius_kl",
     "w1_rescaling", "w2_radius", "wdpo_objective", "wdpo_pair_loss", "wdpo_penalty",
+    "TauSuggestion", "kldpo_ess", "loss_spread", "suggest_tau", "tau_for_ess",
 ]

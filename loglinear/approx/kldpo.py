@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import brentq, root
+from scipy.optimize import root
 from scipy.special import logsumexp
 
 from ..data import PreferenceData
 from ..fit import FitError, SeparableDataError, fit_dpo, separating_direction
-from ..losses import _check_beta, _check_theta, softplus
-from ..optim import newton
+from ..losses import _check_beta, _check_theta, margins, softplus
+from ..newton import newton
 from ._common import (
     DPO_HESSIAN_CURVATURE,
     OFFICIAL_CAP,
@@ -409,62 +409,18 @@ def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "pap
         out = _kldpo_refit(data, beta, tau, form, cap, theta0, gtol, max_iter)
     theta, value, gnorm, iters, status, eig, hist = out
     if form == "paper" and status == "converged":
-        info["implied_radius"] = implied_radius_kl(tau, data, beta=beta, theta=theta)
+        info["implied_radius"] = _implied_radius_at(theta, data, beta, tau)
     return ApproxResult(theta, float(value), int(iters), status, status == "converged",
                         float(gnorm), time.perf_counter() - t0, "kldpo", form, method, tau,
                         eig, tuple(hist), info)
 
 
-def implied_radius_kl(tau: float, data: PreferenceData, *, beta: float, theta=None) -> float:
-    r"""The KL radius that temperature tau buys: :math:`\rho(\tau) = \mathrm{KL}(P^*\|q)`.
-
-    .. math:: \rho(\tau) = \sum_i P_i^*\,l_i/\tau - \log\sum_i q_i e^{l_i/\tau},
-              \quad P^*_i \propto q_i e^{l_i(\theta_\tau)/\tau},
-
-    at the KLDPO solution :math:`\theta_\tau` (fitted unless ``theta`` is given). There
-    the exact KL-DRO problem at radius :math:`\rho(\tau)` is solved by :math:`\theta_\tau`
-    with dual :math:`\lambda^* = \tau` (paper.md section 4).
-    """
-    beta = _check_beta(beta)
-    tau = _check_positive("tau", tau)
-    if theta is None:
-        theta = fit_kldpo(data, beta=beta, tau=tau).theta
-    _, m, _, _ = _pieces(theta, data, beta)
-    l = softplus(-m)
+def _implied_radius_at(theta, data, beta, tau) -> float:
+    """KL(P*||q) of the KLDPO (paper) weights at theta; see
+    :func:`loglinear.approx.calibrate.implied_radius_kl`."""
+    l = softplus(-margins(theta, data, beta=beta))
     with np.errstate(divide="ignore"):
         logits = np.log(data.weight) + l / tau
     lse = float(logsumexp(logits))
     P = np.exp(logits - lse)
     return max(float(P @ (l / tau)) - lse, 0.0)
-
-
-def tau_for_radius_kl(radius: float, data: PreferenceData, *, beta: float,
-                      tau_min: float = 1e-4, tau_max: float = 1e6) -> float:
-    """The temperature whose implied KL radius is ``radius`` (root of a decreasing map).
-
-    Raises:
-        ValueError: ``radius`` is not in the range of :func:`implied_radius_kl` over
-            [tau_min, tau_max] (e.g. at or beyond the collapse radius).
-    """
-    beta = _check_beta(beta)
-    radius = _check_positive("radius", radius)
-    warm = [None]
-
-    def gap(log_tau):
-        fit = fit_kldpo(data, beta=beta, tau=float(np.exp(log_tau)), theta0=warm[0])
-        warm[0] = fit.theta
-        return fit.info["implied_radius"] - radius
-
-    hi = 0.0
-    while gap(hi) > 0:
-        hi += 2.0
-        if hi > np.log(tau_max):
-            raise ValueError(f"radius {radius:g} needs tau > {tau_max:g}")
-    lo = hi - 2.0
-    while gap(lo) < 0:
-        lo -= 1.0
-        if lo < np.log(tau_min):
-            raise ValueError(f"radius {radius:g} is not reached for tau >= {tau_min:g}: it is "
-                             "at or beyond what KLDPO can buy (the collapse radius)")
-    return float(np.exp(brentq(gap, lo, hi, xtol=1e-12, rtol=1e-12)))
-

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import brentq, minimize_scalar
+from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
 from ..data import PreferenceData
 from ..fit import FitError, SeparableDataError, fit_dpo
 from ..losses import _check_beta, _check_theta, softplus
-from ..optim import newton
+from ..newton import newton
 from ._common import (
     KINK_TOL,
     ApproxResult,
@@ -155,86 +155,12 @@ def wdpo_objective(theta, data: PreferenceData, *, beta: float, rho: float,
     return v, g
 
 
-def w2_radius(rho: float, data: PreferenceData, *, beta: float, form: str = "paper",
-              theta=None) -> float:
-    r"""The W2 radius that a WDPO penalty rho corresponds to, to first order.
-
-    Paper form: rho itself (Gao et al.: the W2 worst case is L + rho G + O(rho^2)).
-    Official form: :math:`\varepsilon = 2\rho\,G(\hat\theta)`, exact in the sense that a
-    stationary point of :math:`L + \rho G^2` is one of :math:`L + \varepsilon G` (their
-    gradients coincide there). ``theta`` defaults to the official fit at rho.
-    """
-    beta = _check_beta(beta)
-    rho = _check_positive("rho", rho, allow_zero=True)
-    _get(WDPO_FORMS, form, "WDPO form")
-    if form == "paper":
-        return rho
-    if theta is None:
-        theta = fit_wdpo(data, beta=beta, rho=rho, form=form).theta
-    return float(2.0 * rho * np.sqrt(_g2_terms(theta, data, beta, False)[0]))
 
 
-W2_CALIBRATIONS = ("dpo", "fit")
 
 
-def rho_for_w2_radius(radius: float, data: PreferenceData, *, beta: float,
-                      form: str = "paper", theta=None, calibrate: str = "dpo") -> float:
-    r"""The penalty rho whose first-order W2 radius is ``radius``.
-
-    Paper form: rho = radius. Official form:
-
-    * ``calibrate="dpo"``: :math:`\rho = \varepsilon / (2G(\theta))` with theta the DPO fit
-      unless given (cheap; one G evaluation);
-    * ``calibrate="fit"``: the root of :math:`2\rho\,G(\hat\theta_{official}(\rho)) =
-      \varepsilon`, so the official fit at rho is a stationary point of the paper form at
-      epsilon. :math:`\varepsilon(\rho)` increases to the W2 collapse radius
-      :math:`\|\nabla L(0)\|/(\beta R(0))` as rho -> infinity, which the official form
-      never reaches (it shrinks theta like a ridge and never collapses to 0).
-
-    Raises:
-        ValueError: ``calibrate="fit"`` with a radius at or beyond that limit.
-    """
-    beta = _check_beta(beta)
-    radius = _check_positive("radius", radius, allow_zero=True)
-    _get(WDPO_FORMS, form, "WDPO form")
-    if calibrate not in W2_CALIBRATIONS:
-        raise ValueError(f"calibrate must be one of {W2_CALIBRATIONS}, got {calibrate!r}")
-    if form == "paper" or radius == 0:
-        return radius
-    if calibrate == "fit":
-        return _rho_fit_calibrated(radius, data, beta)
-    if theta is None:
-        theta = fit_dpo(data, beta=beta).theta
-    g = float(np.sqrt(_g2_terms(theta, data, beta, False)[0]))
-    if g <= 0:
-        raise ValueError("G(theta) = 0 (theta = 0): the official penalty has no first-order "
-                         "W2 radius there")
-    return radius / (2.0 * g)
 
 
-def _rho_fit_calibrated(radius, data, beta):
-    zero = np.zeros(data.d)
-    limit = float(np.linalg.norm(_dpo_terms(zero, data, beta, False)[1])) / (
-        beta * w1_rescaling(zero, data, beta=beta))
-    if radius >= limit:
-        raise ValueError(f"radius {radius:g} is at or beyond {limit:g}, the largest W2 radius "
-                         "the official penalty corresponds to (the W2 collapse radius)")
-    warm = [None]
-
-    def gap(log_rho):
-        fit = fit_wdpo(data, beta=beta, rho=float(np.exp(log_rho)), form="official",
-                       theta0=warm[0])
-        warm[0] = fit.theta
-        return w2_radius(float(np.exp(log_rho)), data, beta=beta, form="official",
-                         theta=fit.theta) - radius
-
-    hi = float(np.log(rho_for_w2_radius(radius, data, beta=beta, form="official")))
-    while gap(hi) < 0:
-        hi += 1.0
-    lo = hi - 1.0
-    while gap(lo) > 0:
-        lo -= 1.0
-    return float(np.exp(brentq(gap, lo, hi, xtol=1e-13, rtol=1e-13)))
 
 
 def _wdpo_line(data, beta, rho, form):

@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from dataclasses import replace
 
-    from loglinear.experiments.approx import load_config, main
+    from loglinear.experiments.approx.run import load_config, main
     from loglinear.report.approx import build
 
     t0 = time.perf_counter()

@@ -12,9 +12,9 @@ HELP = ("Run (or resume) a beyond-log-linear study: tau (KLDPO temperature calib
         "neural (MLP policies) or stability (gradient stability under preference shift).")
 
 STUDIES = {
-    "tau": "loglinear.experiments.beyond_tau",
-    "neural": "loglinear.experiments.beyond_neural",
-    "stability": "loglinear.experiments.beyond_stability",
+    "tau": "loglinear.experiments.beyond.tau",
+    "neural": "loglinear.experiments.beyond.neural",
+    "stability": "loglinear.experiments.beyond.stability",
 }
 
 

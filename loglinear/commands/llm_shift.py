@@ -21,8 +21,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from loglinear.torch.shift import run as run_study
-    from loglinear.torch.shift_config import load_config
+    from loglinear.experiments.llm_shift.config import load_config
+    from loglinear.experiments.llm_shift.run import run as run_study
 
     config = load_config(args.config, out=args.out)
     seconds = None if args.max_minutes is None else 60.0 * args.max_minutes

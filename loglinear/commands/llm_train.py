@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     try:
-        from loglinear.torch.train import load_config, train
+        from loglinear.torch.loop import load_config, train
     except ImportError as exc:  # torch missing
         raise SystemExit(f"llm-train needs the torch extra: pip install 'loglinear[torch]' "
                          f"({exc})") from exc

@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from loglinear.experiments import rates
+    from loglinear.experiments.rates import run as rates
 
     if args.jobs == 0 or args.jobs < -1:
         raise ValueError(f"--jobs must be a positive count or -1, got {args.jobs}")

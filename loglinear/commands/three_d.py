@@ -14,9 +14,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from loglinear.experiments.three_d import ThreeDConfig, main
+    from loglinear.experiments.three_d.run import ThreeDConfig, main
+    from loglinear.report.three_d import build
 
     config = ThreeDConfig.from_toml(args.config)
-    path = main(config, args.out)
+    path = build(main(config, args.out))
     print(f"report written to {path}")
     return 0

@@ -94,7 +94,7 @@ def _by_regime_rows(records):
 
 def build(records_dir, out_dir=None) -> Path:
     """Regenerate ``approximations.md`` and its figures from the stored records."""
-    from ..experiments.approx import fit_exponents
+    from ..experiments.approx.run import fit_exponents
     from ..experiments.records import read_records
 
     records_dir = Path(records_dir)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..experiments.beyond.analysis import conclusions as _conclusions
 from ..stats import bootstrap_exponent
-from ._beyond_findings import conclusions as _conclusions
 from ._common import markdown_table, save_figure
 
 DEFAULT_OUT = Path("reports") / "beyond_loglinear.md"

@@ -2,7 +2,8 @@
 
 ``loglinear report llm-shift DIR [--out OUT]`` reads, for each study, ``config.json``,
 ``summary.csv``, ``runs.csv``, ``runs_summary.csv`` and ``runs/*/seed*/train_log.csv``
-(written by :mod:`loglinear.torch.shift`) and writes ``OUT/llm_shift.md`` with figures under
+(written by :mod:`loglinear.experiments.llm_shift.run`) and writes ``OUT/llm_shift.md`` with
+figures under
 ``OUT/llm_shift/<study dir name>/``. DIR is one study's directory, or a root holding several
 (``reports/llm_shift`` with ``gpu/``, ``cpu_smollm2/``, ``cpu/``): then the report has one
 section per study, GPU studies first. OUT defaults to the directory above the studies, so
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..torch.shift_config import run_dirname
+from ..experiments.llm_shift.config import run_dirname
 from ._common import markdown_table, save_figure
 
 REFERENCE = "reference"

@@ -1,6 +1,6 @@
 """``loglinear report rates DIR``: the rates report (markdown + figures) from stored records.
 
-All numbers come from :mod:`loglinear.experiments.rates_analysis`; this module formats
+All numbers come from :mod:`loglinear.experiments.rates.analysis`; this module formats
 tables and draws figures only. Output: ``OUT/rates.md`` and ``OUT/rates/*.png`` (OUT
 defaults to the records directory).
 """
@@ -342,7 +342,7 @@ appended one line at a time, and a rerun skips finished rows (tested by killing 
 
 def build(records_dir, out_dir=None) -> Path:
     """Write ``rates.md`` and ``rates/*.png`` for the study in ``records_dir``."""
-    from ..experiments import rates_analysis as ra
+    from ..experiments.rates import analysis as ra
 
     records_dir = Path(records_dir)
     out = Path(out_dir) if out_dir is not None else records_dir

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..experiments.three_d.run import read_jsonl
 from ._common import markdown_table, save_figure
 
 PANELS = (("p_chosen", "mean π(chosen)", False), ("p_rejected", "mean π(rejected)", True),
@@ -43,16 +44,6 @@ def load_records(records_dir, *, variants: bool = False):
     if not variants and "run" in frame:
         frame = frame[frame["run"] == "main"]
     return frame
-
-
-def read_jsonl(path):
-    """Records appended one JSON object per line, as a pandas DataFrame."""
-    import pandas as pd
-
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        raise ValueError(f"{path} holds no records")
-    return pd.DataFrame(rows)
 
 
 def _frame(records):
@@ -146,7 +137,7 @@ def _fmt_step(v):
 
 def build(records_dir, out_dir=None) -> Path:
     """Regenerate ``three_d.md`` and its figures from the records in ``records_dir``."""
-    from ..experiments.three_d import ThreeDConfig, property_onsets
+    from ..experiments.three_d.run import ThreeDConfig, property_onsets
 
     records_dir = Path(records_dir)
     cfg_raw = json.loads((records_dir / "config.json").read_text())

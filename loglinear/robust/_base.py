@@ -272,3 +272,34 @@ def on_ball(solve_ridge: Callable[[float, np.ndarray], np.ndarray], grad_at: Cal
     g = grad_at(theta)
     mu = max(0.0, -float(g @ theta) / bound**2)
     return theta, mu
+
+
+@dataclass(frozen=True)
+class WassersteinValue:
+    """The exact Wasserstein worst case at a fixed theta.
+
+    Attributes:
+        value: sup over the ball of E_P l (the dual value).
+        dual: the multiplier (lambda for p = 1, eta for p = 2; inf at radius 0 for p = 2).
+        grad: (d,) the Danskin gradient E_{P*} grad_theta l; at theta = 0 the
+            minimum-norm subgradient.
+        transport: the worst case as a :class:`Transport`.
+        losses: (n,) nominal per-pair losses.
+        nominal: sum_i q_i l_i.
+        p, kappa: the problem.
+    """
+
+    value: float
+    dual: float
+    grad: np.ndarray
+    transport: Transport
+    losses: np.ndarray
+    nominal: float
+    p: int
+    kappa: float
+
+
+def min_norm(g0: np.ndarray, r: float) -> np.ndarray:
+    """The smallest element of g0 + r * (unit ball)."""
+    n0 = float(np.linalg.norm(g0))
+    return g0 * max(0.0, 1.0 - r / n0) if n0 > 0 else g0

@@ -35,7 +35,7 @@ import numpy as np
 from ..data import PreferenceData
 from ..fit import FitError, SeparableDataError, fit_dpo, separating_direction
 from ..losses import sigmoid
-from ..optim import newton
+from ..newton import newton
 from ._base import (
     CERT_TOL,
     RobustResult,

@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..losses import sigmoid, softplus
-from ..optim import newton
+from ..newton import newton
 from ._base import RobustSolverError, on_ball, weighted_gram
+from .w1 import w1_value
 
 MU_START = 1e-4
 MU_MIN = 1e-10
@@ -301,15 +302,14 @@ def solve_w1_flip(data, *, beta, eps, kappa, bound, start):
     """Minimise the exact W1 robust loss with finite kappa (caller handles the kink)."""
     if np.linalg.norm(start) == 0:
         start = np.full(data.d, 1e-3)
-    from .wasserstein import _w1_value
 
     theta, iters, mu, kkt = _homotopy(data, beta, eps, kappa, 0.0, start)
     info = {"iterations": iters, "smoothing_mu": mu, "kkt_residual": kkt,
             "exact_active_set": kkt is not None,
             "smoothing_gap_bound": 0.0 if kkt is not None else mu * float(np.log(2.0))}
     zero = np.zeros(data.d)
-    if kkt is None and _w1_value(zero, data, beta, eps, kappa, transport=False).value <= \
-            _w1_value(theta, data, beta, eps, kappa, transport=False).value:
+    if kkt is None and w1_value(zero, data, beta, eps, kappa, transport=False).value <= \
+            w1_value(theta, data, beta, eps, kappa, transport=False).value:
         theta = zero
         info["collapsed"] = True
     if bound is None or np.linalg.norm(theta) <= bound:
@@ -318,6 +318,6 @@ def solve_w1_flip(data, *, beta, eps, kappa, bound, start):
     def solve_ridge(mu_, x0):
         return _homotopy(data, beta, eps, kappa, mu_, x0)[0]
 
-    theta, mu_b = on_ball(solve_ridge, lambda th: _w1_value(th, data, beta, eps, kappa).grad,
+    theta, mu_b = on_ball(solve_ridge, lambda th: w1_value(th, data, beta, eps, kappa).grad,
                           data.d, bound, theta)
     return theta, mu_b, info

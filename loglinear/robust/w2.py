@@ -24,8 +24,16 @@ from dataclasses import replace
 import numpy as np
 
 from ..losses import softplus
-from ..optim import newton
-from ._base import RobustSolverError, Transport, grad_at_zero, on_ball, radius_continuation
+from ..newton import newton
+from ._base import (
+    RobustSolverError,
+    Transport,
+    WassersteinValue,
+    grad_at_zero,
+    min_norm,
+    on_ball,
+    radius_continuation,
+)
 from ._w2inner import branch_grads, inner_sup, ordered_maxima, second_order, split_derivs
 from ._w2inner import derivs as _derivs
 from ._w2kink import kink_solve
@@ -97,7 +105,6 @@ def _tie_split(q, eps, phi, t, alt_phi, alt_t):
 
 def w2_value(theta, data, *, beta: float, radius: float):
     """The exact W2 worst case at fixed theta; see :func:`wasserstein_value`."""
-    from .wasserstein import WassersteinValue, _min_norm
 
     q = data.weight
     m = data.sign * beta * (data.x @ theta - data.offset)
@@ -110,7 +117,7 @@ def w2_value(theta, data, *, beta: float, radius: float):
         s = 1.0 / (1.0 + np.exp(m))
         grad = data.x.T @ (q * -s * data.sign * beta)
         if b == 0:
-            grad = _min_norm(grad, eps * beta * float(np.sqrt(q @ s**2)))
+            grad = min_norm(grad, eps * beta * float(np.sqrt(q @ s**2)))
         dual = np.inf if eps == 0 and b > 0 else 0.0
         tr = Transport(data.x.copy(), data.y.copy(), q.copy(), np.arange(data.n), 0.0)
         return WassersteinValue(nominal, dual, grad, tr, losses, nominal, 2, np.inf)

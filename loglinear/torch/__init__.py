@@ -8,7 +8,7 @@ Modules (import them directly; nothing heavy runs at import):
 * :mod:`~loglinear.torch.penalty` — the batched WDPO input-embedding gradient penalty.
 * :mod:`~loglinear.torch.distributed` — KLDPO weights over the global batch.
 * :mod:`~loglinear.torch.models` — tiny offline models and the SmolLM2 loader.
-* :mod:`~loglinear.torch.train` — a minimal training loop.
+* :mod:`~loglinear.torch.loop` — a minimal training loop.
 * :mod:`~loglinear.torch.trl` — ``RobustDPOTrainer`` (imports trl, so it is loaded lazily).
 """
 

@@ -15,7 +15,7 @@ gives ``input_ids``, ``attention_mask`` and ``completion_mask`` for the 2B rows
   ``use_liger_kernel=False`` (Liger bypasses ``compute_loss``);
 * ``loss="kldpo"`` reweights with detached weights (``tau``, ``form``) computed over all
   ranks' pairs of the current micro-step (``loglinear.torch.distributed``); across
-  gradient-accumulation micro-steps use :mod:`loglinear.torch.train` instead.
+  gradient-accumulation micro-steps use :mod:`loglinear.torch.loop` instead.
 
 TRL's ``beta`` (DPOConfig.beta) is used; ``loss_type``, ``label_smoothing``,
 ``f_divergence_type``, ``ld_alpha`` and ``use_weighting`` are ignored with a check.

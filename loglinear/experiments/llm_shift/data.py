@@ -8,7 +8,8 @@ the label is
     y_i \sim \text{Bernoulli}\big(\sigma(\kappa\,[r_{\alpha_o}(a^1_i) - r_{\alpha_o}(a^2_i)])\big),
 
 with :math:`r_{\alpha_o}` the convex (or geometric) emotion mixture at :math:`\alpha_o = 0.1`
-(:mod:`loglinear.torch.emotion`) and :math:`\kappa` a fixed reward scale (the scores are
+(:mod:`loglinear.experiments.llm_shift.emotion`) and :math:`\kappa` a fixed reward scale
+(the scores are
 probabilities in [0, 1], so without a scale every label would be close to a coin flip;
 [ours]). The reward scores the completion alone: the prompt is shared by the pair.
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..estimation import coverage
-from .beyond_common import EnvSpec, Timer, environment, load, row_rng
-from .config import write_resolved
-from .records import RecordStore, read_records
+from ...estimation import coverage
+from ..config import write_resolved
+from ..records import RecordStore, read_records
+from .common import EnvSpec, Timer, environment, load, row_rng
 
 NULL_RTOL = 1e-6
 TARGET_KEY = ["setting", "arch", "restart"]
@@ -118,14 +118,14 @@ def _hess(eigs) -> dict:
 
 
 def _policy(arch: Arch, dim: int):
-    from ..torch.neural import NeuralPolicy
+    from ...torch.neural import NeuralPolicy
 
     return NeuralPolicy(dim, depth=arch.depth, width=arch.width, activation=arch.activation)
 
 
 def population_targets(config: NeuralConfig, spec: EnvSpec, arch: Arch):
     """Restart rows for (setting, arch) and the best parameters."""
-    from ..torch import neural as nn
+    from ...torch import neural as nn
 
     env = environment(spec, config.seed)
     pop = env.population()
@@ -160,7 +160,7 @@ def population_targets(config: NeuralConfig, spec: EnvSpec, arch: Arch):
 def sample_row(config: NeuralConfig, spec: EnvSpec, arch: Arch, n: int, seed: int,
                params_star) -> dict:
     """One sample fit (the sample depends on (setting, n, seed) only, not on the arch)."""
-    from ..torch import neural as nn
+    from ...torch import neural as nn
 
     t0 = time.perf_counter()
     env = environment(spec, config.seed)
@@ -182,7 +182,7 @@ def sample_row(config: NeuralConfig, spec: EnvSpec, arch: Arch, n: int, seed: in
 
 def run(config: NeuralConfig, out) -> Path:
     """Run (or resume) the study into ``out``; returns the records path."""
-    from ..torch.sgd import use_threads
+    from .sgd import use_threads
 
     use_threads(1)
     out = Path(out)

@@ -367,7 +367,7 @@ def plot_mass_dynamics(records, *, title: str, facet: str = "scenario",
                        style: str | None = "sharing"):
     """Chosen, rejected and unseen probability mass against the training step: one panel
     per ``facet`` value, colour = quantity, line style = ``style`` value (records from
-    ``loglinear.dynamics.train`` / the 3D study, one method)."""
+    ``loglinear.experiments.three_d.dynamics.train`` / the 3D study, one method)."""
     import matplotlib.pyplot as plt
 
     df = _frame(records)

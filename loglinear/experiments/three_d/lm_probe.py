@@ -1,6 +1,7 @@
 r"""3D-property diagnostics for language-model training (the torch side of issue 9).
 
-The exact quantities of :mod:`loglinear.dynamics` become, for a causal LM, the sequence
+The exact quantities of :mod:`loglinear.experiments.three_d.dynamics` become, for a causal
+LM, the sequence
 log-probabilities of fixed probe responses, logged during training:
 
 * ``logp_chosen`` / ``logp_rejected``: mean log pi(a^+|s) and log pi(a^-|s) over a fixed
@@ -13,7 +14,7 @@ log-probabilities of fixed probe responses, logged during training:
 * ``*_delta``: the change since the first logged step.
 
 :class:`ThreeDProbe` is a plain callable ``probe(step, model) -> dict | None`` for any
-loop (``loglinear.torch.train`` or hand-written); :meth:`ThreeDProbe.trainer_callback`
+loop (``loglinear.torch.loop`` or hand-written); :meth:`ThreeDProbe.trainer_callback`
 wraps it as a ``transformers.TrainerCallback`` for TRL/HF trainers. Probing runs under
 ``torch.no_grad`` in eval mode and restores the model's training mode.
 """
@@ -26,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from .sequence import PairBatch, sequence_logps, split_pairs
+from ...torch.sequence import PairBatch, sequence_logps, split_pairs
 
 __all__ = ["ResponseBatch", "ThreeDProbe", "collate_responses"]
 

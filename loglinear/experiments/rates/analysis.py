@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..estimation import proposition1_bound, theorem1_bound, theorem2_bound
-from ..stats import bootstrap_exponent, fit_power_law, rmse
-from .estimators import get_estimator
-from .records import read_records
+from ...estimation import proposition1_bound, theorem1_bound, theorem2_bound
+from ...stats import bootstrap_exponent, fit_power_law, rmse
+from ..estimators import get_estimator
+from ..records import read_records
 
 BOOT = 2000
 BOOT_SEED = 20260522

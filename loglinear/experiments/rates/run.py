@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..env import LogLinearEnv
-from ..estimation import coverage, kl_dual_variable, local_asymptotics
-from .config import from_mapping, load_toml, to_jsonable, write_resolved
-from .estimators import ESTIMATORS, get_estimator
-from .records import RecordStore, read_records
+from ...env import LogLinearEnv
+from ...estimation import coverage, kl_dual_variable, local_asymptotics
+from ..config import from_mapping, load_toml, to_jsonable, write_resolved
+from ..estimators import ESTIMATORS, get_estimator
+from ..records import RecordStore, read_records
 
 ROW_KEY = ["setting", "estimator", "schedule", "n", "seed"]
 ROW_COLUMNS = ROW_KEY + [

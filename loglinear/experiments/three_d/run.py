@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import tomllib
 
-from ..data import PreferenceData
-from ..dynamics import OBJECTIVES, OPTIMIZERS, PairSetting, get_objective, train
-from ..env import LogLinearEnv
+from ...data import PreferenceData
+from ...env import LogLinearEnv
+from .dynamics import OBJECTIVES, OPTIMIZERS, PairSetting, get_objective, train
 
 SCENARIOS = ("on-on", "on-off", "off-on", "off-off")
 
@@ -294,7 +294,7 @@ def trajectories(config: ThreeDConfig, *, methods=None, sharing=None, scenarios=
     ``methods`` (labels), ``sharing`` and ``scenarios`` select a subset of the config;
     ``steps`` overrides the number of training steps. Columns: run ("main" or a variant's
     name), sharing, scenario, method, objective_name, step and the diagnostics of
-    :func:`loglinear.dynamics.diagnostics`.
+    :func:`loglinear.experiments.three_d.dynamics.diagnostics`.
     """
     import pandas as pd
 
@@ -358,8 +358,9 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
 
 
 def main(config: ThreeDConfig, out_dir) -> Path:
-    """Run the study into ``out_dir`` (config.json, records.parquet, skipped.json) and build
-    ``reports/three_d.md`` next to it; returns the report path."""
+    """Run the study into ``out_dir`` (config.json, records.parquet, skipped.json,
+    runtime.json); returns ``out_dir``. The report is built from there by
+    :func:`loglinear.report.three_d.build`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -376,8 +377,6 @@ def main(config: ThreeDConfig, out_dir) -> Path:
 
     _, skipped = simulate(config, on_record=append)
     # The finished records are stored as compressed parquet (a tenth of the JSONL size).
-    from ..report.three_d import read_jsonl
-
     every = read_jsonl(rec_path)
     is_main = every["run"] == "main"
     every[is_main].to_parquet(out / "records.parquet", compression="zstd", index=False)
@@ -386,9 +385,17 @@ def main(config: ThreeDConfig, out_dir) -> Path:
     rec_path.unlink()
     (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     (out / "runtime.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
-    from ..report.three_d import build
+    return out
 
-    return build(out)
+
+def read_jsonl(path):
+    """Records appended one JSON object per line, as a pandas DataFrame."""
+    import pandas as pd
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no records")
+    return pd.DataFrame(rows)
 
 
 def _json_default(v):

@@ -27,10 +27,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 from scipy.special import log_softmax
 
-from .data import PreferenceData
-from .env import LogLinearEnv
-from .losses import get_loss, margins, objective
-from .pairlosses import get_pair_loss
+from ...data import PreferenceData
+from ...env import LogLinearEnv
+from ...losses import get_loss, margins, objective
 
 FEATURE_MATCH_TOL = 1e-9
 FD_REL_STEP = 1e-6
@@ -182,7 +181,7 @@ def _reweighted_margin(w, setting: PairSetting, loss: str, beta: float,
                        weight: np.ndarray) -> Evaluation:
     """sum_i W_i phi(m_i) with W held fixed: the per-pair chain rule of a margin loss."""
     data = setting.centered
-    spec = get_loss(loss)
+    spec = get_loss(loss, margin=True)
     obj = objective(w, data, beta=beta, loss=loss, hessian=False, weight=weight)
     dc = weight * spec.dphi(obj.margins, beta) * beta  # m = beta (c - r)
     return Evaluation(obj.value, obj.grad, dc, -dc)
@@ -196,7 +195,7 @@ def _margin_objective(loss: str) -> Callable[..., Evaluation]:
 
 
 def _pair_objective(name: str) -> Callable[..., Evaluation]:
-    pair = get_pair_loss(name)
+    pair = get_loss(name)
 
     def evaluate(w, setting, **params):
         logp = setting.log_policy(w)

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..approx import (
+from ...approx import (
     fit_kldpo,
     fit_wdpo,
     implied_radius_kl,
@@ -34,12 +34,12 @@ from ..approx import (
     w1_rescaling,
     wdpo_objective,
 )
-from ..data import PreferenceData
-from ..env import LogLinearEnv
-from ..estimation import coverage
-from ..fit import SeparableDataError, fit_dpo
-from .config import from_mapping, load_toml, write_resolved
-from .records import RecordStore
+from ...data import PreferenceData
+from ...env import LogLinearEnv
+from ...estimation import coverage
+from ...fit import SeparableDataError, fit_dpo
+from ..config import from_mapping, load_toml, write_resolved
+from ..records import RecordStore
 
 DIVERGENCES = ("kl", "w1", "w2")
 COLUMNS = ["env", "replicate", "concentration", "n_samples", "lambda_min", "divergence", "fraction",
@@ -145,7 +145,7 @@ class Divergence:
 
 
 def _robust():
-    from .. import robust
+    from ... import robust
 
     return robust
 

@@ -15,7 +15,7 @@ Every ``every`` steps it records, at the current parameters:
 * ``grad_norm``: the full-data gradient norm of the method's objective;
 * ``grad_var``: the total variance :math:`E\|\hat g_B - E\hat g_B\|^2` of the minibatch
   gradient, estimated from ``n_batches`` fresh minibatches
-  (:func:`loglinear.stability.empirical_variance`); with plain SGD the update variance is
+  (:func:`loglinear.stats.empirical_variance`); with plain SGD the update variance is
   lr^2 grad_var. ``grad_var_rel`` divides by the squared norm of the mean minibatch gradient;
 * ``penalty``: the method's own penalty on the full data (WDPO: rho G; KLDPO: the robust
   premium :math:`\tau\log\sum q e^{l/\tau} - \sum q l \ge 0`; DPO: 0) and ``grad_x_rms``
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .beyond_common import EnvSpec, Timer, environment, load, mixture, row_rng
-from .beyond_neural import Arch
-from .config import write_resolved
-from .records import RecordStore
+from ..config import write_resolved
+from ..records import RecordStore
+from .common import EnvSpec, Timer, environment, load, mixture, row_rng
+from .neural import Arch
 
 KEY = ["setting", "alpha", "arch", "method", "hyper", "seed", "step"]
 COLUMNS = KEY + ["lr", "batch_size", "loss", "objective", "grad_norm", "grad_var",
@@ -108,8 +108,8 @@ class StabilityConfig:
 def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
                method: str, hyper: float, seed: int) -> list[dict]:
     """One SGD run with its diagnostics every ``every`` steps (step 0 included)."""
-    from ..torch import neural as nn
-    from ..torch import sgd
+    from ...torch import neural as nn
+    from . import sgd
 
     env = environment(spec, config.seed)
     env_a = env.with_reward(mixture(spec, config.seed, alpha))
@@ -144,7 +144,7 @@ def _complete(row: dict) -> dict:
 
 def run(config: StabilityConfig, out) -> Path:
     """Run (or resume) the study into ``out/records.csv``; returns that path."""
-    from ..torch.sgd import use_threads
+    from .sgd import use_threads
 
     use_threads(1)
     out = Path(out)

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .objectives import ObjectiveOutput, batch_objective
-from .sequence import PairBatch
+from ...torch.objectives import ObjectiveOutput, batch_objective
+from ...torch.sequence import PairBatch
 
 # The wall clock the deadline is checked against; a module attribute so that tests can
 # substitute a fake clock without touching ``time.time`` for every other library.
@@ -107,7 +107,7 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
 
     Args:
         pairs: all training pairs with ``ref_logps`` set.
-        method: a :class:`~loglinear.torch.shift_config.MethodSpec`.
+        method: a :class:`~loglinear.experiments.llm_shift.config.MethodSpec`.
         run_dir: holds ``checkpoint.pt``, ``final.pt`` and ``train_log.csv``.
         deadline: a ``time.time()`` after which the loop checkpoints and stops.
     Returns:

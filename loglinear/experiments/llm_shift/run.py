@@ -4,14 +4,14 @@ records.
 Pipeline, every stage cached or checkpointed under ``config.out`` so that a rerun of the same
 command resumes where the last one stopped (``max_seconds`` bounds one invocation):
 
-1. **Reward.** The emotion probe (:mod:`loglinear.torch.emotion`), fitted once
+1. **Reward.** The emotion probe (:mod:`loglinear.experiments.llm_shift.emotion`), fitted once
    (``cache/probe.npz``).
 2. **Data.** Train prompts get two completions from the reference policy, scored by the
    emotion model (``cache/generations.json``, made once); reference log-probs of every pair
    (``cache/ref_logps.json``). Per seed, Bradley-Terry labels under r(alpha_o)
-   (:func:`~loglinear.torch.shift_data.bt_labels`).
+   (:func:`~loglinear.experiments.llm_shift.data.bt_labels`).
 3. **Training.** Per (method, seed): LoRA (or full) fine-tuning with the method's objective
-   (:mod:`loglinear.torch.shift_train`), checkpointed; ``runs/METHOD/seedS/train_log.csv``
+   (:mod:`loglinear.experiments.llm_shift.train`), checkpointed; ``runs/METHOD/seedS/train_log.csv``
    holds the chosen/rejected log-probs over training (the 3D diagnostics).
 4. **Evaluation.** Per (policy, seed): completions on held-out prompts, the reward sweep over
    alpha for both mixtures (``eval.csv``), KL to the reference and throughput (``runs.csv``).
@@ -33,13 +33,13 @@ import torch
 from loglinear.experiments.config import to_jsonable, write_resolved
 from loglinear.experiments.records import RecordStore
 
-from . import shift_data as sd
-from . import shift_train
+from ...torch.sequence import PairBatch, collate_pairs, reference_logps, sequence_logps
+from . import data as sd
+from . import train as shift_train
+from .config import TINY_MODELS, ShiftConfig, run_dirname
 from .emotion import EmotionReward
-from .sequence import PairBatch, collate_pairs, reference_logps, sequence_logps
-from .shift_config import TINY_MODELS, ShiftConfig, run_dirname
-from .shift_eval import kl_estimate, reward_sweep, summarize, summarize_runs
-from .shift_train import add_lora, autocast, train
+from .evaluate import kl_estimate, reward_sweep, summarize, summarize_runs
+from .train import add_lora, autocast, train
 
 EVAL_COLUMNS = ["method", "seed", "kind", "alpha", "reward", "reward_se", "n"]
 RUN_COLUMNS = ["method", "seed", "kl", "kl_se", "train_seconds", "train_pairs", "train_tokens",
@@ -50,7 +50,7 @@ REFERENCE = "reference"
 
 def load_base(config: ShiftConfig):
     """The reference model and tokenizer named by the config (eval mode, on its device)."""
-    from .models import byte_tokenizer, load_pretrained, tiny_model
+    from ...torch.models import byte_tokenizer, load_pretrained, tiny_model
 
     if config.model in TINY_MODELS:
         tok = byte_tokenizer() if config.tokenizer == "byte" else _pretrained_tokenizer(config)
@@ -69,7 +69,7 @@ def _pretrained_tokenizer(config: ShiftConfig):
     """A pretrained model's tokenizer for a tiny random model (cached under ``out/cache``)."""
     from transformers import AutoTokenizer
 
-    from .models import _gguf_location
+    from ...torch.models import _gguf_location
 
     cache = Path(config.out) / "cache" / "tokenizer"
     if (cache / "tokenizer_config.json").exists():

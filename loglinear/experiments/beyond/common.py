@@ -1,6 +1,6 @@
 """Shared pieces of the "beyond log-linear" runners: environments, shifted rewards, seeds.
 
-Every study draws its environments from an :class:`~loglinear.experiments.rates.EnvSpec`
+Every study draws its environments from an :class:`~loglinear.experiments.rates.run.EnvSpec`
 (same fields and validation as the rates study) and a shifted reward: a second linear
 reward :math:`\\omega'` of the same norm, drawn from the same seed. The evaluation rewards
 are the paper's convex mixtures :math:`r(\\alpha) = \\alpha r + (1-\\alpha) r'`, so
@@ -15,9 +15,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..env import LogLinearEnv, mix_rewards
-from .config import from_mapping, load_toml
-from .rates import EnvSpec
+from ...env import LogLinearEnv, mix_rewards
+from ..config import from_mapping, load_toml
+from ..rates.run import EnvSpec
 
 __all__ = ["EnvSpec", "Timer", "environment", "mixture", "parse_settings", "row_rng",
            "shifted_reward"]

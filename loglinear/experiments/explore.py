@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .env import LogLinearEnv
-from .estimation import coverage
+from ..env import LogLinearEnv
+from ..estimation import coverage
 
 # LogLinearEnv.random keywords a sweep may vary, plus derived knobs handled here.
 _ENV_KEYS = {"n_states", "n_actions", "dim", "beta", "concentration", "reward_scale",
@@ -199,7 +199,7 @@ def summarize_rates(records) -> list[dict]:
                \text{pred}_V = \sqrt{\mathrm{tr} V/n}
 
     Args:
-        records: rows of the rates study (``loglinear.experiments.rates``), a DataFrame or
+        records: rows of the rates study (``loglinear.experiments.rates.run``), a DataFrame or
             a list of dicts with at least ``setting, estimator, n, error, lambda_min,
             tr_hinv, tr_sandwich`` (``schedule`` and ``status`` are optional).
 
@@ -247,7 +247,7 @@ def collapse_sweep(*, concentrations: Sequence[float], base: Mapping | None = No
         records ``concentration, replicate, lambda_min, kind, collapse_radius`` with
         kind in {"kl", "w1", "w2"}.
     """
-    from . import robust
+    from .. import robust
 
     base = dict(base or {})
     base.pop("concentration", None)
@@ -288,7 +288,7 @@ def shrinkage_path(env: LogLinearEnv, *, fractions: Sequence[float], kind: str =
         records ``kind, fraction, radius, norm_ratio, cosine, kl_to_ref, reward, dual,
         status``.
     """
-    from . import robust
+    from .. import robust
 
     if kind not in ("kl", "w1", "w2"):
         raise ValueError(f"kind must be 'kl', 'w1' or 'w2', got {kind!r}")
@@ -331,7 +331,7 @@ def shrinkage_path(env: LogLinearEnv, *, fractions: Sequence[float], kind: str =
 # --------------------------------------------------------------------------------------
 
 def _exact_value(kind: str, theta, data, beta: float, radius: float) -> float:
-    from . import robust
+    from .. import robust
 
     if kind == "kl":
         return float(robust.kl_value(theta, data, beta=beta, radius=radius).value)
@@ -356,7 +356,7 @@ def wasserstein_surrogate_sweep(data, *, beta: float, fractions: Sequence[float]
         records ``method, fraction, radius, hyper, norm, distance, worst_case_w2, excess,
         status``.
     """
-    from . import approx, robust
+    from .. import approx, robust
 
     beta = float(beta)
     eps0 = robust.collapse_radius_wasserstein(data, beta=beta, p=2)
@@ -394,7 +394,7 @@ def kl_surrogate_sweep(data, *, beta: float, taus: Sequence[float]) -> list[dict
         records ``tau, radius, collapse_radius, dual, norm_exact, distance_paper,
         distance_official``.
     """
-    from . import approx, robust
+    from .. import approx, robust
 
     rho0 = robust.collapse_radius_kl(data, beta=beta)
     rows = []
