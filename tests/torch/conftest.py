@@ -30,3 +30,16 @@ for _name in dir(_root):
 # dtype-tied tolerances for torch-vs-numpy parity
 TORCH_F64_TOL = 1e-12
 TORCH_F32_TOL = 1e-6
+TORCH_BF16_TOL = 2e-2  # bf16 keeps 8 significant bits (unit roundoff 2^-9); a few ops each
+
+# The device of the device-aware tests (test_device_parity.py): cpu unless
+# LOGLINEAR_TORCH_DEVICE names another; benchmarks/gpu_check.py sets it to cuda.
+TORCH_DEVICE = os.environ.get("LOGLINEAR_TORCH_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session")
+def torch_device() -> torch.device:
+    device = torch.device(TORCH_DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"LOGLINEAR_TORCH_DEVICE={TORCH_DEVICE!r} but torch sees no CUDA device")
+    return device
