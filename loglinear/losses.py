@@ -73,6 +73,18 @@ def margins(theta, data: PreferenceData, *, beta: float) -> np.ndarray:
     return data.sign * beta * (data.x @ theta - data.offset)
 
 
+def margin_line(theta, step, data: PreferenceData, *, beta: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    r"""The margins along a line, for line searches: :math:`m(\theta + t\,\delta) =
+    m(\theta) + t\,s` with :math:`s_i = (2y_i - 1)\beta\,x_i^\top\delta`.
+
+    Returns:
+        (m, s), each of shape (n,).
+    """
+    step = _check_theta(step, data.d)
+    return margins(theta, data, beta=beta), data.sign * beta * (data.x @ step)
+
+
 @dataclass(frozen=True)
 class MarginLoss:
     """A loss l = phi(m; beta) of the signed margin, with its first two derivatives in m."""

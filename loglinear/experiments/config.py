@@ -29,6 +29,19 @@ def load_toml(path) -> dict:
         raise ValueError(f"{path}: invalid TOML: {exc}") from None
 
 
+def load_config(cls, path, **overrides):
+    """The one way a study reads its TOML file into its frozen config dataclass ``cls``.
+
+    ``overrides`` (command-line options; ``None`` values are ignored) replace top-level
+    keys. ``cls.from_dict(mapping)`` builds nested configs where the class defines it;
+    otherwise :func:`from_mapping` does.
+    """
+    mapping = dict(load_toml(path)) | {k: v for k, v in overrides.items() if v is not None}
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(mapping)
+    return from_mapping(cls, mapping, where=str(path))
+
+
 def from_mapping(cls, mapping: dict, *, where: str = "config"):
     """Build the frozen dataclass ``cls`` from ``mapping`` (unknown keys are errors)."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
