@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +70,15 @@ def main() -> None:
         print(f"{name:46s} {ts:12.4f} {te:10.4f} {te / ts:16.2f}")
     if args.skip_study:
         return
-    from loglinear.experiments.approx.run import load_config
-    from loglinear.experiments.approx.run import main as run_study
+    from loglinear.experiments.approx import ApproxStudyConfig
+    from loglinear.experiments.approx import main as run_study
+    from loglinear.experiments.config import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "approx.toml")
+    cfg = load_config(ApproxStudyConfig,
+                      Path(__file__).resolve().parents[1] / "simulations" / "approx.toml")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run_study(replace(cfg, out=str(Path(tmp) / "approximations")), progress=False)
+        run_study(cfg, Path(tmp) / "approximations", progress=False)
         wall = time.perf_counter() - t0
     print(f"default approximation study: {wall:.1f} s = {wall / STUDY_BUDGET_S:.2f} x the "
           f"{STUDY_BUDGET_S:.0f} s budget")

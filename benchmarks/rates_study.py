@@ -51,43 +51,35 @@ def throughput(config, rows, jobs):
     out = tempfile.mkdtemp(prefix="rates_bench_")
     try:
         # targets first (not timed), then a slice of rows
-        rates.run(replace(config, seeds=1, n=config.n[:1]), out, jobs=2, progress=False)
+        rates.main(replace(config, seeds=1, n=config.n[:1]), out, jobs=2, progress=False)
         t0 = time.perf_counter()
-        rates.run(config, out, jobs=jobs, progress=False, max_rows=rows)
+        rates.main(config, out, jobs=jobs, progress=False, max_rows=rows)
         dt = time.perf_counter() - t0
         from loglinear.experiments.records import read_records
 
         done = len(read_records(f"{out}/records.csv"))
-        total = count_rows(config, out)
+        total = count_rows(config)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return done, dt, total
 
 
-def count_rows(config, out):
-    from loglinear.experiments.records import read_records
-
-    tgt = read_records(f"{out}/targets.csv")
-    n_sched = 0
-    from loglinear.experiments.estimators import get_estimator
+def count_rows(config):
+    """Rows of the whole study: (estimator, schedule) pairs x settings x n x seeds."""
     from loglinear.experiments.rates import run as rates
 
-    for e, _ in rates._combos(config):
-        if not get_estimator(e).available():
-            continue
-        n_sched += 1
-    del tgt
-    return n_sched * len(config.settings) * len(config.n) * config.seeds
+    return len(rates._combos(config)) * len(config.settings) * len(config.n) * config.seeds
 
 
 def main():
-    from loglinear.experiments.rates.run import RatesConfig
+    from loglinear.experiments.config import load_config
+    from loglinear.experiments.rates import RatesConfig
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="simulations/rates.toml")
     ap.add_argument("--rows", type=int, default=600)
     args = ap.parse_args()
-    config = RatesConfig.from_toml(args.config)
+    config = load_config(RatesConfig, args.config)
     compression(config)
     print("\nthroughput on a slice of", args.config)
     res = {}

@@ -3,7 +3,7 @@ r"""Finite log-linear environments in which every population quantity is exact.
 States s ~ mu, actions a in {0..A-1}, features psi(s, a) in R^d with ||psi|| <= 1,
 policies pi_theta(a|s) proportional to exp(theta . psi(s, a)), a sampling policy pi_o
 for both responses, and Bradley-Terry labels y ~ Bernoulli(sigma(r(s,a1) - r(s,a2)))
-(paper.md section 1). With a linear reward r = omega . psi, DPO's population optimum
+(docs/theory.md §1.2, §1.4). With a linear reward r = omega . psi, DPO's population optimum
 is theta* = theta_ref + omega / beta.
 """
 

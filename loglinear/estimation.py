@@ -1,13 +1,18 @@
-"""Coverage, estimation errors and the theory's constants (paper.md section 5)."""
+"""Coverage, estimation errors, the theory's constants and bounds, and the local
+asymptotics of the estimators (docs/theory.md §5)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import logsumexp
 
 from .data import PreferenceData
+from .losses import dpo_margin_terms, margins
+from .registry import Registry, named_hyperparameter
 
 
 class Coverage(NamedTuple):
@@ -36,7 +41,7 @@ def estimation_error(theta_hat, target) -> float:
 
 
 # --------------------------------------------------------------------------------------
-# Theory constants and bounds (paper.md section 5; constants are [recon])
+# Theory constants and bounds (docs/theory.md §5.1-§5.4; the constants are reconstructed)
 # --------------------------------------------------------------------------------------
 
 class TheoryConstants(NamedTuple):
@@ -47,7 +52,7 @@ class TheoryConstants(NamedTuple):
 
 
 def theory_constants(*, beta: float, bound: float) -> TheoryConstants:
-    r"""The strong-convexity and loss-bound constants of section 5.
+    r"""The strong-convexity and loss-bound constants (docs/theory.md §5.1).
 
     .. math::  \gamma = \frac{\beta^2 e^{4\beta B}}{(1+e^{4\beta B})^2},\qquad
                K = \log(1 + e^{4\beta B})
@@ -88,8 +93,9 @@ def theorem2_bound(n, *, beta: float, bound: float, lam: float, dual_lo: float,
                    dual_hi: float, delta: float = 0.05):
     r"""Theorem 2 (KLDPO): Theorem 1 with 4K replaced by 4 lambda_hi e^{K / lambda_lo}.
 
-    ``dual_lo``/``dual_hi`` bound the KL dual variable over the relevant thetas [recon: the
-    paper leaves them implicit; the rates study plugs in the population dual lambda*].
+    ``dual_lo``/``dual_hi`` bound the KL dual variable over the relevant thetas (the paper
+    leaves them implicit; the rates study plugs in the population dual lambda*; the whole
+    constant is reconstructed, docs/theory.md §5.3).
     """
     n = _check_bound_args(n, lam, delta)
     if not (0 < dual_lo <= dual_hi):
@@ -137,13 +143,11 @@ class LocalAsymptotics(NamedTuple):
 
 def _atoms(pop: PreferenceData, w, beta):
     """Per-atom margins m, losses l, gradients g (n, d), sigma(m) sigma(-m) and a = sigma(-m)."""
-    from scipy.special import expit
-
     w = np.asarray(w, dtype=float)
     sb_x = (pop.sign * beta)[:, None] * pop.x
-    m = sb_x @ w - pop.sign * beta * pop.offset
-    a = expit(-m)
-    return m, np.logaddexp(0.0, -m), -a[:, None] * sb_x, a * expit(m), a, sb_x
+    m = margins(w, pop, beta=beta)
+    l, d1, d2 = dpo_margin_terms(m)
+    return m, l, d1[:, None] * sb_x, d2, -d1, sb_x
 
 
 def _sandwich(H, infl, q) -> LocalAsymptotics:
@@ -160,10 +164,8 @@ def kl_dual_variable(losses, q, radius) -> float:
 
     The derivative rho + log Z - E_p[l]/lambda is increasing in lambda (its derivative is
     Var_p(l)/lambda^3), so lambda* is a 1-D root; 0.0 means the worst case sits on the
-    maximal losses (the edge case of paper.md section 3).
+    maximal losses (the edge case of docs/theory.md §3.1).
     """
-    from scipy.optimize import brentq
-
     l = np.asarray(losses, float)
     keep = q > 0
     l, q = l[keep], q[keep]
@@ -189,73 +191,106 @@ def kl_dual_variable(losses, q, radius) -> float:
     return float(np.exp(brentq(dG, lo, hi, xtol=1e-13, rtol=1e-13)))
 
 
+def _local_dpo(pop, w, *, beta):
+    m, l, g, c, a, sb_x = _atoms(pop, w, beta)
+    q = pop.weight
+    return _sandwich((sb_x * (c * q)[:, None]).T @ sb_x, g - q @ g, q)
+
+
+def _local_w1(pop, w, *, beta, radius):
+    nw = float(np.linalg.norm(w))
+    if nw < 1e-12:
+        raise ValueError("w1 optimum at the kink w = 0: no local normal limit")
+    m, l, g, c, a, sb_x = _atoms(pop, w, beta)
+    q = pop.weight
+    u = w / nw
+    H = (sb_x * (c * q)[:, None]).T @ sb_x + radius * beta * (np.eye(pop.d) - np.outer(u, u)) / nw
+    return _sandwich(H, g - q @ g, q)
+
+
+def _local_tilted(pop, w, beta, lam, *, profiled):
+    """KLDPO at temperature lam, and (``profiled``) the KL dual profiled over lambda*."""
+    if not (0 < lam < np.inf):
+        raise ValueError(f"KL dual variable lambda* = {lam}: no local normal limit")
+    m, l, g, c, a, sb_x = _atoms(pop, w, beta)
+    q = pop.weight
+    u = l / lam
+    logp = np.log(np.where(q > 0, q, 1e-300)) + u
+    p = np.exp(logp - np.logaddexp.reduce(logp))
+    r = np.where(q > 0, p / np.where(q > 0, q, 1.0), 0.0)
+    gc = g - p @ g
+    Hp = (sb_x * (c * p)[:, None]).T @ sb_x + (gc * p[:, None]).T @ gc / lam
+    infl = r[:, None] * gc
+    if not profiled:
+        return _sandwich(Hp, infl, q)
+    lbar = float(p @ l)
+    var_l = float(p @ (l - lbar) ** 2)
+    cov_gl = (gc * (p * (l - lbar))[:, None]).sum(0)
+    H = Hp - np.outer(cov_gl, cov_gl) / (lam * var_l)
+    # G_wl G_ll^{-1} = (-cov_gl / lam^2) (lam^3 / var_l) = -lam cov_gl / var_l
+    corr = -lam * cov_gl / var_l
+    infl = infl - np.outer(r - 1.0 - r * (l - lbar) / lam, corr)
+    return _sandwich(H, infl, q)
+
+
+def _local_kl(pop, w, *, beta, radius):
+    l = _atoms(pop, w, beta)[1]
+    return _local_tilted(pop, w, beta, kl_dual_variable(l, pop.weight, radius), profiled=True)
+
+
+def _local_kldpo(pop, w, *, beta, tau):
+    return _local_tilted(pop, w, beta, float(tau), profiled=False)
+
+
+@dataclass(frozen=True)
+class LocalKind:
+    """A kind of :func:`local_asymptotics`: ``compute(pop, w, *, beta[, hyperparameter])``
+    and the name of its one hyperparameter (``None``: none)."""
+
+    name: str
+    compute: Callable[..., LocalAsymptotics]
+    hyperparameter: str | None
+
+
 def local_asymptotics(kind: str, pop: PreferenceData, w, *, beta: float,
-                      param: float = 0.0) -> LocalAsymptotics:
-    r"""Hessian and sandwich covariance of an estimator at its population optimum ``w``.
+                      radius: float | None = None, rho: float | None = None,
+                      tau: float | None = None, param: float | None = None
+                      ) -> LocalAsymptotics:
+    r"""Hessian and sandwich covariance of an estimator at its population optimum ``w``
+    (docs/theory.md §5.6).
 
     Per atom: l_i = softplus(-m_i), g_i = -sigma(-m_i) s_i beta x_i,
     H_i = sigma(m_i) sigma(-m_i) beta^2 x_i x_i^T; psi_j is the derivative of the
     population gradient along the mixture direction delta_j - q, so
     V = H^{-1} E_q[psi psi^T] H^{-1}.
 
-    kinds:
+    kinds (:data:`LOCAL_KINDS`), each with its one hyperparameter:
       ``dpo``: H = E_q H_i, psi_j = g_j - E_q g.
-      ``w1`` (kappa = inf, radius eps): objective L + eps beta ||w||, so
+      ``w1`` (kappa = inf, ``radius`` eps): objective L + eps beta ||w||, so
         H = E_q H_i + eps beta (I - u u^T)/||w|| with u = w/||w||; psi as DPO.
-      ``kl`` (radius rho): the profiled dual F(w) = min_lambda G(w, lambda),
+      ``kl`` (``radius``): the profiled dual F(w) = min_lambda G(w, lambda),
         G = lambda rho + lambda log E_q e^{l/lambda}; with p_i = q_i e^{l_i/lambda*}/Z,
         H = E_p H_i + (1/lambda)[Cov_p(g) - Cov_p(g,l) Cov_p(g,l)^T / Var_p(l)]
         (G_ww - G_wl G_ll^{-1} G_lw with G_ll = Var_p(l)/lambda^3,
         G_wl = -Cov_p(g,l)/lambda^2), and with r_j = p_j/q_j,
         psi_j = r_j (g_j - gbar) - G_wl G_ll^{-1} (r_j - 1 - r_j (l_j - lbar)/lambda).
-      ``kldpo`` (temperature tau): F = tau log E_q e^{l/tau},
+      ``kldpo`` (temperature ``tau``): F = tau log E_q e^{l/tau},
         H = E_p H_i + Cov_p(g)/tau, psi_j = r_j (g_j - gbar).
-      ``wdpo`` (paper form, radius rho): F = L + rho beta ||w|| S, S^2 = E_q sigma(-m)^2;
+      ``wdpo`` (paper form, penalty ``rho``): F = L + rho beta ||w|| S, S^2 = E_q sigma(-m)^2;
         H by central differences of the analytic gradient, psi analytic.
 
+    A missing hyperparameter is 0. ``param`` (deprecated) is the kind's hyperparameter.
+
     Raises ValueError at a kink (w = 0 for w1/wdpo, lambda* = 0 for kl), where the
-    estimator is not asymptotically normal.
+    estimator is not asymptotically normal, and for a hyperparameter the kind does not take.
     """
-    q = pop.weight
-    d = pop.d
-    w = np.asarray(w, dtype=float)
-    m, l, g, c, a, sb_x = _atoms(pop, w, beta)
-    H_l = (sb_x * (c * q)[:, None]).T @ sb_x
-    gbar = q @ g
-    if kind == "dpo":
-        return _sandwich(H_l, g - gbar, q)
-    if kind == "w1":
-        nw = float(np.linalg.norm(w))
-        if nw < 1e-12:
-            raise ValueError("w1 optimum at the kink w = 0: no local normal limit")
-        u = w / nw
-        H = H_l + param * beta * (np.eye(d) - np.outer(u, u)) / nw
-        return _sandwich(H, g - gbar, q)
-    if kind in ("kl", "kldpo"):
-        lam = float(param) if kind == "kldpo" else kl_dual_variable(l, q, param)
-        if not (0 < lam < np.inf):
-            raise ValueError(f"KL dual variable lambda* = {lam}: no local normal limit")
-        u = l / lam
-        logp = np.log(np.where(q > 0, q, 1e-300)) + u
-        p = np.exp(logp - np.logaddexp.reduce(logp))
-        r = np.where(q > 0, p / np.where(q > 0, q, 1.0), 0.0)
-        gbar_p = p @ g
-        gc = g - gbar_p
-        Hp = (sb_x * (c * p)[:, None]).T @ sb_x + (gc * p[:, None]).T @ gc / lam
-        infl = r[:, None] * gc
-        if kind == "kldpo":
-            return _sandwich(Hp, infl, q)
-        lbar = float(p @ l)
-        var_l = float(p @ (l - lbar) ** 2)
-        cov_gl = (gc * (p * (l - lbar))[:, None]).sum(0)
-        H = Hp - np.outer(cov_gl, cov_gl) / (lam * var_l)
-        # G_wl G_ll^{-1} = (-cov_gl / lam^2) (lam^3 / var_l) = -lam cov_gl / var_l
-        corr = -lam * cov_gl / var_l
-        infl = infl - np.outer(r - 1.0 - r * (l - lbar) / lam, corr)
-        return _sandwich(H, infl, q)
-    if kind == "wdpo":
-        return _wdpo_local(pop, w, beta=beta, rho=float(param))
-    raise ValueError(f"unknown kind {kind!r}; allowed: dpo, w1, kl, kldpo, wdpo")
+    spec = LOCAL_KINDS.get(kind)
+    given = named_hyperparameter(f"local_asymptotics kind {kind!r}", spec.hyperparameter,
+                                 {"radius": radius, "rho": rho, "tau": tau},
+                                 deprecated=param, old_name="param", stacklevel=2)
+    kw = {} if spec.hyperparameter is None else {
+        spec.hyperparameter: float(given.get(spec.hyperparameter, 0.0))}
+    return spec.compute(pop, np.asarray(w, dtype=float), beta=beta, **kw)
 
 
 def _wdpo_grad(pop, w, beta, rho, q):
@@ -267,7 +302,7 @@ def _wdpo_grad(pop, w, beta, rho, q):
     return q @ g + rho * beta * (w / nw * S + nw * dS)
 
 
-def _wdpo_local(pop, w, *, beta, rho):
+def _local_wdpo(pop, w, *, beta, rho):
     nw = float(np.linalg.norm(w))
     if nw < 1e-12:
         raise ValueError("wdpo optimum at the kink w = 0: no local normal limit")
@@ -289,6 +324,15 @@ def _wdpo_local(pop, w, *, beta, rho):
     dgradS = dA_q / S - np.outer(dS_q, A) / S**2
     infl = (g - q @ g) + rho * beta * (np.outer(dS_q, w / nw) + nw * dgradS)
     return _sandwich(0.5 * (H + H.T), infl, q)
+
+
+LOCAL_KINDS: Registry[LocalKind] = Registry("kind of local asymptotics", {
+    "dpo": LocalKind("dpo", _local_dpo, None),
+    "w1": LocalKind("w1", _local_w1, "radius"),
+    "kl": LocalKind("kl", _local_kl, "radius"),
+    "kldpo": LocalKind("kldpo", _local_kldpo, "tau"),
+    "wdpo": LocalKind("wdpo", _local_wdpo, "rho"),
+})
 
 
 # ---------------------------------------------------------------- rewards / values

@@ -2,6 +2,7 @@ r"""Maximum-likelihood fits of margin losses (DPO, IPO) by Newton's method.
 
 .. math::  \hat\theta = \arg\min_{\|\theta\|_2 \le B} \sum_i q_i\, l_i(\theta)
 
+with l_i = phi(m_i) a margin loss of :mod:`loglinear.losses` (docs/theory.md §2.2).
 Separable data (a direction v with z_i . v >= 0 for every pair and > 0 for some, so the
 DPO loss decreases forever along v) has no finite minimiser: it is detected by a linear
 program and reported with :class:`SeparableDataError` unless a bound B is given.
@@ -13,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import brentq, linprog
+from scipy.optimize import linprog
 
 from .data import PreferenceData
-from .losses import _check_beta, get_loss, objective
-from .newton import newton
+from .losses import _check_beta, dpo_margin_terms, get_loss, margin_line, margins, objective
+from .newton import ball_multiplier_root, newton
 
 SINGULAR_RTOL = 1e-10
 SATURATED_MARGIN = 20.0  # sigma(-20) ~ 2e-9: past this a pair no longer pulls on theta
@@ -88,22 +89,9 @@ def separating_direction(data: PreferenceData, *, tol: float = 1e-9) -> np.ndarr
     return v
 
 
-def _dpo_pieces(m: np.ndarray, need_value: bool = True):
-    """softplus(-m), -sigma(-m) and sigma(m) sigma(-m) from a single exp(-|m|)."""
-    e = np.abs(m)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    inv = 1.0 + e
-    np.reciprocal(inv, out=inv)
-    value = None
-    if need_value:
-        value = np.log1p(e)
-        value += np.maximum(-m, 0.0)
-    d2 = e * inv
-    d1 = np.where(m >= 0, d2, inv)
-    np.negative(d1, out=d1)
-    d2 *= inv
-    return value, d1, d2
+# Margin losses with a one-exp evaluator of (phi, phi', phi''): used in place of three
+# separate calls (benchmarks/fit_dpo.py: the fit is a few passes over x, so these count).
+_FAST_TERMS = {"dpo": dpo_margin_terms}
 
 
 class _MarginProblem:
@@ -113,9 +101,8 @@ class _MarginProblem:
     def __init__(self, data, beta, loss, ridge):
         self.data, self.beta, self.ridge = data, beta, ridge
         self.spec = get_loss(loss, margin=True)
-        self.fast = loss == "dpo"
+        self.fast = _FAST_TERMS.get(loss)
         self.sb = data.sign * beta
-        self.sbo = self.sb * data.offset
         self.q = data.weight
         self._key = None
         self._m = None
@@ -128,24 +115,21 @@ class _MarginProblem:
     def margins(self, theta):
         if self._key is not None and np.array_equal(theta, self._key):
             return self._m
-        m = self.sb * (self.data.x @ theta) - self.sbo
+        m = margins(theta, self.data, beta=self.beta)
         self._key, self._m = theta.copy(), m
         return m
 
-    def pieces(self, m, need_hess):
-        if self.fast:
-            return _dpo_pieces(m, need_value=True)
+    def pieces(self, m, need_value, need_hess):
+        if self.fast is not None:
+            return self.fast(m, value=need_value)
         b = self.beta
-        return self.spec.phi(m, b), self.spec.dphi(m, b), (
-            self.spec.d2phi(m, b) if need_hess else None)
+        return (self.spec.phi(m, b) if need_value else None, self.spec.dphi(m, b),
+                self.spec.d2phi(m, b) if need_hess else None)
 
     def __call__(self, theta, need_hess):
         m = self.margins(theta)
         cached = self._value if self._value_key is self._key else None
-        if self.fast:
-            v, d1, d2 = _dpo_pieces(m, need_value=cached is None)
-        else:
-            v, d1, d2 = self.pieces(m, need_hess)
+        v, d1, d2 = self.pieces(m, cached is None, need_hess)
         if cached is not None:
             value = cached
         else:
@@ -177,15 +161,14 @@ class _MarginProblem:
         return hess
 
     def line(self, theta, step):
-        base = self.margins(theta)
-        dm = self.sb * (self.data.x @ step)
+        base, dm = margin_line(theta, step, self.data, beta=self.beta)
 
         def along(t):
             m = base + t * dm
             pt = theta + t * step
             # the accepted trial is evaluated next: reuse its margins and value
             self._key, self._m = pt, m
-            v = self.pieces(m, False)[0]
+            v = self.pieces(m, True, False)[0]
             self._value_key = pt
             self._value = float(self.q @ v) + 0.5 * self.ridge * float(pt @ pt)
             return self._value
@@ -215,7 +198,7 @@ def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
     if direction is None or bound is None:
         with np.errstate(over="ignore", invalid="ignore"):
             rep = _margin_newton(data, beta, loss, 0.0, x0, gtol, max_iter)
-        m = data.sign * beta * (data.x @ rep.x - data.offset)
+        m = margins(rep.x, data, beta=beta)
         saturated = np.max(m[data.weight > 0]) > SATURATED_MARGIN
         if vanishing and direction is None and data.n * data.d > EAGER_LP and (
                 saturated or not rep.converged):
@@ -269,14 +252,7 @@ def _fit_on_sphere(data, beta, loss, bound, gtol, max_iter):
 
     hi = np.log(max(float(np.linalg.norm(objective(np.zeros(data.d), data, beta=beta,
                                                    loss=loss).grad)) / bound, 1e-12)) + 1.0
-    while norm_gap(hi) > 0:
-        hi += 2.0
-    lo = hi - 2.0
-    while norm_gap(lo) <= 0:
-        lo -= 2.0
-        if lo < -60:
-            raise FitError("could not bracket the ball multiplier")
-    log_mu = brentq(norm_gap, lo, hi, xtol=1e-14, rtol=1e-14)
+    log_mu = ball_multiplier_root(norm_gap, hi=hi, tol=1e-14, error=FitError)
     mu = float(np.exp(log_mu))
     rep = _margin_newton(data, beta, loss, mu, warm[0], gtol * 1e-2, max_iter)
     theta = rep.x * (bound / np.linalg.norm(rep.x))

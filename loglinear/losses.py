@@ -156,6 +156,41 @@ def _ipo_d2phi(m, beta):
     return np.full_like(m, 2.0 / beta**2)
 
 
+def dpo_margin_terms(m, *, value: bool = True
+                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    r"""The DPO loss of the signed margin and its first two derivatives, per pair
+    (docs/theory.md §2.2):
+
+    .. math::  \phi(m) = \mathrm{softplus}(-m), \qquad \phi'(m) = -\sigma(-m), \qquad
+               \phi''(m) = \sigma(m)\,\sigma(-m).
+
+    All three come from one :math:`e^{-|m|}`, so none suffers the cancellation of
+    :math:`1 - \sigma`: phi'' keeps full relative accuracy for every margin.
+
+    Args:
+        m: (n,) signed margins (:func:`margins`).
+        value: compute phi (else ``None`` is returned in its place).
+
+    Returns:
+        (phi, phi', phi''), each of shape (n,).
+    """
+    m = np.asarray(m, dtype=np.float64)
+    e = np.abs(m)
+    np.negative(e, out=e)
+    np.exp(e, out=e)            # e = exp(-|m|)
+    inv = 1.0 + e
+    np.reciprocal(inv, out=inv)  # 1 / (1 + e)
+    phi = None
+    if value:
+        phi = np.log1p(e)
+        phi += np.maximum(-m, 0.0)
+    d2 = e * inv                 # sigma(-|m|)
+    d1 = np.where(m >= 0, d2, inv)
+    np.negative(d1, out=d1)
+    d2 *= inv                    # sigma(-|m|) sigma(|m|)
+    return phi, d1, d2
+
+
 class PairTerms(NamedTuple):
     """Per-pair value and partials in the chosen and rejected log-probabilities."""
 
@@ -291,7 +326,7 @@ register_loss(PairLoss("dpo-sft", dpo_sft_terms, ("beta", "sft_weight"),
 
 
 def dpo_loss(theta, data: PreferenceData, *, beta: float) -> np.ndarray:
-    r"""Per-pair DPO loss l_i = softplus(-m_i) (paper.md section 1), shape (n,)."""
+    r"""Per-pair DPO loss l_i = softplus(-m_i) (docs/theory.md §2.2), shape (n,)."""
     return LOSSES["dpo"].value(theta, data, beta=beta)
 
 

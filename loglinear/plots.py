@@ -6,19 +6,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def _frame(records):
+def _frame(records, cols=()):
+    """The records as a non-empty DataFrame holding the columns ``cols``."""
     import pandas as pd
 
     df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
     if df.empty:
         raise ValueError("no records to plot")
-    return df
-
-
-def _require(df, cols):
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ValueError(f"records lack columns {missing}; have {list(df.columns)}")
+    return df
 
 
 def plot_lines(records, *, x: str, y: str, hue: str | None = None, title: str,
@@ -34,8 +32,7 @@ def plot_lines(records, *, x: str, y: str, hue: str | None = None, title: str,
     showing different subsets agree."""
     import matplotlib.pyplot as plt
 
-    df = _frame(records)
-    _require(df, [x, y] + ([hue] if hue else []))
+    df = _frame(records, [x, y] + ([hue] if hue else []))
     if stat not in ("mean", "median"):
         raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
     if floor is not None:
@@ -83,8 +80,7 @@ def plot_heatmap(records, *, x: str, y: str, value: str, title: str, log10: bool
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    df = _frame(records)
-    _require(df, [x, y, value])
+    df = _frame(records, [x, y, value])
     table = df.pivot_table(index=y, columns=x, values=value, aggfunc="mean").sort_index(
         ascending=False)
     shown = np.log10(np.maximum(table, floor)) if log10 else table
@@ -105,8 +101,7 @@ def plot_eigen_paths(records, *, title: str = "Spectrum of Σ as sampling concen
     the largest concentration."""
     import matplotlib.pyplot as plt
 
-    df = _frame(records)
-    _require(df, ["concentration", "k", "eigval", "axis"])
+    df = _frame(records, ["concentration", "k", "eigval", "axis"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     last = df[df.concentration == df.concentration.max()].set_index("k")
     for k, sub in df.groupby("k"):
@@ -183,8 +178,7 @@ def plot_error_vs_lambda(summary, *, title: str, prediction: str = "pred_sandwic
     dashed line of the same colour."""
     import matplotlib.pyplot as plt
 
-    df = _frame(summary)
-    _require(df, ["n", "estimator", "lambda_min", "rmse", prediction])
+    df = _frame(summary, ["n", "estimator", "lambda_min", "rmse", prediction])
     ns = sorted(df.n.unique())
     fig, axes = plt.subplots(1, len(ns), figsize=(4.8 * len(ns), 4.2), squeeze=False,
                              sharey=True)
@@ -212,8 +206,7 @@ def plot_prediction_scatter(summary, *, title: str, prediction: str = "pred_sand
     the diagonal y = x."""
     import matplotlib.pyplot as plt
 
-    df = _frame(summary)
-    _require(df, ["n", "estimator", "rmse", prediction])
+    df = _frame(summary, ["n", "estimator", "rmse", prediction])
     df = df[np.isfinite(df[prediction]) & np.isfinite(df.rmse)]
     if df.empty:
         raise ValueError(f"no rows with both rmse and {prediction}")
@@ -246,8 +239,7 @@ def plot_against_lambda(records, *, y: str, hue: str, title: str, ylabel: str,
     ``{label: (lambda_values, y_values)}`` drawn as dashed black lines."""
     import matplotlib.pyplot as plt
 
-    df = _frame(records)
-    _require(df, ["lambda_min", y, hue] + ([style] if style else []))
+    df = _frame(records, ["lambda_min", y, hue] + ([style] if style else []))
     fig, ax = plt.subplots(figsize=(6.6, 4.5))
     hues = sorted(df[hue].unique())
     styles = sorted(df[style].unique()) if style else [None]
@@ -279,8 +271,7 @@ def plot_bound_curves(summary, bounds: dict, *, title: str, ylim=None, ax=None):
     ``{label: (n_values, bound_values)}`` (black, dashed styles), log-log."""
     import matplotlib.pyplot as plt
 
-    df = _frame(summary)
-    _require(df, ["n", "estimator", "rmse"])
+    df = _frame(summary, ["n", "estimator", "rmse"])
     fig, ax = (plt.subplots(figsize=(6.6, 4.6)) if ax is None else (ax.figure, ax))
     for i, (e, sub) in enumerate(df.groupby("estimator", sort=True)):
         sub = sub.sort_values("n")
@@ -370,9 +361,8 @@ def plot_mass_dynamics(records, *, title: str, facet: str = "scenario",
     ``loglinear.experiments.three_d.dynamics.train`` / the 3D study, one method)."""
     import matplotlib.pyplot as plt
 
-    df = _frame(records)
-    _require(df, ["step", "p_chosen", "p_rejected", "unseen_mass", facet]
-             + ([style] if style else []))
+    df = _frame(records, ["step", "p_chosen", "p_rejected", "unseen_mass", facet]
+                + ([style] if style else []))
     facets = list(dict.fromkeys(df[facet]))
     styles = sorted(df[style].unique()) if style else [None]
     dashes = ["-", "--", ":", "-."]

@@ -5,6 +5,7 @@ name."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -65,3 +66,31 @@ class Registry(Mapping, Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {sorted(self._items)})"
+
+
+def named_hyperparameter(what: str, expected: str | None, given: Mapping[str, float | None],
+                         *, deprecated: float | None = None, old_name: str = "param",
+                         stacklevel: int = 2) -> dict:
+    """Check the hyperparameter keywords passed to an entry that takes one (or none).
+
+    Args:
+        what: the entry, for messages (e.g. ``"objective 'wdpo'"``).
+        expected: the name of its one hyperparameter (``"rho"``, ``"tau"``, ``"radius"``)
+            or None.
+        given: the keywords the caller passed (``None`` values are "not given").
+        deprecated: a value passed under the old generic name ``old_name``; it warns and
+            stands for ``expected``.
+
+    Returns:
+        The given keywords, at most ``{expected: value}``; any other name is an error.
+    """
+    out = {k: v for k, v in given.items() if v is not None}
+    if deprecated is not None:
+        warnings.warn(f"{old_name}= is deprecated; pass the hyperparameter of {what} by name "
+                      f"({expected or 'none'})", DeprecationWarning, stacklevel=stacklevel + 1)
+        if expected is not None:
+            out.setdefault(expected, deprecated)
+    extra = sorted(set(out) - {expected})
+    if extra:
+        raise ValueError(f"{what} takes {expected or 'no hyperparameter'}, got {extra}")
+    return out

@@ -16,7 +16,7 @@
 #
 # One environment, one sample. We solve the exact Wasserstein (W₁, W₂) and KL robust problems
 # through their duals (`loglinear.robust`) and compare them with the cheap surrogates of
-# Xu et al. (2025) (`loglinear.approx`, `paper.md` §4):
+# Xu et al. (2025) (`loglinear.approx`, docs/theory.md §4):
 #
 # * **WDPO**: $L(\theta) + \rho\,(\sum_i q_i\|\nabla_x l_i\|^2)^{1/2}$ (Algorithm 1, the
 #   first-order expansion of the W₂ worst case), and the official code's squared, per-pair

@@ -16,7 +16,7 @@
 #
 # The robust DPO guarantees of Xu et al. (2025) rest on **coverage**: the smallest eigenvalue
 # of $\Sigma_P = E_P[x x^\top]$, where $x = \psi(s,a^1) - \psi(s,a^2)$, must stay above some
-# $\lambda > 0$ (Assumption 2; `paper.md` §5). This notebook shows what moves λ in a finite
+# $\lambda > 0$ (Assumption 2; docs/theory.md §5.2). This notebook shows what moves λ in a finite
 # log-linear environment:
 #
 # 1. the **sampling-policy concentration** γ ($\pi_o \propto e^{\gamma g}$, γ = 0 is uniform);

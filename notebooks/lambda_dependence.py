@@ -15,7 +15,7 @@
 # # How estimation error depends on the coverage eigenvalue λ
 #
 # The guarantees of Xu et al. (2025) scale with $1/\lambda$, where λ lower-bounds
-# $\lambda_{min}(\Sigma)$ (`paper.md` §5). Here we measure, in finite log-linear environments
+# $\lambda_{min}(\Sigma)$ (docs/theory.md §5.2–5.3). Here we measure, in finite log-linear environments
 # with exact population targets:
 #
 # 1. the estimation error of DPO and of the exact robust estimators against λ_min;
@@ -59,7 +59,6 @@ from IPython.display import display
 from loglinear import estimation, robust, stats
 from loglinear import plots as views
 from loglinear.experiments import explore, rates
-from loglinear.experiments.estimators import ESTIMATORS as REGISTRY
 from loglinear.experiments.records import read_records
 
 
@@ -78,11 +77,6 @@ def show(fig, name):
 # move λ_min over orders of magnitude. Every estimator sees the same samples.
 
 # %%
-available = [e for e in ESTIMATORS if REGISTRY[e].available()]
-unavailable = sorted(set(ESTIMATORS) - set(available))
-if unavailable:
-    print(f"not installed in this version of loglinear, skipped: {unavailable}")
-
 # relative to the repository root, or to notebooks/ when Jupyter was started there
 roots = [Path(PRECOMPUTED), Path("..") / PRECOMPUTED] if PRECOMPUTED else []
 candidates = [p for r in roots for p in (r, r / "records")]
@@ -105,12 +99,12 @@ else:
         for c in CONCENTRATIONS for r in SPECTRUM_DECAYS)
     config = rates.RatesConfig(
         name="notebook-lambda", seed=SEED, n=tuple(N_VALUES), seeds=SEEDS,
-        estimators=tuple(available), settings=settings, bound=BOUND,
+        estimators=tuple(ESTIMATORS), settings=settings, bound=BOUND,
         schedules=(rates.Schedule(name=SCHEDULE, collapse_fraction=COLLAPSE_FRACTION,
                                   scale={"kldpo": KLDPO_TAU}),))
     print(f"computing {len(settings)} settings x {len(N_VALUES)} n x {SEEDS} seeds")
     with tempfile.TemporaryDirectory(prefix="loglinear-lambda-") as tmp:
-        records = read_records(rates.run(config, tmp, progress=False))
+        records = read_records(rates.main(config, tmp, progress=False) / "records.csv")
         targets = read_records(Path(tmp) / "targets.csv", dtype={"param": str},
                                keep_default_na=False)
 
@@ -179,7 +173,7 @@ print(f"the paper's constant: d/(γλ) with γ = {gamma:.3g} (β = {BETA:g}, B =
 # For the best- and worst-covered settings: Proposition 1 (DPO, converted from the $\Sigma_D$
 # norm to the Euclidean norm by $1/\sqrt{\lambda_{min}}$, constant C = 1), Theorem 1 (the
 # Wasserstein estimators, $O(n^{-1/4})$) and Theorem 2 (KL, with the population dual λ* for
-# both λ_lo and λ_hi), with δ = 0.05. The constants are reconstructions (`paper.md` §5).
+# both λ_lo and λ_hi), with δ = 0.05. The constants are reconstructions (docs/theory.md §5.1, §5.3).
 # With γ = β²e^{4βB}/(1+e^{4βB})² the bounds sit orders of magnitude above the measured
 # errors, and Theorems 1–2 decay like $n^{-1/4}$ where the errors decay like $n^{-1/2}$.
 

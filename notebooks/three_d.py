@@ -15,7 +15,7 @@
 # # The 3D-properties of DPO: chosen, rejected and unseen mass during training
 #
 # Yan et al. (2025, arXiv 2406.07327) describe three properties of DPO trained for many
-# epochs on a fixed dataset (`paper.md` §6):
+# epochs on a fixed dataset (docs/theory.md §6):
 #
 # 1. **Drastic drop** of the rejected response's probability;
 # 2. **Degradation** of the chosen response's probability (it rises, then falls back);

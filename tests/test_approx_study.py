@@ -11,14 +11,9 @@ import pytest
 
 pytest.importorskip("loglinear.robust")
 
-from loglinear.experiments.approx.run import (  # noqa: E402
-    COLUMNS,
-    VARIANTS,
-    ApproxStudyConfig,
-    fit_exponents,
-    load_config,
-    main,
-)
+from loglinear.experiments.approx.analysis import fit_exponents  # noqa: E402
+from loglinear.experiments.approx.config import ApproxStudyConfig, load_config  # noqa: E402
+from loglinear.experiments.approx.run import COLUMNS, VARIANTS, main  # noqa: E402
 from loglinear.report.approx import build  # noqa: E402
 
 
@@ -51,6 +46,48 @@ def test_study_writes_records_resumes_and_reports(tmp_path):
     text = md.read_text()
     assert md.name == "approximations.md" and "## Conclusions" in text
     assert (tmp_path / "approximations" / "figures" / "w2_theta_err.png").exists()
+    # the analysis, not the view, wrote the exponents beside the records
+    exps = fit_exponents(df, max_fraction=cfg.exponent_max_fraction)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "exponents.csv"), exps, check_dtype=False)
+
+
+def test_analysis_tables_read_back_exactly(tmp_path):
+    from loglinear.experiments.approx import analysis
+
+    out = main(_tiny(tmp_path, divergences=("w2",)), progress=False)
+    analysis.write_tables(out)
+    back = analysis.read_tables(out)
+    records = pd.read_csv(out / "records.csv")
+    exps = analysis.fit_exponents(records, max_fraction=0.2)
+    pd.testing.assert_frame_equal(back.summary, analysis.summary_table(records, exps),
+                                  check_dtype=False, check_exact=True)
+    pd.testing.assert_frame_equal(back.curves, analysis.curves(records), check_dtype=False,
+                                  check_exact=True)
+    assert back.counts["records"] == len(records) and back.refit is not None
+
+
+def test_main_writes_to_out_and_takes_a_config(tmp_path):
+    cfg = _tiny(tmp_path / "ignored", divergences=("w1",))
+    out = main(cfg, tmp_path / "elsewhere", progress=False)
+    assert out == tmp_path / "elsewhere" and (out / "records.csv").exists()
+    assert json.loads((out / "config.json").read_text())["out"] == str(out)
+    assert not (tmp_path / "ignored").exists()
+    with pytest.raises(TypeError, match="load_config"):
+        main("simulations/approx.toml")
+
+
+def test_registries_cover_the_divergences():
+    from loglinear.experiments.approx import DIVERGENCE_SPECS
+    from loglinear.experiments.approx.config import DIVERGENCES
+    from loglinear.registry import Registry
+
+    assert isinstance(DIVERGENCE_SPECS, Registry) and isinstance(VARIANTS, Registry)
+    assert set(DIVERGENCE_SPECS) == set(VARIANTS) == set(DIVERGENCES)
+    with pytest.raises(ValueError, match="registered"):
+        DIVERGENCE_SPECS.get("tv")
+    from loglinear.experiments.approx.analysis import BY_REGIME_OMIT
+
+    assert BY_REGIME_OMIT <= {v for variants in VARIANTS.values() for v in variants}
 
 
 def test_study_is_deterministic_under_its_seed(tmp_path):

@@ -12,7 +12,7 @@ def test_report_from_tau_records_only(tmp_path):
     cfg = bt.TauConfig(name="t", seed=3, settings=(EnvSpec("u", n_states=4, n_actions=3,
                                                            dim=2, reward_scale=3.0),),
                        n=(300,), seeds=2, n_tau=3, max_iter=40)
-    bt.run(cfg, tmp_path / "records" / "tau")
+    assert bt.main(cfg, tmp_path / "records" / "tau") == tmp_path / "records" / "tau"
     md = report.build("beyond_loglinear", tmp_path / "records", tmp_path / "out")
     text = md.read_text()
     assert "## 3. KLDPO temperature calibration" in text

@@ -9,6 +9,7 @@ import pytest
 
 from loglinear.experiments.beyond import tau as bt
 from loglinear.experiments.beyond.common import EnvSpec, environment
+from loglinear.experiments.config import load_config
 from loglinear.robust import solve_kl
 
 SPEC = EnvSpec("u", n_states=4, n_actions=3, dim=2, reward_scale=3.0)
@@ -20,18 +21,18 @@ def small(**kw) -> bt.TauConfig:
     return bt.TauConfig(**{**base, **kw})
 
 
-def _read(path):
-    return pd.read_csv(path).drop(columns="seconds")
+def _read(out):
+    return pd.read_csv(out / "records.csv").drop(columns="seconds")
 
 
 def test_deterministic_under_seed_and_resumable(tmp_path):
-    a = _read(bt.run(small(), tmp_path / "a"))
-    b = _read(bt.run(small(), tmp_path / "b"))
+    a = _read(bt.main(small(), tmp_path / "a"))
+    b = _read(bt.main(small(), tmp_path / "b"))
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 2 * (3 + 2)  # per seed: dpo + 3 taus + rule
-    again = _read(bt.run(small(), tmp_path / "a"))  # resume: nothing added
+    again = _read(bt.main(small(), tmp_path / "a"))  # resume: nothing added
     pd.testing.assert_frame_equal(a, again)
-    c = _read(bt.run(small(seed=4), tmp_path / "c"))
+    c = _read(bt.main(small(seed=4), tmp_path / "c"))
     assert not np.allclose(a.worst_sample.to_numpy(), c.worst_sample.to_numpy())
 
 
@@ -60,6 +61,26 @@ def test_config_validation(bad):
 
 
 def test_default_toml_parses():
-    cfg = bt.TauConfig.from_toml("simulations/beyond_tau.toml")
+    cfg = load_config(bt.TauConfig, "simulations/beyond_tau.toml")
     assert cfg.taus[0] == pytest.approx(0.01) and cfg.taus[-1] == pytest.approx(10.0)
     assert {s.name for s in cfg.settings} == {"uniform", "concentrated"}
+    with pytest.warns(DeprecationWarning, match="load_config"):
+        assert bt.TauConfig.from_toml("simulations/beyond_tau.toml") == cfg
+
+
+def test_cli_loads_the_config_and_the_old_entry_points_still_work(tmp_path):
+    from loglinear.cli import main as cli_main
+
+    path = tmp_path / "tau.toml"
+    path.write_text('name = "t"\nseed = 3\nn = [300]\nseeds = 1\nn_tau = 2\nmax_iter = 20\n'
+                    '[env]\nn_states = 4\nn_actions = 3\ndim = 2\nreward_scale = 3.0\n'
+                    '[[setting]]\nname = "u"\n')
+    assert cli_main(["beyond", "tau", "--config", str(path), "--out",
+                     str(tmp_path / "cli")]) == 0
+    cli = _read(tmp_path / "cli")
+    assert load_config(bt.TauConfig, path) == small(seeds=1, n_tau=2, max_iter=20)
+    with pytest.warns(DeprecationWarning, match="config path"):
+        pd.testing.assert_frame_equal(_read(bt.main(path, tmp_path / "path")), cli)
+    with pytest.warns(DeprecationWarning, match="tau.main"):
+        assert bt.run(small(seeds=1, n_tau=2, max_iter=20), tmp_path / "cli") == \
+            tmp_path / "cli" / "records.csv"

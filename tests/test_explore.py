@@ -218,7 +218,7 @@ def test_kl_shrinkage_is_radial_with_closed_form_scale():
         assert r["norm_ratio"] == 0.0 and r["kl_to_ref"] == pytest.approx(0.0, abs=1e-15)
     ratios = [r["norm_ratio"] for r in rows]
     assert all(a >= b for a, b in zip(ratios, ratios[1:]))
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="unknown ball 'tv'"):
         explore.shrinkage_path(env, fractions=[0.1], kind="tv")
     with pytest.raises(ValueError, match="fractions"):
         explore.shrinkage_path(env, fractions=[-0.1])

@@ -105,7 +105,7 @@ def test_grad_x_matches_finite_differences_moving_x(data, beta):
         lm = dpo_loss(theta, PreferenceData(xm, data.y, data.offset, data.weight), beta=beta)[i]
         fd[j] = (lp - lm) / (2 * FD_STEP)
     np.testing.assert_allclose(gx[i], fd, atol=FD_RTOL * max(1.0, np.abs(fd).max()) * 10)
-    # closed form of paper.md section 4: -(2y-1) beta sigma(-m) theta
+    # closed form of docs/theory.md §2.2: -(2y-1) beta sigma(-m) theta
     m = margins(theta, data, beta=beta)
     expected = -(data.sign * beta / (1 + np.exp(m)))[:, None] * theta
     np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-15)

@@ -15,8 +15,9 @@ import pytest
 from conftest import NEWTON_THETA_TOL
 
 from loglinear import fit_dpo
+from loglinear.experiments.config import load_config
 from loglinear.experiments.rates import run as rates
-from loglinear.experiments.rates.run import EnvSpec, RatesConfig, Schedule
+from loglinear.experiments.rates.config import EnvSpec, RatesConfig, Schedule
 from loglinear.experiments.records import RecordStore, read_records
 
 TIMING = ["seconds"]  # the only column allowed to differ between identical runs
@@ -67,14 +68,16 @@ def _frame(path):
 def test_toml_matches_dataclass(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text(CONFIG_TOML.format(seeds=4, extra=""))
+    assert load_config(RatesConfig, p) == _config()
     assert RatesConfig.from_toml(p) == _config()
+    assert load_config(RatesConfig, p, seeds=2) == _config(seeds=2)
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text(CONFIG_TOML.format(seeds=4, extra="") + "\nsedes = 3\n")
     with pytest.raises(ValueError, match="unknown keys"):
-        RatesConfig.from_toml(p)
+        load_config(RatesConfig, p)
     with pytest.raises(ValueError, match="unknown estimator"):
         _config(extra="nope")
     with pytest.raises(ValueError, match="n must be"):
@@ -83,7 +86,7 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
 
 def test_records_complete_and_targets_exact(tmp_path):
     cfg = _config()
-    rates.run(cfg, tmp_path, progress=False)
+    rates.main(cfg, tmp_path, progress=False)
     df = read_records(tmp_path / "records.csv")
     assert len(df) == 2 * 3 * 4  # settings x n x seeds, DPO only
     assert not df.duplicated(rates.ROW_KEY).any()
@@ -105,28 +108,28 @@ def test_records_complete_and_targets_exact(tmp_path):
 
 def test_same_config_same_rows_and_parallel_equal(tmp_path):
     cfg = _config()
-    rates.run(cfg, tmp_path / "a", progress=False)
-    rates.run(cfg, tmp_path / "b", jobs=2, progress=False)
+    rates.main(cfg, tmp_path / "a", progress=False)
+    rates.main(cfg, tmp_path / "b", jobs=2, progress=False)
     pd.testing.assert_frame_equal(_frame(tmp_path / "a/records.csv"),
                                   _frame(tmp_path / "b/records.csv"))
 
 
 def test_extending_seeds_keeps_old_rows(tmp_path):
-    rates.run(_config(seeds=2), tmp_path / "x", progress=False)
+    rates.main(_config(seeds=2), tmp_path / "x", progress=False)
     small = _frame(tmp_path / "x/records.csv")
-    rates.run(_config(seeds=4), tmp_path / "x", progress=False)
-    rates.run(_config(seeds=4), tmp_path / "y", progress=False)
+    rates.main(_config(seeds=4), tmp_path / "x", progress=False)
+    rates.main(_config(seeds=4), tmp_path / "y", progress=False)
     full = _frame(tmp_path / "x/records.csv")
     pd.testing.assert_frame_equal(full, _frame(tmp_path / "y/records.csv"))
     pd.testing.assert_frame_equal(full[full.seed < 2].reset_index(drop=True), small)
 
 
 def test_changed_design_is_refused(tmp_path):
-    rates.run(_config(seeds=1), tmp_path, progress=False)
+    rates.main(_config(seeds=1), tmp_path, progress=False)
     other = RatesConfig(name="tiny", seed=12, n=(50,), seeds=1,
                         settings=_config().settings)
     with pytest.raises(ValueError, match="different design"):
-        rates.run(other, tmp_path, progress=False)
+        rates.main(other, tmp_path, progress=False)
 
 
 def test_resume_after_killed_run(tmp_path):
@@ -150,8 +153,8 @@ def test_resume_after_killed_run(tmp_path):
     assert 0 < before < 2 * 3 * 30, "the run must be killed mid-way for this test to bite"
     with open(rec, "a") as fh:  # simulate a kill in the middle of a write
         fh.write("flat,dpo,none,50,999,nan,0.1")
-    rates.run(RatesConfig.from_toml(cfg_path), out, progress=False)
-    rates.run(RatesConfig.from_toml(cfg_path), tmp_path / "clean", progress=False)
+    rates.main(load_config(RatesConfig, cfg_path), out, progress=False)
+    rates.main(load_config(RatesConfig, cfg_path), tmp_path / "clean", progress=False)
     resumed = _frame(rec)
     assert len(resumed) == 2 * 3 * 30
     assert not resumed.duplicated(rates.ROW_KEY).any()
@@ -160,15 +163,15 @@ def test_resume_after_killed_run(tmp_path):
 
 def test_retry_failed_recomputes_only_failed_rows(tmp_path):
     cfg = _config(seeds=2)
-    rates.run(cfg, tmp_path / "clean", progress=False)
-    rates.run(cfg, tmp_path / "x", progress=False)
+    rates.main(cfg, tmp_path / "clean", progress=False)
+    rates.main(cfg, tmp_path / "x", progress=False)
     rec = tmp_path / "x" / "records.csv"
     df = pd.read_csv(rec)
     df.loc[3, ["status", "error"]] = ["failed: RobustSolverError: stand-in", np.nan]
     df.to_csv(rec, index=False)
-    rates.run(cfg, tmp_path / "x", progress=False)  # a plain resume keeps the failure
+    rates.main(cfg, tmp_path / "x", progress=False)  # a plain resume keeps the failure
     assert (pd.read_csv(rec).status != "ok").sum() == 1
-    rates.run(cfg, tmp_path / "x", progress=False, retry_failed=True)
+    rates.main(cfg, tmp_path / "x", progress=False, retry_failed=True)
     again = _frame(rec)
     assert set(again.status) == {"ok"} and len(again) == len(df)
     pd.testing.assert_frame_equal(again, _frame(tmp_path / "clean/records.csv"))
@@ -196,11 +199,11 @@ def test_record_store_repairs_and_skips(tmp_path):
 def test_dask_matches_local(tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     cfg = _config(seeds=3)
-    rates.run(cfg, tmp_path / "local", progress=False)
+    rates.main(cfg, tmp_path / "local", progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=None) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        rates.run(cfg, tmp_path / "dask", scheduler=cluster.scheduler_address,
+        rates.main(cfg, tmp_path / "dask", scheduler=cluster.scheduler_address,
                   progress=False)
     pd.testing.assert_frame_equal(_frame(tmp_path / "local/records.csv"),
                                   _frame(tmp_path / "dask/records.csv"))
@@ -236,7 +239,7 @@ def test_report_from_records(tmp_path):
     from loglinear.experiments.rates import analysis as ra
     from loglinear.report import build
 
-    rates.run(_config(seeds=6), tmp_path / "rec", progress=False)
+    rates.main(_config(seeds=6), tmp_path / "rec", progress=False)
     path = build("rates", tmp_path / "rec", tmp_path / "rep")
     text = path.read_text()
     assert "## Fitted exponents" in text and "## Findings" in text
@@ -264,6 +267,72 @@ def test_report_from_records(tmp_path):
     (arch / "records.csv.gz").write_bytes(gzip.compress((tmp_path / "rec/records.csv")
                                                         .read_bytes()))
     pd.testing.assert_frame_equal(ra.load(arch)[0], rec)
+
+
+def test_analysis_tables_read_back_exactly(tmp_path):
+    """The view reads what the analysis wrote, bit for bit: write_tables then read_tables
+    gives the tables computed in memory."""
+    from loglinear.experiments.rates import analysis as ra
+
+    rates.main(_config(seeds=4), tmp_path, progress=False)
+    paths = ra.write_tables(tmp_path)
+    assert {p.name for p in paths.values()} == set(ra.TABLES.values()) | {ra.SUMMARY}
+    rec, tgt, cfg = ra.load(tmp_path)
+    back = ra.read_tables(tmp_path)
+    th = ra.theory(rec, tgt, cfg)
+    pd.testing.assert_frame_equal(back.theory, th, check_dtype=False, check_exact=True)
+    pd.testing.assert_frame_equal(back.exponents, ra.exponents(rec), check_dtype=False,
+                                  check_exact=True)
+    assert back.summary["rows"] == len(rec) and back.summary["first_setting"] == "flat"
+    # DPO's bound (Proposition 1) is compared with the quantile of the Sigma_D norm
+    assert np.array_equal(th.q_vs_bound, th.q_sigma)
+
+
+def _exponent_table(schedules):
+    """One exponent row per schedule, each a clean -1/2 rate."""
+    return pd.DataFrame([dict(setting="s", estimator="kl", schedule=sch, slope_asym=-0.5,
+                              lo_asym=-0.55, hi_asym=-0.45, at_zero=0.0)
+                         for sch in schedules])
+
+
+@pytest.mark.parametrize("fractions, clause", [
+    ((0.3,), "."),
+    ((0.3, 0.9), ", including radii near the collapse radius."),
+    ((0.3, 1.0), ", including radii at the collapse radius."),
+    ((0.3, 0.9, 1.0), ", including radii near and at the collapse radius."),
+])
+def test_collapse_sentence_follows_the_design(fractions, clause):
+    """The sentence on radii near and at the collapse radius is stated only for the
+    schedules the study ran (the quick study has none near the collapse)."""
+    from loglinear.experiments.rates.analysis import _rate_summary
+    from loglinear.report.rates import _rate_conclusion
+
+    cfg = {"schedules": [dict(name=f"f{f}", exponent=0.0, collapse_fraction=f)
+                         for f in fractions]}
+    r = _rate_summary(_exponent_table([f"f{f}" for f in fractions]), cfg)
+    assert r["all_half"] and (r["at_collapse"] is not None) == (1.0 in fractions)
+    text = _rate_conclusion(r)
+    assert ("study" + clause) in text
+
+
+def test_main_takes_a_config_and_run_is_deprecated(tmp_path):
+    with pytest.raises(TypeError, match="load_config"):
+        rates.main("simulations/rates.toml", tmp_path)
+    with pytest.warns(DeprecationWarning, match="main"):
+        path = rates.run(_config(seeds=1), tmp_path, progress=False)
+    assert path == tmp_path / "records.csv" and path.exists()
+
+
+def test_estimators_are_one_registry():
+    from loglinear.experiments.estimators import ESTIMATORS, get_estimator
+    from loglinear.experiments.rates.analysis import BOUNDS
+    from loglinear.registry import Registry
+
+    assert isinstance(ESTIMATORS, Registry)
+    with pytest.raises(ValueError, match="registered: .*'dpo'"):
+        get_estimator("nope")
+    for est in ESTIMATORS.values():  # every estimator's bound is looked up, never branched on
+        assert est.theorem in BOUNDS
 
 
 def test_inaccurate_robust_solve_is_a_recorded_failure():

@@ -1,5 +1,6 @@
-"""Theory used by the rates study: section 5 constants and bounds, and the local asymptotic
-(sandwich) covariances, checked against finite differences of naive objectives."""
+"""Theory used by the rates study: the constants and bounds of docs/theory.md §5.1-5.4, and
+the local asymptotic (sandwich) covariances of §5.6, checked against finite differences of
+naive objectives."""
 
 from __future__ import annotations
 
@@ -85,12 +86,13 @@ def pop():
     return env.population(centered=True)
 
 
-@pytest.mark.parametrize("kind,param", [("dpo", 0.0), ("w1", 0.05), ("kl", 0.05),
-                                        ("kldpo", 0.8), ("wdpo", 0.1)])
-def test_hessian_and_sandwich_match_finite_differences(pop, kind, param):
+@pytest.mark.parametrize("kind,name,param", [("dpo", None, 0.0), ("w1", "radius", 0.05),
+                                             ("kl", "radius", 0.05), ("kldpo", "tau", 0.8),
+                                             ("wdpo", "rho", 0.1)])
+def test_hessian_and_sandwich_match_finite_differences(pop, kind, name, param):
     beta = 1.0
     w = np.array([0.4, -0.7])  # any point: the formulas do not assume optimality
-    la = local_asymptotics(kind, pop, w, beta=beta, param=param)
+    la = local_asymptotics(kind, pop, w, beta=beta, **({name: param} if name else {}))
     h = 1e-4
     d = len(w)
     H = np.empty((d, d))
@@ -143,7 +145,7 @@ def test_kl_dual_variable_small_radius_against_grid(radius):
 
 def test_kinks_are_reported(pop):
     with pytest.raises(ValueError, match="kink"):
-        local_asymptotics("w1", pop, np.zeros(2), beta=1.0, param=0.1)
+        local_asymptotics("w1", pop, np.zeros(2), beta=1.0, radius=0.1)
     with pytest.raises(ValueError, match="unknown kind"):
         local_asymptotics("nope", pop, np.ones(2), beta=1.0)
 

@@ -11,17 +11,18 @@ import pytest
 from conftest import FLOAT64_TOL
 
 from loglinear.cli import main as cli_main
-from loglinear.experiments.three_d.dynamics import train
-from loglinear.experiments.three_d.run import (
+from loglinear.experiments.config import load_config
+from loglinear.experiments.three_d import analysis
+from loglinear.experiments.three_d.analysis import load_records, property_onsets
+from loglinear.experiments.three_d.config import (
     SCENARIOS,
     Method,
     ThreeDConfig,
     Thresholds,
     Variant,
-    property_onsets,
-    toy_setting,
 )
-from loglinear.report.three_d import load_records
+from loglinear.experiments.three_d.dynamics import train
+from loglinear.experiments.three_d.run import toy_setting
 
 CONFIG = Path(__file__).resolve().parents[1] / "simulations" / "three_d.toml"
 
@@ -98,8 +99,36 @@ def test_property_onsets_on_hand_built_records():
     assert on["p_chosen_peak"] == 0.5
 
 
+def _onset(method, sharing, scenario, drop, degrade, disperse, reward_end=0.0, kl_end=0.0):
+    return {"method": method, "sharing": sharing, "scenario": scenario, "drop_step": drop,
+            "degrade_step": degrade, "disperse_step": disperse, "reward_end": reward_end,
+            "reward_best": reward_end, "kl_end": kl_end}
+
+
+def test_delays_and_costs_against_dpo_by_hand():
+    onsets = [_onset("DPO", 0.0, "on-on", 10, None, 30, reward_end=0.5, kl_end=1.0),
+              _onset("DPO", 0.5, "on-on", 20, 40, None, reward_end=0.2, kl_end=2.0),
+              _onset("M", 0.0, "on-on", 20, 50, None, reward_end=0.7, kl_end=0.5),
+              _onset("M", 0.5, "on-on", 20, None, 60, reward_end=0.1, kl_end=1.0),
+              _onset("N", 0.8, "off-off", 5, None, None)]
+    assert analysis.delay_counts(onsets, "M", "drop_step") == dict(
+        earlier=0, later=1, same=1, new=0, removed=0)
+    assert analysis.delay_counts(onsets, "M", "degrade_step") == dict(
+        earlier=0, later=0, same=0, new=1, removed=1)
+    assert analysis.delay_counts(onsets, "M", "disperse_step") == dict(
+        earlier=0, later=0, same=0, new=1, removed=1)
+    table = analysis.delay_table(onsets, ["DPO", "M"])
+    assert [r["method"] for r in table] == ["M"] and set(table[0]) == {"method", *analysis.KEYS}
+    assert analysis.count_onsets(onsets, "DPO", "degrade_step") == (1, 2)
+    assert analysis.settings_with(onsets, "DPO", "degrade_step") == [(0.5, "on-on")]
+    cost = {(c["method"], c["sharing"]): c["delta_reward"] for c in analysis.reward_cost(onsets)}
+    assert cost[("M", 0.0)] == pytest.approx(0.2) and cost[("M", 0.5)] == pytest.approx(-0.1)
+    assert np.isnan(cost[("N", 0.8)])  # no DPO run in that setting
+    assert sorted(analysis.versus_dpo(onsets, "M", "kl_end")) == [-1.0, -0.5]
+
+
 def test_config_file_parses_and_validates():
-    cfg = ThreeDConfig.from_toml(CONFIG)
+    cfg = load_config(ThreeDConfig, CONFIG)
     assert cfg.methods[0].objective == "dpo"
     assert {m.objective for m in cfg.methods} >= {"dpo", "flex-dpo", "dpo-sft"}
     with pytest.raises(ValueError, match="takes"):
@@ -111,10 +140,12 @@ def test_config_file_parses_and_validates():
     assert cfg.variants and set(cfg.variants[0].methods) <= {m.label for m in cfg.methods}
     with pytest.raises(ValueError, match="variant"):
         replace(cfg, variants=(Variant("adam", 0.1, ("nope",)),))
+    with pytest.warns(DeprecationWarning, match="load_config"):
+        assert ThreeDConfig.from_toml(CONFIG) == cfg
 
 
 def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
-    cfg = ThreeDConfig.from_toml(CONFIG)
+    cfg = load_config(ThreeDConfig, CONFIG)
     cfg = replace(cfg, training=replace(cfg.training, steps=30, record_every=10),
                   toy=replace(cfg.toy, sharing=(0.0,), scenarios=("off-on",)),
                   methods=tuple(m for m in cfg.methods
@@ -152,7 +183,7 @@ def test_trajectories_subset_for_notebooks():
     from loglinear.experiments.three_d.run import trajectories
     from loglinear.report.three_d import plot_gradient_ratio, plot_trajectories
 
-    cfg = ThreeDConfig.from_toml(CONFIG)
+    cfg = load_config(ThreeDConfig, CONFIG)
     df = trajectories(cfg, methods=["DPO", "DPO+SFT (c=0.2)"], sharing=[0.5],
                       scenarios=["on-off"], steps=40)
     assert set(df["method"]) == {"DPO", "DPO+SFT (c=0.2)"}

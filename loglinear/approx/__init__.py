@@ -1,6 +1,6 @@
-r"""The paper's cheap surrogates for robust DPO (paper.md section 4), as written and as run.
+r"""The paper's cheap surrogates for robust DPO (docs/theory.md §4), as written and as run.
 
-**WDPO** (gradient penalty). With the per-pair input gradient
+**WDPO** (gradient penalty, docs/theory.md §4.1). With the per-pair input gradient
 :math:`\nabla_x l_i = -(2y_i-1)\,\beta\,\sigma(-m_i)\,\theta`, write
 
 .. math::
@@ -18,21 +18,22 @@ increase the margins); the paper form is also not differentiable at theta = 0. F
 damped Newton with the exact Hessian (regularised where indefinite) from several starts,
 and report the smallest Hessian eigenvalue at the solution (a local-minimum certificate).
 
-**KLDPO** (reweighting). Weights recomputed from the current losses and held constant in
-the gradient step:
+**KLDPO** (reweighting, docs/theory.md §4.2). Weights recomputed from the current losses and
+held constant in the gradient step:
 
 * ``form="paper"`` (Algorithm 2): :math:`P_i \propto q_i \exp((l_i - \bar l)/\tau)`, normalised;
-* ``form="official"``: :math:`w_i = \min(\exp((l_i-\bar l)/\tau), 10)`, not normalised, with
-  :math:`\bar l = \sum_i q_i l_i` and the loss :math:`\sum_i q_i w_i l_i`.
+* ``form="official"``: :math:`W_i = q_i\min(\exp((l_i-\bar l)/\tau), 10)`, not normalised,
+  with :math:`\bar l = \sum_i q_i l_i` and the loss :math:`\sum_i W_i l_i`.
 
 The paper iteration is gradient descent on the convex function
 :math:`F_\tau(\theta) = \tau\log\sum_i q_i e^{l_i/\tau}`; its minimiser is the exact KL-DRO
-solution at radius :math:`\rho(\tau) = \mathrm{KL}(P^*\|q)` with dual :math:`\lambda^* = \tau`.
+solution at radius :math:`\rho(\tau) = \mathrm{KL}(P^*\|q)` with dual :math:`\lambda^* = \tau`
+(docs/theory.md §4.2).
 
 Calibration (:mod:`loglinear.approx.calibrate`) maps a surrogate's hyperparameter to the
 radius it buys: :func:`implied_radius_kl` (exact), :func:`w2_radius` (first order), and
-holds the KLDPO temperature rule :func:`suggest_tau`; :func:`w1_rescaling` is the W1
-rescaling factor ``R``.
+holds the KLDPO temperature rule :func:`suggest_tau` (docs/theory.md §4.3);
+:func:`w1_rescaling` is the W1 rescaling factor ``R``.
 """
 
 from __future__ import annotations

@@ -1,28 +1,24 @@
-"""Shared pieces of the surrogates: the result type, margins and input-gradient terms."""
+"""Shared pieces of the surrogates (docs/theory.md §4): the result type and the per-pair DPO
+terms (margins, losses, input-gradient coefficients) that WDPO and KLDPO are built from."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
-from scipy.special import expit
 
 from ..data import PreferenceData
-from ..losses import _check_theta, softplus
+from ..losses import _check_theta, _nonnegative, _positive, dpo_margin_terms, margins
 
-OFFICIAL_CAP = 10.0        # the official code's clamp on the KLDPO weights
+OFFICIAL_CAP = 10.0        # the official code's clamp on the KLDPO weights (both backends)
 DPO_HESSIAN_CURVATURE = 0.25   # sup_m sigma(m) sigma(-m): the DPO loss's curvature bound
 KINK_TOL = 1e-12           # ||theta|| below this is the paper-form kink at 0
 STALL_NORM = 1e8           # an iterate this large is reported as diverged
 
 
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    value = float(value)
-    ok = value >= 0 if allow_zero else value > 0
-    if not (np.isfinite(value) and ok):
-        kind = "nonnegative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {kind} finite number, got {value}")
-    return value
+    return (_nonnegative if allow_zero else _positive)(name, value)
 
 
 @dataclass(frozen=True)
@@ -66,30 +62,37 @@ class ApproxResult:
 
 
 # ------------------------------------------------------------------ shared pieces
-def _pieces(theta, data: PreferenceData, beta: float):
-    """Margins m, sigma(-m) and the per-pair gradient coefficients c (grad l_i = c_i x_i)."""
+class DPOPieces(NamedTuple):
+    """Per-pair DPO terms at theta (docs/theory.md §2.2), each of shape (n,) but theta (d,).
+
+    ``a`` = sigma(-m) = -phi'(m); ``curvature`` = phi''(m) = sigma(m) sigma(-m);
+    ``coef`` = -(2y-1) beta sigma(-m), so that grad_theta l_i = coef_i x_i.
+    """
+
+    theta: np.ndarray
+    m: np.ndarray
+    loss: np.ndarray
+    a: np.ndarray
+    curvature: np.ndarray
+    coef: np.ndarray
+
+
+def _pieces(theta, data: PreferenceData, beta: float) -> DPOPieces:
+    """The DPO terms at theta, from :func:`loglinear.losses.dpo_margin_terms`."""
     theta = _check_theta(theta, data.d)
-    m = data.sign * beta * (data.x @ theta - data.offset)
-    a = expit(-m)
-    c = -data.sign * beta * a
-    return theta, m, a, c
-
-
-def _get(registry: dict, name: str, what: str):
-    try:
-        return registry[name]
-    except KeyError:
-        raise ValueError(f"unknown {what} {name!r}; allowed: {sorted(registry)}") from None
+    m = margins(theta, data, beta=beta)
+    loss, d1, d2 = dpo_margin_terms(m)
+    a = -d1
+    return DPOPieces(theta, m, loss, a, d2, -data.sign * beta * a)
 
 
 def _dpo_terms(theta, data, beta, hessian):
-    theta, m, a, c = _pieces(theta, data, beta)
+    """sum_i q_i l_i with its gradient and (optionally) Hessian in theta."""
+    p = _pieces(theta, data, beta)
     q = data.weight
-    value = float(q @ softplus(-m))
-    grad = data.x.T @ (q * c)
+    value = float(q @ p.loss)
+    grad = data.x.T @ (q * p.coef)
     hess = None
     if hessian:
-        hess = (data.x * (q * beta**2 * a * (1.0 - a))[:, None]).T @ data.x
+        hess = (data.x * (q * beta**2 * p.curvature)[:, None]).T @ data.x
     return value, grad, hess
-
-

@@ -5,9 +5,9 @@ r"""Calibration: the radius a surrogate's hyperparameter buys, and the KLDPO tem
   (docs/theory.md §4.2): :func:`implied_radius_kl` and its inverse :func:`tau_for_radius_kl`.
 * WDPO's penalty rho is a W2 radius to first order (docs/theory.md §4.1):
   :func:`w2_radius` and its inverse :func:`rho_for_w2_radius`.
-* The temperature rule (:func:`suggest_tau`): the smallest tau whose KLDPO weights on the
-  DPO fit's losses keep an effective fraction ``min_ess`` of the data. To second order in
-  the loss spread :math:`s = \mathrm{sd}_q(l)`,
+* The temperature rule (:func:`suggest_tau`, docs/theory.md §4.3): the smallest tau whose
+  KLDPO weights on the DPO fit's losses keep an effective fraction ``min_ess`` of the data.
+  To second order in the loss spread :math:`s = \mathrm{sd}_q(l)`,
 
   .. math::  \rho(\tau) \approx \frac{s^2}{2\tau^2}, \qquad
              \mathrm{ESS}(\tau) \approx e^{-s^2/\tau^2} \approx e^{-2\rho(\tau)},
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.special import logsumexp
 
 from ..data import PreferenceData
 from ..fit import fit_dpo
-from ..losses import _check_beta, margins, softplus
+from ..losses import LOSSES, _check_beta
 from ..stats import effective_sample_size
-from ._common import _check_positive, _dpo_terms, _get
-from .kldpo import _implied_radius_at, fit_kldpo
+from ._common import _check_positive, _dpo_terms
+from ._kldpo import _implied_radius_at
+from .kldpo import fit_kldpo, kldpo_weights
 from .wdpo import WDPO_FORMS, _g2_terms, fit_wdpo, w1_rescaling
 
 ESS_RTOL = 1e-6        # relative tolerance of the exact tau rule's root in log tau
@@ -44,7 +44,7 @@ def implied_radius_kl(tau: float, data: PreferenceData, *, beta: float, theta=No
 
     at the KLDPO solution :math:`\theta_\tau` (fitted unless ``theta`` is given). There
     the exact KL-DRO problem at radius :math:`\rho(\tau)` is solved by :math:`\theta_\tau`
-    with dual :math:`\lambda^* = \tau` (paper.md section 4).
+    with dual :math:`\lambda^* = \tau` (docs/theory.md §4.2).
     """
     beta = _check_beta(beta)
     tau = _check_positive("tau", tau)
@@ -95,7 +95,7 @@ def w2_radius(rho: float, data: PreferenceData, *, beta: float, form: str = "pap
     """
     beta = _check_beta(beta)
     rho = _check_positive("rho", rho, allow_zero=True)
-    _get(WDPO_FORMS, form, "WDPO form")
+    WDPO_FORMS.get(form)
     if form == "paper":
         return rho
     if theta is None:
@@ -125,7 +125,7 @@ def rho_for_w2_radius(radius: float, data: PreferenceData, *, beta: float,
     """
     beta = _check_beta(beta)
     radius = _check_positive("radius", radius, allow_zero=True)
-    _get(WDPO_FORMS, form, "WDPO form")
+    WDPO_FORMS.get(form)
     if calibrate not in W2_CALIBRATIONS:
         raise ValueError(f"calibrate must be one of {W2_CALIBRATIONS}, got {calibrate!r}")
     if form == "paper" or radius == 0:
@@ -169,21 +169,15 @@ def _rho_fit_calibrated(radius, data, beta):
 # ------------------------------------------------------------------ the tau rule
 def loss_spread(theta, data: PreferenceData, *, beta: float) -> float:
     r""":math:`\mathrm{sd}_q(l(\theta))` of the per-pair DPO losses."""
-    losses = softplus(-margins(theta, data, beta=beta))
+    losses = LOSSES["dpo"].value(theta, data, beta=beta)
     q = data.weight
     return float(np.sqrt(q @ (losses - q @ losses) ** 2))
 
 
 def kldpo_ess(theta, data: PreferenceData, *, beta: float, tau: float) -> float:
     r"""ESS fraction of the KLDPO (paper) weights :math:`P\propto q e^{l(\theta)/\tau}` at theta."""
-    if not (np.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be positive and finite, got {tau}")
-    losses = softplus(-margins(theta, data, beta=beta))
-    q = data.weight
-    with np.errstate(divide="ignore"):
-        logits = np.log(q) + losses / tau
-    p = np.exp(logits - logsumexp(logits))
-    return effective_sample_size(p, q)
+    losses = LOSSES["dpo"].value(theta, data, beta=beta)
+    return effective_sample_size(kldpo_weights(losses, data.weight, tau=tau), data.weight)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-r"""KLDPO: exponential reweighting, as written (normalised) and as run (capped).
+r"""KLDPO: exponential reweighting, as written (normalised) and as run (capped)
+(docs/theory.md §4.2).
 
 Fixed points minimise the convex :math:`F_\tau = \tau\log\sum_i q_i e^{l_i/\tau}`, i.e.
 KLDPO(tau) is exact KL-DRO at radius :math:`\mathrm{KL}(P^*\|q)` with dual tau.
@@ -9,6 +10,9 @@ probabilities :math:`\sigma(\pm r)`) stationarity per feature difference gives
 :math:`\theta_\tau = \theta^*\,\tau/(1+\tau)`; there the "refit with frozen weights, then
 reweight" map has Jacobian exactly :math:`-I/\tau` (:func:`refit_contraction`), so that
 iteration converges only for tau > 1 and cycles at tau = 1 (both tested).
+
+The weighting rules live in :data:`KLDPO_FORMS` and the optimisers in
+:data:`KLDPO_METHODS`; nothing here branches on their names.
 """
 
 from __future__ import annotations
@@ -19,51 +23,64 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import root
-from scipy.special import logsumexp
 
 from ..data import PreferenceData
-from ..fit import FitError, SeparableDataError, fit_dpo, separating_direction
-from ..losses import _check_beta, _check_theta, margins, softplus
-from ..newton import newton
-from ._common import (
-    DPO_HESSIAN_CURVATURE,
-    OFFICIAL_CAP,
-    STALL_NORM,
-    ApproxResult,
-    _check_positive,
-    _get,
-    _pieces,
+from ..fit import FitError, SeparableDataError, fit_dpo
+from ..losses import _check_beta, _check_theta
+from ..registry import Registry
+from ._common import OFFICIAL_CAP, STALL_NORM, ApproxResult, _check_positive, _pieces
+from ._kldpo import (
+    _dweights_official,
+    _dweights_paper,
+    _implied_radius_at,
+    _kldpo_terms,
+    _lipschitz_bound,
+    _newton_official,
+    _newton_paper,
+    _official_value_grad,
+    _paper_value_grad,
+    _weighted_grad,
+    _weights_official,
+    _weights_paper,
 )
 
-
-def _weights_paper(losses, weight, tau, cap):
-    with np.errstate(divide="ignore"):
-        logits = np.log(weight) + losses / tau
-    return np.exp(logits - logsumexp(logits))
-
-
-def _weights_official(losses, weight, tau, cap):
-    lbar = float(weight @ losses)
-    return weight * np.minimum(np.exp(np.minimum((losses - lbar) / tau, np.log(cap))), cap)
+__all__ = ["KLDPOForm", "KLDPO_FORMS", "KLDPOMethod", "KLDPO_METHODS", "OFFICIAL_CAP",
+           "fit_kldpo", "kldpo_objective", "kldpo_weights", "refit_contraction"]
 
 
 @dataclass(frozen=True)
 class KLDPOForm:
-    """A KLDPO weighting rule: per-pair effective weights W (the loss is sum_i W_i l_i)."""
+    """A KLDPO weighting rule: per-pair effective weights W (the loss is sum_i W_i l_i).
+
+    Attributes:
+        weights: ``(losses, q, tau, cap) -> W`` (n,).
+        dweights: ``(W, grad_l, pieces, q, tau, cap) -> rows grad_theta W_i`` (n, d).
+        value_grad: ``(theta, data, beta, tau, cap) -> (value, sum_i W_i grad l_i)``: the
+            reported objective (F_tau for the paper form, sum_i W_i l_i for the official
+            one) and the step direction of Algorithm 2.
+        newton: the Newton-type solver of the fixed point (``method="newton"``).
+        exact_kl: the fixed point solves exact KL-DRO (reported with its implied radius).
+        normalised: the weights sum to one.
+    """
 
     name: str
     weights: Callable
+    dweights: Callable
+    value_grad: Callable
+    newton: Callable
+    exact_kl: bool
     normalised: bool
     doc: str
 
 
-KLDPO_FORMS: dict[str, KLDPOForm] = {
-    "paper": KLDPOForm("paper", _weights_paper, True,
+KLDPO_FORMS: Registry[KLDPOForm] = Registry("KLDPO form", {
+    "paper": KLDPOForm("paper", _weights_paper, _dweights_paper, _paper_value_grad,
+                       _newton_paper, True, True,
                        "P_i = q_i e^{(l_i - lbar)/tau} / sum_j q_j e^{(l_j - lbar)/tau}"),
-    "official": KLDPOForm("official", _weights_official, False,
+    "official": KLDPOForm("official", _weights_official, _dweights_official,
+                          _official_value_grad, _newton_official, False, False,
                           "W_i = q_i min(e^{(l_i - lbar)/tau}, cap), lbar = sum q l"),
-}
+})
 
 
 def kldpo_weights(losses, weight, *, tau: float, form: str = "paper",
@@ -75,9 +92,10 @@ def kldpo_weights(losses, weight, *, tau: float, form: str = "paper",
         \qquad
         \text{official: } W_i = q_i\min\big(e^{(l_i-\bar l)/\tau}, \text{cap}\big),
 
-    with :math:`\bar l = \sum_i q_i l_i`. With q = 1/n the official weights are the code's
-    ``clamp(exp((l - mean l)/tau), max=10) / n``: unnormalised, summing to >= 1 when no
-    weight is capped (Jensen).
+    with :math:`\bar l = \sum_i q_i l_i` (docs/theory.md §4.2). With q = 1/n the official
+    weights are the code's ``clamp(exp((l - mean l)/tau), max=10) / n``: unnormalised,
+    summing to >= 1 when no weight is capped (Jensen). The torch backend's
+    :func:`loglinear.torch.losses.kldpo_weights` returns the same quantity.
 
     Args:
         losses: (n,) per-pair losses.
@@ -97,39 +115,7 @@ def kldpo_weights(losses, weight, *, tau: float, form: str = "paper",
         raise ValueError("losses and weight must be finite")
     if np.any(weight < 0) or abs(weight.sum() - 1.0) > 1e-9:
         raise ValueError("weight must be nonnegative and sum to one")
-    return _get(KLDPO_FORMS, form, "KLDPO form").weights(losses, weight, tau, cap)
-
-
-def _tau_log_mean_exp(l, q, tau):
-    r"""tau log sum_i q_i e^{l_i / tau}, accurate also for large tau.
-
-    As c + tau log1p(sum q expm1((l - c)/tau)) with c = sum q l: the plain log-sum-exp
-    returns the O(1/tau) excess over a log of order one, so its rounding (~1e-16 tau)
-    would swamp the Newton decrement once tau is large (1e-12 at tau = 1e4).
-    """
-    c = float(q @ l)
-    z = (l - c) / tau
-    if float(np.max(z)) <= 1.0:
-        return c + tau * float(np.log1p(q @ np.expm1(z)))
-    with np.errstate(divide="ignore"):
-        return tau * float(logsumexp(np.log(q) + l / tau))
-
-
-def _kldpo_terms(theta, data, beta, tau, hessian):
-    r"""F = tau log sum q e^{l/tau}, grad = sum P grad l, hess = sum P H_i + Cov_P(grad l)/tau."""
-    theta, m, a, c = _pieces(theta, data, beta)
-    l = softplus(-m)
-    with np.errstate(divide="ignore"):
-        logits = np.log(data.weight) + l / tau
-    P = np.exp(logits - float(logsumexp(logits)))
-    value = _tau_log_mean_exp(l, data.weight, tau)
-    gi = c[:, None] * data.x
-    grad = gi.T @ P
-    hess = None
-    if hessian:
-        hess = (data.x * (P * beta**2 * a * (1.0 - a))[:, None]).T @ data.x
-        hess += ((gi * P[:, None]).T @ gi - np.outer(grad, grad)) / tau
-    return value, grad, hess
+    return KLDPO_FORMS.get(form).weights(losses, weight, tau, cap)
 
 
 def kldpo_objective(theta, data: PreferenceData, *, beta: float, tau: float
@@ -141,124 +127,12 @@ def kldpo_objective(theta, data: PreferenceData, *, beta: float, tau: float
         \nabla F_\tau = \sum_i P_i\,\nabla_\theta l_i,\quad P_i\propto q_i e^{l_i/\tau}.
 
     The exact KL-DRO value at radius rho is :math:`\min_{\lambda>0}\lambda\rho + F_\lambda`
-    (paper.md section 3), so :math:`\tau\rho + F_\tau \ge` the exact value.
+    (docs/theory.md §3.1), so :math:`\tau\rho + F_\tau \ge` the exact value.
     """
     beta = _check_beta(beta)
     tau = _check_positive("tau", tau)
     v, g, _ = _kldpo_terms(theta, data, beta, tau, False)
     return v, g
-
-
-def _official_residual(theta, data, beta, tau, cap, jac):
-    """F(theta) = sum_i W_i(theta) grad l_i(theta) for the official weights, and dF/dtheta."""
-    theta, m, a, c = _pieces(theta, data, beta)
-    l = softplus(-m)
-    q = data.weight
-    W = _weights_official(l, q, tau, cap)
-    gi = c[:, None] * data.x
-    F = gi.T @ W
-    if not jac:
-        return F, None
-    gbar = gi.T @ q
-    free = (l - float(q @ l)) / tau < np.log(cap)   # uncapped pairs move with theta
-    dW = (W * free)[:, None] * (gi - gbar) / tau      # rows: grad W_i
-    J = (data.x * (W * beta**2 * a * (1.0 - a))[:, None]).T @ data.x + gi.T @ dW
-    return F, J
-
-
-def _lipschitz_bound(data, beta, tau):
-    r"""A global smoothness constant of F_tau: beta^2 max||x||^2 (1/4 + 1/tau)."""
-    X2 = float(np.max(np.sum(data.x**2, axis=1)))
-    return beta**2 * X2 * (DPO_HESSIAN_CURVATURE + 1.0 / tau)
-
-
-def _kldpo_line(data, beta, tau):
-    def line(theta, step):
-        base = data.sign * beta * (data.x @ theta - data.offset)
-        dm = data.sign * beta * (data.x @ step)
-        return lambda t: _tau_log_mean_exp(softplus(-(base + t * dm)), data.weight, tau)
-    return line
-
-
-def _kldpo_newton_paper(data, beta, tau, theta0, gtol, max_iter):
-    fun = lambda th, h: _kldpo_terms(th, data, beta, tau, h)
-    rep = newton(fun, theta0, gtol=gtol, max_iter=max_iter, line=_kldpo_line(data, beta, tau))
-    if not rep.converged:
-        direction = separating_direction(data)
-        if direction is not None:
-            raise SeparableDataError(
-                direction, "the data are separable: tau log sum q e^{l/tau} decreases without "
-                f"bound along {np.round(direction, 4).tolist()}; KLDPO has no finite minimiser")
-        raise FitError(f"KLDPO Newton did not converge ({rep.status}, grad norm "
-                       f"{rep.grad_norm:.3g} after {rep.iterations} iterations)")
-    eig = float(np.linalg.eigvalsh(fun(rep.x, True)[2])[0])
-    return rep.x, rep.value, rep.grad_norm, rep.iterations, "converged", eig, ()
-
-
-def _official_objective(theta, data, beta, tau, cap):
-    _, m, _, _ = _pieces(theta, data, beta)
-    l = softplus(-m)
-    return float(_weights_official(l, data.weight, tau, cap) @ l)
-
-
-def _kldpo_newton_official(data, beta, tau, cap, theta0, gtol, max_iter):
-    """Root of sum_i W_i(theta) grad l_i(theta) = 0 (no potential exists once a cap binds):
-    Powell's hybrid method from the paper-form solution, then Newton polishing."""
-    start = _kldpo_newton_paper(data, beta, tau, theta0, gtol, max_iter)[0]
-    sol = root(lambda th: _official_residual(th, data, beta, tau, cap, True), start,
-               jac=True, method="hybr", options={"xtol": 1e-13})
-    theta, iters = sol.x, int(sol.nfev)
-    for _ in range(20):
-        F, J = _official_residual(theta, data, beta, tau, cap, True)
-        if np.linalg.norm(F) <= gtol:
-            break
-        theta = theta - np.linalg.lstsq(J, F, rcond=None)[0]
-        iters += 1
-    F, _ = _official_residual(theta, data, beta, tau, cap, False)
-    gnorm = float(np.linalg.norm(F))
-    status = "converged" if gnorm <= max(gtol, 1e-9) else "max_iter"
-    return (theta, _official_objective(theta, data, beta, tau, cap), gnorm, iters, status,
-            float("nan"), ())
-
-
-def _weighted_grad(theta, data, beta, tau, form, cap):
-    theta, m, a, c = _pieces(theta, data, beta)
-    l = softplus(-m)
-    W = KLDPO_FORMS[form].weights(l, data.weight, tau, cap)
-    return W, l, (c * W) @ data.x
-
-
-def _kldpo_gradient(data, beta, tau, form, cap, theta0, gtol, max_iter, step):
-    r"""Algorithm 2: theta <- theta - eta sum_i W_i(theta) grad l_i(theta), weights recomputed.
-
-    For the paper form this is gradient descent on F_tau, which is L-smooth with
-    L <= beta^2 max||x||^2 (1/4 + 1/tau); the default eta = 1/L decreases F_tau monotonically.
-    The official weights scale the same direction by c = sum_i W_i >= 1 (uncapped), so the
-    same eta is an effective step c eta: the iteration may overshoot where the paper's does not.
-    """
-    eta = 1.0 / _lipschitz_bound(data, beta, tau) if step is None else float(step)
-    theta = np.array(theta0, dtype=float)
-    hist = []
-    status = "max_iter"
-    for _ in range(max_iter + 1):
-        if form == "paper":
-            v, g, _ = _kldpo_terms(theta, data, beta, tau, False)
-        else:
-            W, l, g = _weighted_grad(theta, data, beta, tau, form, cap)
-            v = float(W @ l)
-        hist.append(v)
-        gn = float(np.linalg.norm(g))
-        if not np.isfinite(gn) or np.linalg.norm(theta) > STALL_NORM:
-            status = "diverged"
-            break
-        if gn <= gtol:
-            status = "converged"
-            break
-        theta = theta - eta * g
-    it = len(hist) - 1
-    W, l, g = _weighted_grad(theta, data, beta, tau, form, cap)
-    value = hist[-1] if hist else float("nan")
-    return theta, value, float(np.linalg.norm(g)), it, status, float("nan"), tuple(hist), eta
 
 
 def refit_contraction(theta, data: PreferenceData, *, beta: float, tau: float,
@@ -280,53 +154,104 @@ def refit_contraction(theta, data: PreferenceData, *, beta: float, tau: float,
     """
     beta = _check_beta(beta)
     tau = _check_positive("tau", tau)
-    _get(KLDPO_FORMS, form, "KLDPO form")
-    theta, m, a, c = _pieces(theta, data, beta)
-    l = softplus(-m)
+    spec = KLDPO_FORMS.get(form)
+    p = _pieces(theta, data, beta)
     q = data.weight
-    W = KLDPO_FORMS[form].weights(l, q, tau, cap)
-    gi = c[:, None] * data.x
-    if form == "paper":
-        dW = W[:, None] * (gi - gi.T @ W) / tau
-    else:
-        free = (l - float(q @ l)) / tau < np.log(cap)
-        dW = (W * free)[:, None] * (gi - gi.T @ q) / tau
-    H = (data.x * (W * beta**2 * a * (1.0 - a))[:, None]).T @ data.x
+    W = spec.weights(p.loss, q, tau, cap)
+    gi = p.coef[:, None] * data.x
+    dW = spec.dweights(W, gi, p, q, tau, cap)
+    H = (data.x * (W * beta**2 * p.curvature)[:, None]).T @ data.x
     J = np.linalg.lstsq(H, gi.T @ dW, rcond=None)[0]
     return float(np.max(np.abs(np.linalg.eigvals(J))))
 
 
-def _kldpo_refit(data, beta, tau, form, cap, theta0, gtol, max_iter, xtol=1e-10):
-    """Refit DPO with the weights frozen at the current theta, then reweight; repeat."""
+# ------------------------------------------------------------------ the optimisers
+def _run_newton(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info):
+    return spec.newton(data, beta, tau, cap, theta0, gtol, max_iter)
+
+
+def _run_gradient(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info):
+    r"""Algorithm 2: theta <- theta - eta sum_i W_i(theta) grad l_i(theta), weights recomputed.
+
+    For the paper form this is gradient descent on F_tau, which is L-smooth with
+    L <= beta^2 max||x||^2 (1/4 + 1/tau); the default eta = 1/L decreases F_tau monotonically.
+    The official weights scale the same direction by c = sum_i W_i >= 1 (uncapped), so the
+    same eta is an effective step c eta: the iteration may overshoot where the paper's does not.
+    """
+    eta = 1.0 / _lipschitz_bound(data, beta, tau) if step is None else float(step)
+    info["step"] = eta
+    theta = np.array(theta0, dtype=float)
+    hist = []
+    status = "max_iter"
+    for _ in range(max_iter + 1):
+        v, g = spec.value_grad(theta, data, beta, tau, cap)
+        hist.append(v)
+        gn = float(np.linalg.norm(g))
+        if not np.isfinite(gn) or np.linalg.norm(theta) > STALL_NORM:
+            status = "diverged"
+            break
+        if gn <= gtol:
+            status = "converged"
+            break
+        theta = theta - eta * g
+    _, _, g = _weighted_grad(theta, data, beta, tau, spec.weights, cap)
+    value = hist[-1] if hist else float("nan")
+    return (theta, value, float(np.linalg.norm(g)), len(hist) - 1, status, float("nan"),
+            tuple(hist))
+
+
+def _run_refit(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info, xtol=1e-10):
+    """Refit DPO with the weights frozen at the current theta, then reweight; repeat.
+    Warns (``RuntimeWarning``) when :func:`refit_contraction` >= 1 at the solution."""
+    fixed = fit_kldpo(data, beta=beta, tau=tau, form=spec.name, cap=cap).theta
+    kappa = refit_contraction(fixed, data, beta=beta, tau=tau, form=spec.name, cap=cap)
+    info["contraction"] = kappa
+    if kappa >= 1.0:
+        warnings.warn(
+            f"the refit-then-reweight KLDPO iteration cannot converge here (tau={tau:g}): "
+            f"its linearisation at the fixed point has spectral radius {kappa:.3g} >= 1, "
+            "so it oscillates away from the solution; use method='newton'",
+            RuntimeWarning, stacklevel=3)
     theta = np.array(theta0, dtype=float)
     hist = []
     status = "max_iter"
     for _ in range(max_iter):
-        _, m, _, _ = _pieces(theta, data, beta)
-        l = softplus(-m)
-        W = KLDPO_FORMS[form].weights(l, data.weight, tau, cap)
+        l = _pieces(theta, data, beta).loss
+        W = spec.weights(l, data.weight, tau, cap)
         hist.append(float(W @ l))
         try:
             new = fit_dpo(data.with_weight(W, normalize=True), beta=beta, gtol=gtol).theta
         except (SeparableDataError, FitError):
             status = "diverged"
             break
-        step = float(np.linalg.norm(new - theta))
+        move = float(np.linalg.norm(new - theta))
         theta = new
         if not np.all(np.isfinite(theta)) or np.linalg.norm(theta) > STALL_NORM:
             status = "diverged"
             break
-        if step <= xtol * max(1.0, float(np.linalg.norm(theta))):
+        if move <= xtol * max(1.0, float(np.linalg.norm(theta))):
             status = "converged"
             break
-    it = len(hist)
-    _, _, g = _weighted_grad(theta, data, beta, tau, form, cap)
-    value = _official_objective(theta, data, beta, tau, cap) if form == "official" else \
-        _kldpo_terms(theta, data, beta, tau, False)[0]
-    return theta, value, float(np.linalg.norm(g)), it, status, float("nan"), tuple(hist)
+    _, _, g = _weighted_grad(theta, data, beta, tau, spec.weights, cap)
+    value = spec.value_grad(theta, data, beta, tau, cap)[0]
+    return theta, value, float(np.linalg.norm(g)), len(hist), status, float("nan"), tuple(hist)
 
 
-KLDPO_METHODS = ("newton", "gradient", "refit")
+@dataclass(frozen=True)
+class KLDPOMethod:
+    """An optimiser of :func:`fit_kldpo` with its default tolerance and iteration cap."""
+
+    name: str
+    run: Callable
+    gtol: float
+    max_iter: int
+
+
+KLDPO_METHODS: Registry[KLDPOMethod] = Registry("KLDPO method", {
+    "newton": KLDPOMethod("newton", _run_newton, 1e-10, 200),
+    "gradient": KLDPOMethod("gradient", _run_gradient, 1e-8, 100_000),
+    "refit": KLDPOMethod("refit", _run_refit, 1e-8, 200),
+})
 
 
 def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "paper",
@@ -335,7 +260,7 @@ def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "pap
               ) -> ApproxResult:
     r"""Fit KLDPO: the fixed point of "reweight by :math:`e^{l/\tau}`, then step".
 
-    Methods:
+    Methods (:data:`KLDPO_METHODS`):
 
     * ``"newton"`` (default): paper form, Newton on the convex
       :math:`F_\tau = \tau\log\sum_i q_i e^{l_i/\tau}` (whose stationary points are the
@@ -351,7 +276,7 @@ def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "pap
         beta: DPO temperature (> 0).
         tau: KLDPO temperature (> 0); the exact KL dual variable at the solution.
         form: ``"paper"`` (normalised) or ``"official"`` (capped, unnormalised).
-        method: one of :data:`KLDPO_METHODS`.
+        method: a key of :data:`KLDPO_METHODS`.
         cap: the official clamp (default 10).
         step: gradient step size (``"gradient"`` only).
         gtol: gradient tolerance (default 1e-10 Newton, 1e-8 gradient/refit).
@@ -370,9 +295,8 @@ def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "pap
     beta = _check_beta(beta)
     tau = _check_positive("tau", tau)
     cap = _check_positive("cap", cap)
-    _get(KLDPO_FORMS, form, "KLDPO form")
-    if method not in KLDPO_METHODS:
-        raise ValueError(f"unknown KLDPO method {method!r}; allowed: {list(KLDPO_METHODS)}")
+    spec = KLDPO_FORMS.get(form)
+    how = KLDPO_METHODS.get(method)
     if step is not None:
         _check_positive("step", step)
     if theta0 is None:
@@ -382,45 +306,12 @@ def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "pap
             theta0 = np.zeros(data.d)
     theta0 = _check_theta(theta0, data.d)
     info: dict = {}
-    if method == "newton":
-        gtol = 1e-10 if gtol is None else gtol
-        max_iter = 200 if max_iter is None else max_iter
-        if form == "paper":
-            out = _kldpo_newton_paper(data, beta, tau, theta0, gtol, max_iter)
-        else:
-            out = _kldpo_newton_official(data, beta, tau, cap, theta0, gtol, max_iter)
-    elif method == "gradient":
-        gtol = 1e-8 if gtol is None else gtol
-        max_iter = 100_000 if max_iter is None else max_iter
-        *out, info["step"] = _kldpo_gradient(data, beta, tau, form, cap, theta0, gtol,
-                                             max_iter, step)
-    else:
-        gtol = 1e-8 if gtol is None else gtol
-        max_iter = 200 if max_iter is None else max_iter
-        fixed = fit_kldpo(data, beta=beta, tau=tau, form=form, cap=cap).theta
-        kappa = refit_contraction(fixed, data, beta=beta, tau=tau, form=form, cap=cap)
-        info["contraction"] = kappa
-        if kappa >= 1.0:
-            warnings.warn(
-                f"the refit-then-reweight KLDPO iteration cannot converge here (tau={tau:g}): "
-                f"its linearisation at the fixed point has spectral radius {kappa:.3g} >= 1, "
-                "so it oscillates away from the solution; use method='newton'",
-                RuntimeWarning, stacklevel=2)
-        out = _kldpo_refit(data, beta, tau, form, cap, theta0, gtol, max_iter)
+    gtol = how.gtol if gtol is None else gtol
+    max_iter = how.max_iter if max_iter is None else max_iter
+    out = how.run(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info)
     theta, value, gnorm, iters, status, eig, hist = out
-    if form == "paper" and status == "converged":
+    if spec.exact_kl and status == "converged":
         info["implied_radius"] = _implied_radius_at(theta, data, beta, tau)
     return ApproxResult(theta, float(value), int(iters), status, status == "converged",
                         float(gnorm), time.perf_counter() - t0, "kldpo", form, method, tau,
                         eig, tuple(hist), info)
-
-
-def _implied_radius_at(theta, data, beta, tau) -> float:
-    """KL(P*||q) of the KLDPO (paper) weights at theta; see
-    :func:`loglinear.approx.calibrate.implied_radius_kl`."""
-    l = softplus(-margins(theta, data, beta=beta))
-    with np.errstate(divide="ignore"):
-        logits = np.log(data.weight) + l / tau
-    lse = float(logsumexp(logits))
-    P = np.exp(logits - lse)
-    return max(float(P @ (l / tau)) - lse, 0.0)

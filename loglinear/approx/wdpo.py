@@ -1,4 +1,4 @@
-r"""WDPO: the gradient-penalty surrogates of the W2 worst case (paper.md section 4).
+r"""WDPO: the gradient-penalty surrogates of the W2 worst case (docs/theory.md §4.1).
 
 .. math::
     G(\theta) = \Big(\sum_i q_i \|\nabla_x l_i\|^2\Big)^{1/2}
@@ -29,27 +29,20 @@ from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import expit
 
 from ..data import PreferenceData
 from ..fit import FitError, SeparableDataError, fit_dpo
-from ..losses import _check_beta, _check_theta, softplus
+from ..losses import _check_beta, _check_theta, dpo_margin_terms, margin_line
 from ..newton import newton
-from ._common import (
-    KINK_TOL,
-    ApproxResult,
-    _check_positive,
-    _dpo_terms,
-    _get,
-    _pieces,
-)
+from ..registry import Registry
+from ._common import KINK_TOL, ApproxResult, _check_positive, _dpo_terms, _pieces
 
 
 def grad_x_norm(theta, data: PreferenceData, *, beta: float) -> np.ndarray:
     r"""Per-pair :math:`\|\nabla_x l_i\|_2 = \beta\,\sigma(-m_i)\,\|\theta\|_2`, shape (n,)."""
     beta = _check_beta(beta)
-    theta, _, a, _ = _pieces(theta, data, beta)
-    return beta * a * np.linalg.norm(theta)
+    p = _pieces(theta, data, beta)
+    return beta * p.a * np.linalg.norm(p.theta)
 
 
 def w1_rescaling(theta, data: PreferenceData, *, beta: float) -> float:
@@ -59,13 +52,12 @@ def w1_rescaling(theta, data: PreferenceData, *, beta: float) -> float:
     :math:`\varepsilon\beta\|\theta\|`, so ``rho = eps / R`` puts the paper's penalty on W1.
     """
     beta = _check_beta(beta)
-    _, _, a, _ = _pieces(theta, data, beta)
-    return float(np.sqrt(data.weight @ a**2))
+    return float(np.sqrt(data.weight @ _pieces(theta, data, beta).a ** 2))
 
 
 def _g2_terms(theta, data, beta, hessian):
     r""":math:`G^2 = \beta^2\|\theta\|^2 S`, :math:`S = \sum q\sigma(-m)^2`, with derivatives."""
-    theta, m, a, _ = _pieces(theta, data, beta)
+    theta, _, _, a, _, _ = _pieces(theta, data, beta)
     q, x, s = data.weight, data.x, data.sign
     nn = float(theta @ theta)
     S = float(q @ a**2)
@@ -98,21 +90,29 @@ def _penalty_official(theta, data, beta, hessian):
 
 @dataclass(frozen=True)
 class WDPOForm:
-    """A WDPO penalty Pi(theta) (the objective is L + rho Pi) with its derivatives."""
+    """A WDPO penalty Pi(theta) (the objective is L + rho Pi) with its derivatives.
+
+    ``of_g2`` maps G^2 to Pi (used along line searches); ``kink``: Pi has a kink at
+    theta = 0, where the fit also tries theta = 0 by its subgradient condition.
+    """
 
     name: str
     penalty: Callable
+    of_g2: Callable[[float], float]
+    kink: bool
     doc: str
 
 
-WDPO_FORMS: dict[str, WDPOForm] = {
-    "paper": WDPOForm("paper", _penalty_paper, "rho (sum_i q_i ||grad_x l_i||^2)^{1/2}"),
-    "official": WDPOForm("official", _penalty_official, "rho sum_i q_i ||grad_x l_i||^2"),
-}
+WDPO_FORMS: Registry[WDPOForm] = Registry("WDPO form", {
+    "paper": WDPOForm("paper", _penalty_paper, np.sqrt, True,
+                      "rho (sum_i q_i ||grad_x l_i||^2)^{1/2}"),
+    "official": WDPOForm("official", _penalty_official, lambda g2: g2, False,
+                         "rho sum_i q_i ||grad_x l_i||^2"),
+})
 
 
 def _wdpo_terms(theta, data, beta, rho, form, hessian):
-    spec = _get(WDPO_FORMS, form, "WDPO form")
+    spec = WDPO_FORMS.get(form)
     v, g, h = _dpo_terms(theta, data, beta, hessian)
     pv, pg, ph = spec.penalty(theta, data, beta, hessian)
     return v + rho * pv, g + rho * pg, (None if h is None else h + rho * ph)
@@ -131,15 +131,15 @@ def wdpo_penalty(theta, data: PreferenceData, *, beta: float, rho: float,
     """
     beta = _check_beta(beta)
     rho = _check_positive("rho", rho, allow_zero=True)
-    return float(rho * _get(WDPO_FORMS, form, "WDPO form").penalty(theta, data, beta, False)[0])
+    return float(rho * WDPO_FORMS.get(form).penalty(theta, data, beta, False)[0])
 
 
 def wdpo_pair_loss(theta, data: PreferenceData, *, beta: float, rho: float) -> np.ndarray:
     r"""Per-pair official WDPO loss :math:`l_i + \rho\|\nabla_x l_i\|^2`, shape (n,)."""
     beta = _check_beta(beta)
     rho = _check_positive("rho", rho, allow_zero=True)
-    theta, m, a, _ = _pieces(theta, data, beta)
-    return softplus(-m) + rho * (beta * a) ** 2 * float(theta @ theta)
+    p = _pieces(theta, data, beta)
+    return p.loss + rho * (beta * p.a) ** 2 * float(p.theta @ p.theta)
 
 
 def wdpo_objective(theta, data: PreferenceData, *, beta: float, rho: float,
@@ -155,27 +155,19 @@ def wdpo_objective(theta, data: PreferenceData, *, beta: float, rho: float,
     return v, g
 
 
-
-
-
-
-
-
-
-
 def _wdpo_line(data, beta, rho, form):
     """Cheap evaluator of the WDPO objective along a ray (O(n) per trial step)."""
+    of_g2 = WDPO_FORMS.get(form).of_g2
+
     def line(theta, step):
-        base = data.sign * beta * (data.x @ theta - data.offset)
-        dm = data.sign * beta * (data.x @ step)
+        base, dm = margin_line(theta, step, data, beta=beta)
         a2, b2, c2 = float(theta @ theta), 2.0 * float(theta @ step), float(step @ step)
         q = data.weight
 
         def f(t):
-            m = base + t * dm
-            pen = beta**2 * max(a2 + t * b2 + t * t * c2, 0.0) * float(q @ expit(-m) ** 2)
-            pen = np.sqrt(pen) if form == "paper" else pen
-            return float(q @ softplus(-m)) + rho * pen
+            loss, d1, _ = dpo_margin_terms(base + t * dm)
+            g2 = beta**2 * max(a2 + t * b2 + t * t * c2, 0.0) * float(q @ d1**2)
+            return float(q @ loss) + rho * of_g2(g2)
         return f
     return line
 
@@ -208,7 +200,7 @@ def fit_wdpo(data: PreferenceData, *, beta: float, rho: float, form: str = "pape
     t0 = time.perf_counter()
     beta = _check_beta(beta)
     rho = _check_positive("rho", rho, allow_zero=True)
-    _get(WDPO_FORMS, form, "WDPO form")
+    spec = WDPO_FORMS.get(form)
     starts = []
     try:
         starts.append(("dpo", fit_dpo(data, beta=beta).theta))
@@ -237,7 +229,7 @@ def fit_wdpo(data: PreferenceData, *, beta: float, rho: float, form: str = "pape
         if rep.converged and np.linalg.norm(rep.x) > KINK_TOL and (
                 best is None or rep.value < best[1]):
             best = (rep.x, rep.value, rep.grad_norm, "converged")
-    if form == "paper":
+    if spec.kink:
         v0, g0, _ = _dpo_terms(np.zeros(data.d), data, beta, False)
         gap = float(np.linalg.norm(g0)) - rho * beta * w1_rescaling(np.zeros(data.d), data,
                                                                     beta=beta)

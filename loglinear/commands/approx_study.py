@@ -16,16 +16,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from dataclasses import replace
-
-    from loglinear.experiments.approx.run import load_config, main
+    from loglinear.experiments.approx import ApproxStudyConfig, main
+    from loglinear.experiments.config import load_config
     from loglinear.report.approx import build
 
     t0 = time.perf_counter()
-    config = load_config(args.config)
-    if args.out is not None:
-        config = replace(config, out=args.out)
-    records = main(config)
+    records = main(load_config(ApproxStudyConfig, args.config), args.out)
     print(f"records: {records / 'records.csv'}")
     if not args.no_report:
         print(f"report:  {build(records)}")

@@ -11,15 +11,22 @@ NAME = "beyond"
 HELP = ("Run (or resume) a beyond-log-linear study: tau (KLDPO temperature calibration), "
         "neural (MLP policies) or stability (gradient stability under preference shift).")
 
-STUDIES = {
-    "tau": "loglinear.experiments.beyond.tau",
-    "neural": "loglinear.experiments.beyond.neural",
-    "stability": "loglinear.experiments.beyond.stability",
-}
+STUDIES = ("neural", "stability", "tau")
+
+
+def studies():
+    """The studies as a registry ``name -> (config class, main)`` (imported on use: the
+    study modules import torch only inside their functions, but the CLI starts faster)."""
+    from loglinear.experiments.beyond import neural, stability, tau
+    from loglinear.registry import Registry
+
+    return Registry("beyond study", {"neural": (neural.NeuralConfig, neural.main),
+                                     "stability": (stability.StabilityConfig, stability.main),
+                                     "tau": (tau.TauConfig, tau.main)})
 
 
 def add_arguments(p) -> None:
-    p.add_argument("study", choices=sorted(STUDIES), help="which study to run")
+    p.add_argument("study", choices=STUDIES, help="which study to run")
     p.add_argument("--config", required=True,
                    help="study TOML (simulations/beyond_{tau,neural,stability}.toml)")
     p.add_argument("--out", required=True, help="records directory (resumed if it exists)")
@@ -29,10 +36,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import importlib
+    from loglinear.experiments.config import load_config
 
-    module = importlib.import_module(STUDIES[args.study])
-    path = module.main(args.config, args.out)
+    config_cls, main = studies().get(args.study)
+    path = main(load_config(config_cls, args.config), args.out)
     print(f"records written to {path}")
     if args.report:
         from loglinear import report

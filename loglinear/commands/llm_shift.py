@@ -21,21 +21,21 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from loglinear.experiments.llm_shift.config import load_config
-    from loglinear.experiments.llm_shift.run import run as run_study
+    from loglinear.experiments.config import load_config
+    from loglinear.experiments.llm_shift.config import ShiftConfig
+    from loglinear.experiments.llm_shift.run import StudyIncomplete, main
 
-    config = load_config(args.config, out=args.out)
+    config = load_config(ShiftConfig, args.config, out=args.out)
     seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
-    status = run_study(config, max_seconds=seconds)
-    if not status["complete"]:
+    try:
+        out = main(config, max_seconds=seconds)
+    except StudyIncomplete:
         print(f"incomplete: rerun `loglinear llm-shift --config {args.config}` to resume")
         return EXIT_INCOMPLETE
     if args.report:
-        from pathlib import Path
-
         from loglinear.report.llm_shift import build
 
         # every study beside this one (e.g. reports/llm_shift/{gpu,cpu_smollm2,cpu}) goes
         # into the one report
-        print(f"report written to {build(Path(status['out']).parent)}")
+        print(f"report written to {build(out.parent)}")
     return 0

@@ -18,12 +18,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from loglinear.experiments.config import load_config
+
     try:
-        from loglinear.torch.loop import load_config, train
+        from loglinear.torch.loop import TrainConfig, train
     except ImportError as exc:  # torch missing
         raise SystemExit(f"llm-train needs the torch extra: pip install 'loglinear[torch]' "
                          f"({exc})") from exc
-    cfg = load_config(args.config, out_dir=args.out_dir, max_steps=args.max_steps,
+    cfg = load_config(TrainConfig, args.config, out_dir=args.out_dir, max_steps=args.max_steps,
                       threads=args.threads, progress=True if args.progress else None)
     out = train(cfg)
     print(f"wrote {out / 'metrics.jsonl'} and {out / 'checkpoint'}")

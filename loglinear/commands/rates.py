@@ -22,15 +22,17 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from loglinear.experiments.rates import run as rates
+    from loglinear.experiments.config import load_config
+    from loglinear.experiments.rates import RatesConfig, main
 
     if args.jobs == 0 or args.jobs < -1:
         raise ValueError(f"--jobs must be a positive count or -1, got {args.jobs}")
-    path = rates.main(args.config, args.out, jobs=args.jobs, scheduler=args.scheduler,
-                      progress=not args.no_progress, retry_failed=args.retry_failed)
+    config = load_config(RatesConfig, args.config)
+    path = main(config, args.out, jobs=args.jobs, scheduler=args.scheduler,
+                progress=not args.no_progress, retry_failed=args.retry_failed)
     print(f"records written to {path}")
     if args.report:
         from loglinear import report
 
-        print(f"report written to {report.build('rates', args.out)}")
+        print(f"report written to {report.build('rates', path)}")
     return 0

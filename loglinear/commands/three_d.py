@@ -14,10 +14,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from loglinear.experiments.three_d.run import ThreeDConfig, main
+    from loglinear.experiments.config import load_config
+    from loglinear.experiments.three_d.config import ThreeDConfig
+    from loglinear.experiments.three_d.run import main
     from loglinear.report.three_d import build
 
-    config = ThreeDConfig.from_toml(args.config)
+    config = load_config(ThreeDConfig, args.config)
     path = build(main(config, args.out))
     print(f"report written to {path}")
     return 0

@@ -37,9 +37,14 @@ def load_config(cls, path, **overrides):
     otherwise :func:`from_mapping` does.
     """
     mapping = dict(load_toml(path)) | {k: v for k, v in overrides.items() if v is not None}
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(mapping)
-    return from_mapping(cls, mapping, where=str(path))
+    try:
+        if hasattr(cls, "from_dict"):
+            return cls.from_dict(mapping)
+        return from_mapping(cls, mapping, where=str(path))
+    except (TypeError, ValueError) as exc:
+        # name the file once, whichever builder raised
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
 
 def from_mapping(cls, mapping: dict, *, where: str = "config"):

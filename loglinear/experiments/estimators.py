@@ -1,24 +1,38 @@
 """The one registry of estimators used by the study runners: name -> how to fit it.
 
 Every entry maps (data, beta, hyperparameter) to the centered parameter w = theta -
-theta_ref. Runners look estimators up here and never branch on their names, so an
-estimator whose module is still missing is simply reported as unavailable.
+theta_ref. Runners look estimators up in :data:`ESTIMATORS` and never branch on their
+names: what differs between estimators (the fit, the exact target, the dual variable, the
+collapse radius, the bound that applies) is a field of the entry.
 
 Hyperparameters: the robust estimators take a radius (KL: rho; W1/W2: eps; WDPO: the W2
-radius rho_o of its first-order expansion). KLDPO takes a temperature tau, which acts as an
-*inverse* radius (KLDPO with temperature tau is KL-DRO with lambda* = tau, and a larger
-ball means a smaller lambda*), so radius schedules c n^{-a} become tau = c n^{+a} for it.
+radius rho_o of its first-order expansion, docs/theory.md §4.1). KLDPO takes a temperature
+tau, which acts as an *inverse* radius (KLDPO with temperature tau is KL-DRO with
+lambda* = tau, docs/theory.md §4.2, and a larger ball means a smaller lambda*), so radius
+schedules c n^{-a} become tau = c n^{+a} for it.
 """
 
 from __future__ import annotations
 
-import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from ..approx import fit_kldpo, fit_wdpo
 from ..data import PreferenceData
+from ..estimation import LOCAL_KINDS, kl_dual_variable, local_asymptotics
+from ..fit import fit_dpo
+from ..losses import dpo_loss, objective
+from ..registry import Registry
+from ..robust import (
+    RobustSolverError,
+    collapse_radius_kl,
+    collapse_radius_wasserstein,
+    solve_kl,
+    solve_wasserstein,
+)
 
 
 @dataclass(frozen=True)
@@ -31,12 +45,17 @@ class Estimator:
         param: name of the hyperparameter (``None`` for DPO).
         inverse: True when the hyperparameter is a temperature (grows as the ball shrinks).
         local_kind: the kind passed to :func:`loglinear.estimation.local_asymptotics`
-            (``None``: no local prediction).
-        theorem: which bound of paper.md section 5 applies (``prop1``, ``thm1``, ``thm2``).
+            (docs/theory.md §5.6; ``None``: no local prediction).
+        theorem: which bound of docs/theory.md §5 applies (``prop1``, ``thm1``, ``thm2``),
+            the key of ``experiments.rates.analysis.BOUNDS``.
         collapse: ``collapse(pop, *, beta) -> radius`` at which the population optimum
-            collapses to w = 0, or ``None``.
-        requires: ``"module:attribute"`` that must import for the estimator to be
-            available.
+            collapses to w = 0 (docs/theory.md §3.2, §3.6), or ``None``.
+        dual: ``dual(pop, w, *, beta, param) -> lambda*``, the dual variable at the
+            population optimum that the Theorem 2 bound uses (docs/theory.md §5.3), or
+            ``None`` (no dual variable).
+        population_optimum: ``population_optimum(env) -> w``, the population optimum in
+            closed form, used as the exact target instead of a fit on the population, or
+            ``None``.
     """
 
     name: str
@@ -46,17 +65,14 @@ class Estimator:
     local_kind: str | None
     theorem: str
     collapse: Callable[..., float] | None = None
-    requires: str | None = None
+    dual: Callable[..., float] | None = None
+    population_optimum: Callable[..., np.ndarray] | None = None
 
     def available(self) -> bool:
-        if self.requires is None:
-            return True
-        module, _, attr = self.requires.partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            return False
-        return not attr or hasattr(mod, attr)
+        """Deprecated: every estimator's dependencies are the core, always installed."""
+        warnings.warn("Estimator.available() is deprecated: every registered estimator is "
+                      "available", DeprecationWarning, stacklevel=2)
+        return True
 
     def hyperparameter(self, *, base: float, exponent: float, n: int,
                        reference_n: float = 1.0) -> float:
@@ -64,66 +80,73 @@ class Estimator:
         sign = 1.0 if self.inverse else -1.0
         return float(base) * (float(n) / float(reference_n)) ** (sign * float(exponent))
 
+    def target(self, env, pop: PreferenceData, *, beta: float, param, bound: float
+               ) -> np.ndarray:
+        """The exact population target at ``param``: the closed form where there is one,
+        otherwise the estimator fitted to the enumerated population ``pop``."""
+        if self.population_optimum is not None:
+            return self.population_optimum(env)
+        return self.fit(pop, beta=beta, param=param, bound=bound)
+
+    def local(self, pop: PreferenceData, w, *, beta: float, param):
+        """:func:`loglinear.estimation.local_asymptotics` of ``local_kind`` at the population
+        optimum ``w``, the hyperparameter passed under the name that kind takes (W2 uses
+        the WDPO expansion, whose radius is ``rho``); raises ``ValueError`` at a kink."""
+        name = LOCAL_KINDS.get(self.local_kind).hyperparameter
+        hyper = {} if name is None else {name: 0.0 if param is None else param}
+        return local_asymptotics(self.local_kind, pop, w, beta=beta, **hyper)
+
+    def population_dual(self, pop: PreferenceData, w, *, beta: float, param) -> float:
+        """The dual variable at the population optimum ``w`` (NaN without one)."""
+        return np.nan if self.dual is None else self.dual(pop, w, beta=beta, param=param)
+
 
 # ----------------------------------------------------------------------- fits
 def _fit_dpo(data: PreferenceData, *, beta, param, bound):
-    from ..fit import fit_dpo
-
     return fit_dpo(data, beta=beta, bound=bound).theta
 
 
 def _accurate_theta(res) -> np.ndarray:
     """The solution of a robust solve, or an error if it is flagged inaccurate (a study
     records the failure with its reason instead of an unreliable estimate)."""
-    from ..robust import RobustSolverError
-
     if res.status == "inaccurate":
         raise RobustSolverError(f"{res.solver} solve is inaccurate (KKT residual "
-                                f"{res.certificate:.3g}): {res.info}")
+                                f"{res.certificate:.3g}): {dict(res.info)}")
     return np.asarray(res.theta, float)
 
 
 def _fit_kl(data, *, beta, param, bound):
-    from ..robust import solve_kl
-
     return _accurate_theta(solve_kl(data, beta=beta, radius=param, bound=bound))
 
 
-def _fit_w1(data, *, beta, param, bound):
-    from ..robust import solve_wasserstein
+def _fit_wasserstein(p):
+    def fit(data, *, beta, param, bound):
+        return _accurate_theta(solve_wasserstein(data, beta=beta, radius=param, p=p,
+                                                 bound=bound))
 
-    return _accurate_theta(solve_wasserstein(data, beta=beta, radius=param, p=1, bound=bound))
-
-
-def _fit_w2(data, *, beta, param, bound):
-    from ..robust import solve_wasserstein
-
-    return _accurate_theta(solve_wasserstein(data, beta=beta, radius=param, p=2, bound=bound))
+    return fit
 
 
 def _fit_wdpo(data, *, beta, param, bound):
-    from ..approx import fit_wdpo
-
     return np.asarray(fit_wdpo(data, beta=beta, rho=param, form="paper").theta, float)
 
 
 def _fit_kldpo(data, *, beta, param, bound):
-    from ..approx import fit_kldpo
-
     return np.asarray(fit_kldpo(data, beta=beta, tau=param, form="paper").theta, float)
+
+
+def _w_star(env) -> np.ndarray:
+    """DPO's population optimum in closed form, w* = omega / beta (docs/theory.md §1.4)."""
+    return env.theta_star() - env.theta_ref
 
 
 # ------------------------------------------------------------ collapse radii
 def _collapse_kl(pop, *, beta):
-    from ..robust import collapse_radius_kl
-
     return float(collapse_radius_kl(pop, beta=beta))
 
 
-def _collapse_w(p):
+def _collapse_wasserstein(p):
     def collapse(pop, *, beta):
-        from ..robust import collapse_radius_wasserstein
-
         return float(collapse_radius_wasserstein(pop, beta=beta, p=p))
 
     return collapse
@@ -131,42 +154,44 @@ def _collapse_w(p):
 
 def _collapse_wdpo(pop, *, beta):
     r"""WDPO (paper form) at w -> 0: L(w) + rho beta ||w|| S(w) with S(0) = 1/2, so the
-    optimum is w = 0 iff rho beta / 2 >= ||grad L(0)||: rho_c = 2 ||grad L(0)|| / beta."""
-    from ..losses import objective
-
+    optimum is w = 0 iff rho beta / 2 >= ||grad L(0)||: rho_c = 2 ||grad L(0)|| / beta
+    (docs/theory.md §4.1)."""
     g0 = objective(np.zeros(pop.d), pop, beta=beta, hessian=False).grad
     return 2.0 * float(np.linalg.norm(g0)) / beta
 
 
-ESTIMATORS: dict[str, Estimator] = {
-    e.name: e
-    for e in (
-        Estimator("dpo", _fit_dpo, None, False, "dpo", "prop1"),
-        Estimator("kl", _fit_kl, "radius", False, "kl", "thm2", _collapse_kl,
-                  "loglinear.robust:solve_kl"),
-        Estimator("w1", _fit_w1, "radius", False, "w1", "thm1", _collapse_w(1),
-                  "loglinear.robust:solve_wasserstein"),
-        # W2's local prediction uses its first-order expansion (the WDPO objective).
-        Estimator("w2", _fit_w2, "radius", False, "wdpo", "thm1", _collapse_w(2),
-                  "loglinear.robust:solve_wasserstein"),
-        Estimator("wdpo", _fit_wdpo, "rho", False, "wdpo", "thm1", _collapse_wdpo,
-                  "loglinear.approx:fit_wdpo"),
-        Estimator("kldpo", _fit_kldpo, "tau", True, "kldpo", "thm2", None,
-                  "loglinear.approx:fit_kldpo"),
-    )
-}
+# ---------------------------------------------------------------- dual variables
+def _dual_kl(pop, w, *, beta, param):
+    """lambda*(rho) of the KL dual at w (docs/theory.md §3.1)."""
+    return kl_dual_variable(dpo_loss(w, pop, beta=beta), pop.weight, param)
+
+
+def _dual_kldpo(pop, w, *, beta, param):
+    """KLDPO at temperature tau is KL-DRO with lambda* = tau (docs/theory.md §4.2)."""
+    return float(param)
+
+
+ESTIMATORS: Registry[Estimator] = Registry("estimator")
+for _e in (
+    Estimator("dpo", _fit_dpo, None, False, "dpo", "prop1", population_optimum=_w_star),
+    Estimator("kl", _fit_kl, "radius", False, "kl", "thm2", _collapse_kl, _dual_kl),
+    Estimator("w1", _fit_wasserstein(1), "radius", False, "w1", "thm1",
+              _collapse_wasserstein(1)),
+    # W2's local prediction uses its first-order expansion (the WDPO objective).
+    Estimator("w2", _fit_wasserstein(2), "radius", False, "wdpo", "thm1",
+              _collapse_wasserstein(2)),
+    Estimator("wdpo", _fit_wdpo, "rho", False, "wdpo", "thm1", _collapse_wdpo),
+    Estimator("kldpo", _fit_kldpo, "tau", True, "kldpo", "thm2", None, _dual_kldpo),
+):
+    ESTIMATORS.register(_e.name, _e)
+del _e
 
 
 def get_estimator(name: str) -> Estimator:
-    try:
-        return ESTIMATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown estimator {name!r}; registered: {sorted(ESTIMATORS)}") from None
+    """The registered estimator ``name`` (a ``ValueError`` lists the registered names)."""
+    return ESTIMATORS.get(name)
 
 
 def register_estimator(est: Estimator) -> Estimator:
     """Add an estimator (a new name only)."""
-    if est.name in ESTIMATORS:
-        raise ValueError(f"estimator {est.name!r} is already registered")
-    ESTIMATORS[est.name] = est
-    return est
+    return ESTIMATORS.register(est.name, est)

@@ -1,7 +1,8 @@
 r"""Small computations behind the exploration notebooks (``notebooks/``).
 
 The notebooks only call public functions; whatever they need that the core lacks lives
-here, tested in ``tests/test_explore.py``. Every sweep returns tidy records (a list of
+here (the robust sweeps in :mod:`loglinear.experiments.explore_robust`, re-exported),
+tested in ``tests/test_explore.py``. Every sweep returns tidy records (a list of
 dicts, one row per measurement) that ``pandas.DataFrame`` takes as is.
 
 Coverage identity used throughout: because a^1 and a^2 are drawn independently from
@@ -24,6 +25,12 @@ import numpy as np
 
 from ..env import LogLinearEnv
 from ..estimation import coverage
+from ..robust import BALLS
+from .explore_robust import kl_surrogate_sweep, shrinkage_path, wasserstein_surrogate_sweep
+
+__all__ = ["FeatureProjection", "coverage_sweep", "collapse_sweep", "eigen_paths",
+           "kl_surrogate_sweep", "project_features", "random_env", "shrinkage_path",
+           "sigma_from_covariances", "summarize_rates", "wasserstein_surrogate_sweep"]
 
 # LogLinearEnv.random keywords a sweep may vary, plus derived knobs handled here.
 _ENV_KEYS = {"n_states", "n_actions", "dim", "beta", "concentration", "reward_scale",
@@ -239,19 +246,16 @@ def collapse_sweep(*, concentrations: Sequence[float], base: Mapping | None = No
 
     For each environment (common random numbers across concentrations, as in
     :func:`coverage_sweep`), the centred population gives lambda_min(Sigma) and the radius
-    at and beyond which the robust optimum is w = 0 (pi = pi_ref): the KL radius
-    rho_0 = -min_nu log E e^{nu . z} (``loglinear.robust.collapse_radius_kl``) and, when
-    the Wasserstein solvers are installed, ``collapse_radius_wasserstein`` for p = 1, 2.
+    at and beyond which the robust optimum is w = 0 (pi = pi_ref), for every ball of
+    ``loglinear.robust.BALLS`` (docs/theory.md §3.2, §3.6): the KL radius
+    rho_0 = -min_nu log E e^{nu . z} and the Wasserstein radii for p = 1, 2.
 
     Returns:
         records ``concentration, replicate, lambda_min, kind, collapse_radius`` with
-        kind in {"kl", "w1", "w2"}.
+        kind a ball name ("kl", "w1", "w2").
     """
-    from .. import robust
-
     base = dict(base or {})
     base.pop("concentration", None)
-    wass = getattr(robust, "collapse_radius_wasserstein", None)
     seqs = np.random.SeedSequence(seed).spawn(replicates)
     rows = []
     for c in concentrations:
@@ -259,154 +263,8 @@ def collapse_sweep(*, concentrations: Sequence[float], base: Mapping | None = No
             env = random_env(np.random.default_rng(ss), concentration=float(c), **base)
             pop = env.population(centered=True)
             lam = coverage(pop).lambda_min
-            radii = {"kl": robust.collapse_radius_kl(pop, beta=env.beta)}
-            if wass is not None:
-                for p in (1, 2):
-                    radii[f"w{p}"] = wass(pop, beta=env.beta, p=p)
-            for kind, rad in radii.items():
+            for kind, ball in BALLS.items():
+                rad = ball.collapse_radius(pop, beta=env.beta)
                 rows.append({"concentration": float(c), "replicate": r, "lambda_min": lam,
                              "kind": kind, "collapse_radius": float(rad)})
-    return rows
-
-
-def shrinkage_path(env: LogLinearEnv, *, fractions: Sequence[float], kind: str = "kl"
-                   ) -> list[dict]:
-    r"""The exact population robust solution as the radius grows to the collapse radius.
-
-    Radius = fraction * collapse radius of ``kind`` ("kl", or "w1"/"w2" when the
-    Wasserstein solvers exist), solved on the centred population (w = theta - theta_ref,
-    so w = 0 is pi_ref). For each radius: ||w_rho|| / ||w*|| (w* the DPO optimum),
-    cos(w_rho, w*), KL(pi_theta || pi_ref) and the expected reward of pi_theta, with
-    theta = theta_ref + w_rho, and the solver's dual variable.
-
-    For KL and a linear Bradley-Terry reward the two labels of every pair balance at
-    w = c w* with c = lambda*/(1 + lambda*) (the tilted weights q_y e^{l_y/lambda} make the
-    pair's gradient vanish), so ``norm_ratio`` equals lambda*/(1 + lambda*) and ``cosine``
-    equals 1; ``tests/test_explore.py`` checks this.
-
-    Returns:
-        records ``kind, fraction, radius, norm_ratio, cosine, kl_to_ref, reward, dual,
-        status``.
-    """
-    from .. import robust
-
-    if kind not in ("kl", "w1", "w2"):
-        raise ValueError(f"kind must be 'kl', 'w1' or 'w2', got {kind!r}")
-    fractions = [float(f) for f in fractions]
-    if any(f < 0 for f in fractions):
-        raise ValueError(f"fractions must be >= 0, got {fractions}")
-    pop = env.population(centered=True)
-    w_star = env.theta_star() - env.theta_ref
-    if kind == "kl":
-        rho0 = robust.collapse_radius_kl(pop, beta=env.beta)
-
-        def solve(radius):
-            return robust.solve_kl(pop, beta=env.beta, radius=radius)
-    else:
-        if not hasattr(robust, "solve_wasserstein"):
-            raise ValueError(f"kind {kind!r} needs loglinear.robust.solve_wasserstein, "
-                             "which is not available in this installation")
-        p = int(kind[1])
-        rho0 = robust.collapse_radius_wasserstein(pop, beta=env.beta, p=p)
-
-        def solve(radius):
-            return robust.solve_wasserstein(pop, beta=env.beta, radius=radius, p=p)
-    rows = []
-    for f in fractions:
-        res = solve(f * rho0)
-        w = np.asarray(res.theta, float)
-        theta = env.theta_ref + w
-        value = env.value(theta)
-        nw = float(np.linalg.norm(w))
-        cos = float(w @ w_star / (nw * np.linalg.norm(w_star))) if nw > 0 else 0.0
-        rows.append({"kind": kind, "fraction": f, "radius": f * rho0,
-                     "norm_ratio": nw / float(np.linalg.norm(w_star)), "cosine": cos,
-                     "kl_to_ref": value.kl, "reward": value.reward, "dual": float(res.dual),
-                     "status": res.status})
-    return rows
-
-
-# --------------------------------------------------------------------------------------
-# exact robust solutions against the paper's surrogates
-# --------------------------------------------------------------------------------------
-
-def _exact_value(kind: str, theta, data, beta: float, radius: float) -> float:
-    from .. import robust
-
-    if kind == "kl":
-        return float(robust.kl_value(theta, data, beta=beta, radius=radius).value)
-    return float(robust.wasserstein_value(theta, data, beta=beta, radius=radius,
-                                          p=int(kind[1])).value)
-
-
-def wasserstein_surrogate_sweep(data, *, beta: float, fractions: Sequence[float]
-                                ) -> list[dict]:
-    r"""Exact W1/W2 solutions and the WDPO surrogates at the same radius.
-
-    Radius eps = fraction * the W2 collapse radius of ``data``. Methods: ``exact-w1``
-    and ``exact-w2`` (``loglinear.robust.solve_wasserstein``, kappa = inf), ``wdpo-paper``
-    with rho = eps (Gao et al.'s first-order W2 expansion) and ``wdpo-official`` with
-    rho = ``rho_for_w2_radius(eps, form="official")`` (calibrated at the DPO fit).
-
-    Every theta is scored by the exact W2 worst-case loss V_2(theta) at eps, so
-    ``excess`` = V_2(theta) - V_2(theta_exact-w2) >= 0 is the robustness a surrogate
-    gives up; ``distance`` = ||theta - theta_exact-w2||.
-
-    Returns:
-        records ``method, fraction, radius, hyper, norm, distance, worst_case_w2, excess,
-        status``.
-    """
-    from .. import approx, robust
-
-    beta = float(beta)
-    eps0 = robust.collapse_radius_wasserstein(data, beta=beta, p=2)
-    rows = []
-    for f in fractions:
-        eps = float(f) * eps0
-        fits = {"exact-w2": (eps, robust.solve_wasserstein(data, beta=beta, radius=eps, p=2)),
-                "exact-w1": (eps, robust.solve_wasserstein(data, beta=beta, radius=eps, p=1)),
-                "wdpo-paper": (eps, approx.fit_wdpo(data, beta=beta, rho=eps, form="paper"))}
-        if eps > 0:
-            rho = approx.rho_for_w2_radius(eps, data, beta=beta, form="official")
-            fits["wdpo-official"] = (rho, approx.fit_wdpo(data, beta=beta, rho=rho,
-                                                          form="official"))
-        ref = np.asarray(fits["exact-w2"][1].theta, float)
-        v_ref = _exact_value("w2", ref, data, beta, eps)
-        for method, (hyper, fit) in fits.items():
-            theta = np.asarray(fit.theta, float)
-            v = _exact_value("w2", theta, data, beta, eps)
-            rows.append({"method": method, "fraction": float(f), "radius": eps,
-                         "hyper": float(hyper), "norm": float(np.linalg.norm(theta)),
-                         "distance": float(np.linalg.norm(theta - ref)),
-                         "worst_case_w2": v, "excess": v - v_ref, "status": fit.status})
-    return rows
-
-
-def kl_surrogate_sweep(data, *, beta: float, taus: Sequence[float]) -> list[dict]:
-    r"""KLDPO at each temperature tau against the exact KL-DRO solution it implies.
-
-    For the paper form the fixed point theta_tau solves exact KL-DRO at the radius
-    rho(tau) = KL(P* || q) (``loglinear.approx.implied_radius_kl``) with dual lambda* = tau
-    (paper.md section 4). This sweep measures that identity (``distance``, ``dual``) and
-    the official capped form's distance from the same exact solution.
-
-    Returns:
-        records ``tau, radius, collapse_radius, dual, norm_exact, distance_paper,
-        distance_official``.
-    """
-    from .. import approx, robust
-
-    rho0 = robust.collapse_radius_kl(data, beta=beta)
-    rows = []
-    for tau in taus:
-        tau = float(tau)
-        paper = approx.fit_kldpo(data, beta=beta, tau=tau, form="paper")
-        official = approx.fit_kldpo(data, beta=beta, tau=tau, form="official")
-        radius = approx.implied_radius_kl(tau, data, beta=beta, theta=paper.theta)
-        exact = robust.solve_kl(data, beta=beta, radius=radius)
-        ref = np.asarray(exact.theta, float)
-        rows.append({"tau": tau, "radius": radius, "collapse_radius": rho0,
-                     "dual": float(exact.dual), "norm_exact": float(np.linalg.norm(ref)),
-                     "distance_paper": float(np.linalg.norm(paper.theta - ref)),
-                     "distance_official": float(np.linalg.norm(official.theta - ref))})
     return rows

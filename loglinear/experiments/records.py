@@ -165,3 +165,24 @@ def read_records(path, **read_csv_kwargs):
     if raw and not raw.endswith("\n"):
         raw = raw[: raw.rfind("\n") + 1]
     return pd.read_csv(io.StringIO(raw), **read_csv_kwargs)
+
+
+def write_table(frame, path) -> Path:
+    """Write an analysis table (a DataFrame) as CSV beside the records: floats in their
+    shortest round-trip form (they read back bit-identical), NaN as an empty field."""
+    path = Path(path)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def read_table(path, *, text: tuple[str, ...] = ()):
+    """An analysis table written by :func:`write_table` (an empty table reads as an empty
+    DataFrame). ``text``: columns read as strings whatever they look like; only an empty
+    field is missing (so a label such as "n/a" stays a string)."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""],
+                           dtype={c: str for c in text})
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()

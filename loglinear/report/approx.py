@@ -1,46 +1,44 @@
 """Report of the approximation study: ``loglinear report approx reports/approximations``.
 
-Reads ``records.csv`` and ``config.json`` from the records directory, writes figures to
-``<out>/approximations/figures`` and the markdown to ``<out>/approximations.md`` (``out``
-defaults to the records directory's parent, so the default study lands in ``reports/``).
+A view: :func:`build` has :func:`loglinear.experiments.approx.analysis.write_tables` write
+the tables (``exponents.csv``, ``summary.csv``, ... and ``counts.json``) into the records
+directory, then reads them back, formats the markdown and draws the figures
+(``plot_*(table) -> Figure``). Figures go to ``<out>/approximations/figures`` and the
+markdown to ``<out>/approximations.md`` (``out`` defaults to the records directory's
+parent, so the default study lands in ``reports/``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ..experiments.approx.config import DIVERGENCES
 from ._common import markdown_table, save_figure
 
 LABELS = {"kl": "KL", "w1": "W1 (κ = ∞)", "w2": "W2 (κ = ∞)"}
-REFIT_REACHED = 1e-6   # ||theta - theta_KLDPO|| counted as having reached the fixed point
 METRICS = {"theta_err": "‖θ_approx − θ_exact‖",
            "subopt": "V(θ_approx) − V(θ_exact) (exact robust objective)"}
+FLOAT_FLOOR = 1e-16   # exact agreement is drawn at the float floor, not dropped
 
 
-def _median_by(records, divergence, metric):
-    df = records[records["divergence"] == divergence]
-    return df.groupby(["variant", "fraction"])[metric].agg(["median", "min", "max"])
-
-
-def plot_error_vs_radius(records, divergence: str, metric: str = "theta_err"):
+def plot_error_vs_radius(curves, divergence: str, metric: str = "theta_err"):
     """Log-log error against the radius fraction, one line per surrogate variant (median
-    over environments, band = min..max)."""
+    over environments, band = min..max), from the ``curves`` table of
+    :func:`loglinear.experiments.approx.analysis.curves`."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    stats = _median_by(records, divergence, metric)
-    for variant in sorted(stats.index.get_level_values(0).unique()):
-        s = stats.loc[variant]
-        floor = 1e-16   # exact agreement is drawn at the float floor, not dropped
-        y = np.maximum(np.abs(s["median"].to_numpy()), floor)
-        f = s.index.to_numpy()
-        label = variant + (" (≡ exact: float floor)" if np.all(y < 1e-11) else "")
+    stats = curves[(curves["divergence"] == divergence) & (curves["metric"] == metric)]
+    for variant in sorted(stats["variant"].unique()):
+        s = stats[stats["variant"] == variant]
+        y = np.maximum(np.abs(s["median"].to_numpy()), FLOAT_FLOOR)
+        f = s["fraction"].to_numpy()
+        label = variant + (" (≡ exact: float floor)" if s["exact"].iloc[0] else "")
         line, = ax.plot(f, y, marker="o", ms=3, label=label)
-        lo = np.maximum(np.abs(s["min"].to_numpy()), floor)
-        hi = np.maximum(np.abs(s["max"].to_numpy()), floor)
+        lo = np.maximum(np.abs(s["min"].to_numpy()), FLOAT_FLOOR)
+        hi = np.maximum(np.abs(s["max"].to_numpy()), FLOAT_FLOOR)
         ax.fill_between(f, lo, hi, alpha=0.15, color=line.get_color())
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -52,83 +50,71 @@ def plot_error_vs_radius(records, divergence: str, metric: str = "theta_err"):
     return fig
 
 
-def _summary_rows(records, exps):
+def _summary_rows(summary, fractions) -> list[dict]:
+    """The summary table as the report prints it (the conclusions read these rows)."""
+    lo, hi = fractions
+    return [{
+        "divergence": r["divergence"], "variant": r["variant"],
+        "exponent (median [min, max])": (
+            f"{r['exponent_median']:.2f} [{r['exponent_min']:.2f}, {r['exponent_max']:.2f}]"
+            if r["exponents"] else "— (error at solver floor)"),
+        f"rel θ err @{lo:g}": r[f"rel_theta_err@{lo:g}"],
+        f"rel θ err @{hi:g}": r[f"rel_theta_err@{hi:g}"],
+        f"subopt/DPO @{lo:g}": r[f"subopt_over_dpo@{lo:g}"],
+        f"subopt/DPO @{hi:g}": r[f"subopt_over_dpo@{hi:g}"],
+        f"value gap @{lo:g}": r[f"value_gap@{lo:g}"],
+    } for r in summary.to_dict("records")]
+
+
+def _by_regime_rows(table, fractions) -> list[dict]:
+    lo, hi = fractions
     rows = []
-    for (div, var), g in records.groupby(["divergence", "variant"], sort=True):
-        e = exps[(exps["divergence"] == div) & (exps["variant"] == var)]["exponent"].dropna()
-
-        def at(frac, col, g=g):
-            sel = g[np.isclose(g["fraction"], frac)][col]
-            return float(sel.median()) if len(sel) else float("nan")
-
-        ratio = lambda frac: at(frac, "subopt") / at(frac, "subopt_dpo")
-        rows.append({
-            "divergence": div, "variant": var,
-            "exponent (median [min, max])": (f"{e.median():.2f} [{e.min():.2f}, {e.max():.2f}]"
-                                             if len(e) else "— (error at solver floor)"),
-            "rel θ err @0.1": at(0.1, "rel_theta_err"),
-            "rel θ err @0.9": at(0.9, "rel_theta_err"),
-            "subopt/DPO @0.1": ratio(0.1),
-            "subopt/DPO @0.9": ratio(0.9),
-            "value gap @0.1": at(0.1, "value_gap"),
-        })
-    return rows
-
-
-def _by_regime_rows(records):
-    df = records.copy()
-    df["data"] = np.where(df["n_samples"] == 0, "population", "sample")
-    rows = []
-    for (conc, data), g in df.groupby(["concentration", "data"], sort=True):
+    for (conc, data), g in table.groupby(["concentration", "data"], sort=True):
         row = {"concentration": f"{conc:g}", "data": data,
-               "λ_min (median)": f"{g['lambda_min'].median():.3g}"}
-        for (div, var), h in g.groupby(["divergence", "variant"], sort=True):
-            if var == "dpo" or var.endswith("@dual") or var.endswith("fit-cal"):
-                continue
-            a = h[np.isclose(h["fraction"], 0.1)]["rel_theta_err"].median()
-            b = h[np.isclose(h["fraction"], 0.9)]["rel_theta_err"].median()
-            row[f"{div}: {var}"] = f"{a:.2g} / {b:.2g}"
+               "λ_min (median)": f"{g['lambda_min'].iloc[0]:.3g}"}
+        for r in g.to_dict("records"):
+            row[f"{r['divergence']}: {r['variant']}"] = (f"{r[f'rel_theta_err@{lo:g}']:.2g} / "
+                                                         f"{r[f'rel_theta_err@{hi:g}']:.2g}")
         rows.append(row)
     return rows
 
 
 def build(records_dir, out_dir=None) -> Path:
-    """Regenerate ``approximations.md`` and its figures from the stored records."""
-    from ..experiments.approx.run import fit_exponents
-    from ..experiments.records import read_records
+    """Regenerate ``approximations.md`` and its figures from the stored records.
+
+    Calls :func:`loglinear.experiments.approx.analysis.write_tables` (the tables beside
+    the records, ``exponents.csv`` among them), then formats what
+    :func:`~loglinear.experiments.approx.analysis.read_tables` reads back.
+    """
+    from ..experiments.approx import analysis
 
     records_dir = Path(records_dir)
-    path = records_dir / "records.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run `loglinear approx-study` first")
-    records = read_records(path)
-    config = json.loads((records_dir / "config.json").read_text()) \
-        if (records_dir / "config.json").exists() else {}
+    analysis.write_tables(records_dir)
+    t = analysis.read_tables(records_dir)
+    counts, fractions = t.counts, t.counts["report_fractions"]
     out_dir = records_dir.parent if out_dir is None else Path(out_dir)
     fig_dir = out_dir / "approximations" / "figures"
-    max_frac = float(config.get("exponent_max_fraction", 0.2))
-    exps = fit_exponents(records, max_fraction=max_frac)
-    exps.to_csv(records_dir / "exponents.csv", index=False)
+    max_frac = counts["max_fraction"]
 
     figs = []
-    for div in [d for d in ("kl", "w1", "w2") if d in set(records["divergence"])]:
+    for div in [d for d in DIVERGENCES if d in set(t.curves["divergence"])]:
         for metric in METRICS:
-            p = save_figure(plot_error_vs_radius(records, div, metric),
+            p = save_figure(plot_error_vs_radius(t.curves, div, metric),
                             fig_dir / f"{div}_{metric}.png")
             figs.append((div, metric, p.relative_to(out_dir)))
 
-    rows = _summary_rows(records, exps)
-    envs = records.groupby("env")[["concentration", "n_samples", "lambda_min"]].first()
-    env_rows = [{"env": e, "concentration": float(r.concentration),
-                 "data": "population" if r.n_samples == 0 else f"sample, n = {int(r.n_samples)}",
-                 "λ_min(Σ)": float(r.lambda_min)} for e, r in envs.iterrows()]
-    collapse = records.groupby(["env", "divergence"])["collapse_radius"].first().unstack()
+    rows = _summary_rows(t.summary, fractions)
+    env_rows = [{"env": r["env"], "concentration": float(r["concentration"]),
+                 "data": ("population" if r["n_samples"] == 0
+                          else f"sample, n = {int(r['n_samples'])}"),
+                 "λ_min(Σ)": float(r["lambda_min"])} for r in t.environments.to_dict("records")]
+    collapse = [c for c in t.environments.columns if c.startswith("collapse_")]
     lines = [
         "# The paper's approximations against the exact robust solutions",
         "",
         "Generated by `loglinear approx-study --config simulations/approx.toml`; regenerate "
         f"this page from the stored records with `loglinear report approx {records_dir}`.",
-        f"Records: `{records_dir}/records.csv` ({len(records)} rows); config: "
+        f"Records: `{records_dir}/records.csv` ({counts['records']} rows); config: "
         f"`{records_dir}/config.json`; exponents: `{records_dir}/exponents.csv`.",
         "",
         "Each environment is an exact finite population (or a sample, if `n_samples > 0`) in "
@@ -153,8 +139,9 @@ def build(records_dir, out_dir=None) -> Path:
         "",
         "Collapse radii:",
         "",
-        markdown_table([{"env": e, **{LABELS[c]: float(collapse.loc[e, c])
-                                      for c in collapse.columns}} for e in collapse.index]),
+        markdown_table([{"env": r["env"], **{LABELS[c.removeprefix("collapse_")]: float(r[c])
+                                             for c in collapse}}
+                        for r in t.environments.to_dict("records")]),
         "",
         "## Summary",
         "",
@@ -172,19 +159,17 @@ def build(records_dir, out_dir=None) -> Path:
         "collapse radius, per sampling concentration (larger: poorer coverage, smaller "
         "λ_min) and data regime.",
         "",
-        markdown_table(_by_regime_rows(records)),
+        markdown_table(_by_regime_rows(t.by_regime, fractions)),
         "",
         "## Figures",
         "",
     ]
     for div, metric, p in figs:
         lines += [f"![{div} {metric}]({p})", ""]
-    refit_path = records_dir / "refit.csv"
-    if refit_path.exists():
-        lines += _refit_section(read_records(refit_path))
-    failed = records[records["status"] == "exact_failed"]
-    if len(failed):
-        cases = failed.groupby(["env", "divergence", "fraction"]).size().index.tolist()
+    if t.refit is not None:
+        lines += _refit_section(t.refit, counts["refit"])
+    cases = counts["exact_failures"]
+    if cases:
         lines += ["## Exact-solver failures", "",
                   "These cases have no exact solution (the solver raised); their rows carry "
                   "status `exact_failed` and NaN metrics and are left out of every median: "
@@ -272,20 +257,15 @@ def _conclusions(rows) -> list[str]:
     return out
 
 
-def _refit_section(refit) -> list[str]:
+def _refit_section(refit, counts: dict) -> list[str]:
     """The refit-then-reweight KLDPO iteration: predicted contraction vs what happened."""
-    refit = refit.copy()
-    refit["data"] = np.where(refit["n_samples"] == 0, "population", "sample")
-    refit["predicted"] = np.where(refit["contraction"] < 1, "converges", "fails")
-    reached = refit["theta_err"] <= REFIT_REACHED
-    agree = int(((refit["contraction"] < 1) == reached).sum())
-    g = refit.groupby(["data", "tau"])
-    rows = [{"data": d, "τ": float(t), "contraction (median [min, max])":
-             f"{x['contraction'].median():.3g} [{x['contraction'].min():.3g}, "
-             f"{x['contraction'].max():.3g}]",
-             "reached θ_KLDPO": f"{int((x['theta_err'] <= REFIT_REACHED).sum())}/{len(x)}",
-             "median ‖θ − θ_KLDPO‖ after the run": float(x["theta_err"].median())}
-            for (d, t), x in g]
+    tol = counts["reached_tol"]
+    rows = [{"data": r["data"], "τ": float(r["tau"]), "contraction (median [min, max])":
+             f"{r['contraction_median']:.3g} [{r['contraction_min']:.3g}, "
+             f"{r['contraction_max']:.3g}]",
+             "reached θ_KLDPO": f"{int(r['reached'])}/{int(r['runs'])}",
+             "median ‖θ − θ_KLDPO‖ after the run": float(r["theta_err_median"])}
+            for r in refit.to_dict("records")]
     return [
         "## The refit-then-reweight KLDPO iteration",
         "",
@@ -293,9 +273,9 @@ def _refit_section(refit) -> list[str]:
         "its fixed point the map has Jacobian J = −H_W⁻¹ Σ_i ∇l_i ∇W_iᵀ; the *contraction* is "
         "its spectral radius ρ(J) (`refit_contraction`), and the iteration can converge only "
         "if ρ(J) < 1. For a well-specified Bradley–Terry population J = −I/τ exactly. "
-        f"Prediction (ρ(J) < 1 ⇔ within {REFIT_REACHED:g} of θ_KLDPO after the iteration cap) "
-        f"matched in {agree} of {len(refit)} runs. At τ = 1 on a population the iteration "
-        "cycles with period 2 (J = −I).",
+        f"Prediction (ρ(J) < 1 ⇔ within {tol:g} of θ_KLDPO after the iteration cap) "
+        f"matched in {counts['agree']} of {counts['runs']} runs. At τ = 1 on a population the "
+        "iteration cycles with period 2 (J = −I).",
         "",
         markdown_table(rows, floatfmt=".3g"),
         "",

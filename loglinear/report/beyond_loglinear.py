@@ -4,9 +4,10 @@ gradient stability, regenerated from stored records.
 ``loglinear report beyond_loglinear ROOT`` where ROOT holds ``tau/``, ``neural/`` and
 ``stability/`` record directories (any may be missing; its section then says so). The
 default output is ``reports/beyond_loglinear.md`` with figures in
-``reports/beyond_loglinear/``. Plot functions take record tables and return Figures; the
-only computation here is summarising records (means, power-law fits with seed-bootstrap
-intervals from :mod:`loglinear.stats`).
+``reports/beyond_loglinear/``. The tables (means over seeds, power-law exponents with
+seed-bootstrap intervals, the rule against the sweep, regrets) come from
+:mod:`loglinear.experiments.beyond.analysis`; this module formats them, and its plot
+functions take record tables and return Figures.
 """
 
 from __future__ import annotations
@@ -16,12 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..experiments.beyond.analysis import conclusions as _conclusions
-from ..stats import bootstrap_exponent
+from ..experiments.beyond import analysis
+from ..experiments.beyond.analysis import (
+    BOOT_SEED,
+    neural_exponents,
+    stability_summary,
+    tau_summary,
+)
 from ._common import markdown_table, save_figure
 
+# BOOT_SEED and the summaries moved to experiments.beyond.analysis; importable here too.
+__all__ = ["BOOT_SEED", "DEFAULT_OUT", "build", "neural_exponents", "plot_neural",
+           "plot_stability", "plot_tau", "stability_summary", "tau_summary"]
 DEFAULT_OUT = Path("reports") / "beyond_loglinear.md"
-BOOT_SEED = 20261122
 
 
 def _read(path: Path):
@@ -40,20 +48,6 @@ def _plt():
 
 
 # ------------------------------------------------------------------------- tau
-def tau_summary(df):
-    """Mean over seeds per (setting, n, tau) of the KLDPO sweep rows."""
-    k = df[df.method == "kldpo"].copy()
-    k["oscillates"] = (k.path_status == "oscillating").astype(float)
-    k["stalls"] = (k.path_status == "stalled").astype(float)
-    k["official_oscillates"] = (k.official_status == "oscillating").astype(float)
-    k["refit_diverges"] = (k.refit_contraction >= 1).astype(float)
-    regrets = [c for c in df.columns if c.startswith("regret_a")]
-    cols = ["implied_radius", "ess_start", "ess_solution", "worst_sample", "worst_pop",
-            *regrets, "oscillates", "stalls", "official_oscillates", "refit_diverges",
-            "official_min_ess", "collapse_radius"]
-    return k.groupby(["setting", "n", "tau"])[cols].mean().reset_index()
-
-
 def plot_tau(summary, rules, *, n):
     """Implied radius / ESS / worst case / shifted regret against tau (one n)."""
     plt = _plt()
@@ -87,13 +81,14 @@ def plot_tau(summary, rules, *, n):
     return fig
 
 
-def _tau_section(root: Path, figdir: Path, rel: str) -> list[str]:
+def _tau_section(root: Path, figdir: Path, rel: str):
+    """(lines, tau summary, rule rows, regret rows); the tables are None without records."""
     df = _read(root / "tau" / "records.csv")
     if df is None:
-        return ["## 3. KLDPO temperature calibration", "", "_No records found._", ""]
+        return ["## 3. KLDPO temperature calibration", "", "_No records found._", ""], \
+            None, None, None
     s = tau_summary(df)
     rules = df[df.method == "rule"]
-    dpo = df[df.method == "dpo"]
     lines = ["## 3. KLDPO temperature calibration (study 3)", ""]
     runtime = df.seconds.sum()
     lines += [f"Records: `{root / 'tau'}` ({len(df)} rows; summed fit time {runtime:.0f} s). "
@@ -118,73 +113,17 @@ def _tau_section(root: Path, figdir: Path, rel: str) -> list[str]:
               "`refit_diverges`: fraction with refit contraction >= 1):", "",
               markdown_table(show[cols].to_dict("records"), cols, ".3g"), ""]
     # rule vs the sweep
-    rows = []
     cfg = root / "tau" / "config.json"
     min_ess = json.loads(cfg.read_text())["min_ess"] if cfg.exists() else float("nan")
-    for (setting, n), g in s.groupby(["setting", "n"]):
-        r = rules[(rules.setting == setting) & (rules.n == n)]
-        d = dpo[(dpo.setting == setting) & (dpo.n == n)]
-        best50 = g.loc[g.regret_a50.idxmin()]
-        bestw = g.loc[g.worst_pop.idxmin()]
-        rows.append(dict(setting=setting, n=int(n), min_ess=min_ess, rule_tau=r.tau.mean(),
-                         first_order_tau=r.tau_first_order.mean(),
-                         rule_radius=r.implied_radius.mean(),
-                         rule_ess_solution=r.ess_solution.mean(),
-                         rule_regret50=r.regret_a50.mean(),
-                         best_tau50=best50.tau, best_regret50=best50.regret_a50,
-                         dpo_regret50=d.regret_a50.mean(), best_tau_worst=bestw.tau,
-                         rule_worst=r.worst_pop.mean(), best_worst=bestw.worst_pop,
-                         dpo_worst=d.worst_pop.mean()))
+    rows = analysis.rule_comparison(df, s, min_ess=min_ess)
     cols = list(rows[0])
-    lines += ["The default rule (`loglinear.stability.suggest_tau`, ESS target "
+    lines += ["The default rule (`loglinear.approx.calibrate.suggest_tau`, ESS target "
               f"{min_ess:g}) against the sweep (means over seeds):", "",
               markdown_table(rows, cols, ".3g"), ""]
-    return lines, s, rows, _regret_rows(df)
-
-
-def _regret_rows(df):
-    """Per (setting, alpha) at the largest n: the best tau of the grid vs DPO and the rule."""
-    n = df.n.max()
-    d = df[df.n == n]
-    rows = []
-    for setting, g in d.groupby("setting"):
-        for c in sorted((c for c in d.columns if c.startswith("regret_a")),
-                        key=lambda c: -int(c[8:])):
-            k = g[g.method == "kldpo"].groupby("tau")[c].mean()
-            rows.append(dict(setting=setting, n=int(n), alpha=int(c[8:]) / 100,
-                             best_tau=float(k.idxmin()), best_regret=float(k.min()),
-                             dpo_regret=float(g[g.method == "dpo"][c].mean()),
-                             rule_regret=float(g[g.method == "rule"][c].mean())))
-    return rows
+    return lines, s, rows, analysis.regret_rows(df)
 
 
 # ---------------------------------------------------------------------- neural
-def neural_exponents(df, *, n_boot: int = 2000):
-    """Exponent of RMSE(error) in n per (setting, arch), with seed-bootstrap 95% CIs, over
-    every n and over all but the smallest n (the asymptotic part of the curve)."""
-    out = []
-    for (setting, arch), g in df.groupby(["setting", "arch"]):
-        table = g.pivot_table(index="n", columns="seed", values="error")
-        ns = table.index.to_numpy(float)
-        ci = bootstrap_exponent(ns, table.to_numpy(), rng=np.random.default_rng(BOOT_SEED),
-                                n_boot=n_boot)
-        tail = (bootstrap_exponent(ns[1:], table.to_numpy()[1:],
-                                   rng=np.random.default_rng(BOOT_SEED), n_boot=n_boot)
-                if len(ns) >= 3 else ci._replace(estimate=np.nan, lo=np.nan, hi=np.nan))
-        big = g[g.n == g.n.max()]
-        out.append(dict(setting=setting, arch=arch, n_params=int(g.n_params.iloc[0]),
-                        exponent=ci.estimate, ci_lo=ci.lo, ci_hi=ci.hi,
-                        exponent_tail=tail.estimate, tail_lo=tail.lo, tail_hi=tail.hi,
-                        rmse_at_min_n=float(np.sqrt(np.mean(g[g.n == g.n.min()].error**2))),
-                        rmse_at_max_n=float(np.sqrt(np.mean(big.error**2))),
-                        lambda_min=float(g.lambda_min.iloc[0]),
-                        hess_min=float(big.hess_min.min()),
-                        hess_min_pos=float(big.hess_min_pos.median()),
-                        hess_null=int(big.hess_null.median()),
-                        max_grad_norm=float(g.grad_norm.max())))
-    return out
-
-
 def plot_neural(df):
     """RMSE of sqrt(KL(pi*||pi_hat)) against n, one panel per setting."""
     plt = _plt()
@@ -218,13 +157,7 @@ def _neural_section(root: Path, figdir: Path, rel: str):
               "from pi*'s parameters (the local estimator around the population optimum, "
               "which side-steps the MLPs' permutation symmetries); every sample size shares "
               "its samples across architectures.", ""]
-    agree = tg.groupby(["setting", "arch"]).agg(
-        n_params=("n_params", "first"), restarts=("restart", "count"),
-        max_objective_gap=("objective_gap", "max"), max_tv_to_best=("tv_to_best", "max"),
-        tv_best_to_loglinear=("tv_best_to_loglinear", "first"),
-        max_grad_norm=("grad_norm", "max"), hess_min=("hess_min", "min"),
-        hess_min_pos=("hess_min_pos", "median"), hess_null=("hess_null", "median"))
-    agree = agree.reset_index()
+    agree = analysis.restart_agreement(tg)
     lines += ["**Population optimum by restarts** (exact population; `hess_null`: Hessian "
               "eigenvalues below 1e-6 of the largest, `hess_min_pos`: smallest eigenvalue "
               "above that):", "", markdown_table(agree.to_dict("records"), list(agree.columns),
@@ -242,16 +175,6 @@ def _neural_section(root: Path, figdir: Path, rel: str):
 
 
 # ------------------------------------------------------------------- stability
-def stability_summary(df, *, burn_in: int = 100):
-    """Means over seeds and recorded steps >= burn_in per (alpha, arch, method, hyper)."""
-    g = df[df.step >= burn_in].groupby(["alpha", "arch", "method", "hyper"])
-    s = g[["grad_norm", "grad_var", "mb_grad_norm", "penalty", "grad_x_rms", "loss",
-           "ess"]].mean().reset_index()
-    ref = s[s.method == "dpo"].set_index(["alpha", "arch"]).grad_var
-    s["var_vs_dpo"] = [v / ref.loc[(a, r)] for a, r, v in zip(s.alpha, s.arch, s.grad_var)]
-    return s
-
-
 def plot_stability(df):
     """Minibatch gradient variance and gradient norm against the step."""
     plt = _plt()
@@ -313,9 +236,7 @@ def build(records_dir, out_dir=None) -> Path:
     rel = "beyond_loglinear"
     nl, ex, agree = _neural_section(root, figdir, rel)
     sl, stab = _stability_section(root, figdir, rel)
-    tl = _tau_section(root, figdir, rel)
-    tau_lines, tau_s, tau_rows, regret_rows = (tl if isinstance(tl, tuple)
-                                               else (tl, None, None, None))
+    tau_lines, tau_s, tau_rows, regret_rows = _tau_section(root, figdir, rel)
     if regret_rows:
         tau_lines += ["Regret under the shifted rewards r(alpha) at the largest n: the best "
                       "tau of the grid against DPO and the rule (one shift direction per "
@@ -333,7 +254,7 @@ def build(records_dir, out_dir=None) -> Path:
             "loglinear beyond stability --config simulations/beyond_stability.toml "
             "--out reports/beyond_loglinear/records/stability",
             "loglinear report beyond_loglinear reports/beyond_loglinear/records", "```", ""]
-    body = (head + _conclusions(tau_rows, tau_s, ex, agree, stab, regret_rows) + [""] + nl
+    body = (head + analysis.conclusions(tau_rows, tau_s, ex, agree, stab, regret_rows) + [""] + nl
             + sl + tau_lines)
     md.write_text("\n".join(body) + "\n")
     return md

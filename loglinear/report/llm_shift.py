@@ -7,8 +7,9 @@ figures under
 ``OUT/llm_shift/<study dir name>/``. DIR is one study's directory, or a root holding several
 (``reports/llm_shift`` with ``gpu/``, ``cpu_smollm2/``, ``cpu/``): then the report has one
 section per study, GPU studies first. OUT defaults to the directory above the studies, so
-``reports/llm_shift`` (or ``reports/llm_shift/cpu``) gives ``reports/llm_shift.md``. Needs
-pandas and matplotlib only.
+``reports/llm_shift`` (or ``reports/llm_shift/cpu``) gives ``reports/llm_shift.md``. The
+comparisons come from :mod:`loglinear.experiments.llm_shift.analysis`; this module formats
+them. Needs pandas and matplotlib only.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..experiments.llm_shift import analysis
+from ..experiments.llm_shift.analysis import REFERENCE
 from ..experiments.llm_shift.config import run_dirname
 from ._common import markdown_table, save_figure
 
-REFERENCE = "reference"
 GPU_COMMAND = ("until loglinear llm-shift --config simulations/llm_shift_gpu.toml "
                "--max-minutes 9 --report; do [ $? -eq 75 ] || break; done")
 
@@ -164,9 +166,9 @@ def _study_section(records_dir: Path, out: Path, h: str) -> list[str]:
         if logs else None
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()
 
-    conv = summary[summary.kind == cfg["kinds"][0]]
-    alphas = sorted(set(conv["alpha"]))
-    far = [a for a in (alphas[0], alpha_o, alphas[-1]) if a in alphas]
+    kind = cfg["kinds"][0]
+    conv = summary[summary.kind == kind]
+    alphas, far = analysis.sweep_ends(summary, kind=kind, alpha_o=alpha_o)
     table = []
     for method in dict.fromkeys(conv["method"]):
         row = {"method": method}
@@ -179,40 +181,24 @@ def _study_section(records_dir: Path, out: Path, h: str) -> list[str]:
             row["KL to ref"] = f"{rs['kl']:.3g} ± {rs.get('kl_half', math.nan):.2g}"
         table.append(row)
 
-    thr = runs_summary[runs_summary.method != REFERENCE].copy()
-    dpo_pps = thr.loc[thr.method == "dpo", "pairs_per_s"]
-    thr_rows = []
-    for _, r in thr.iterrows():
-        rel_dpo = r["pairs_per_s"] / dpo_pps.iloc[0] if len(dpo_pps) else math.nan
-        thr_rows.append({"method": r["method"], "pairs/s": r["pairs_per_s"],
-                         "tokens/s": r["tokens_per_s"], "relative to DPO": rel_dpo,
-                         "train seconds (mean per seed)": r["train_seconds"]})
+    thr_rows = [{"method": r["method"], "pairs/s": r["pairs_per_s"],
+                 "tokens/s": r["tokens_per_s"], "relative to DPO": r["relative_to_dpo"],
+                 "train seconds (mean per seed)": r["train_seconds"]}
+                for r in analysis.throughput(runs_summary)]
 
     # plain comparisons of stored means: each method minus DPO at the sweep's ends
     lines = []
-    dpo = conv[conv.method == "dpo"].set_index("alpha")
-    ref = conv[conv.method == REFERENCE].set_index("alpha")
-    if len(dpo) and len(ref):
-        gap = lambda a: dpo.loc[a, "reward"] - ref.loc[a, "reward"]
-        lines.append(f"- DPO minus the reference: {gap(alpha_o):+.3g} at α_o = {alpha_o}, "
-                     f"{gap(alphas[-1]):+.3g} at α = {alphas[-1]:g}, {gap(alphas[0]):+.3g} at "
+    diff = analysis.reward_differences(summary, kind=kind, alpha_o=alpha_o)
+    if diff is not None:
+        gap = diff["dpo_minus_reference"]
+        lines.append(f"- DPO minus the reference: {gap[alpha_o]:+.3g} at α_o = {alpha_o}, "
+                     f"{gap[alphas[-1]]:+.3g} at α = {alphas[-1]:g}, {gap[alphas[0]]:+.3g} at "
                      f"α = {alphas[0]:g} (convex mixture).")
-        for method in dict.fromkeys(conv["method"]):
-            if method in ("dpo", REFERENCE):
-                continue
-            m = conv[conv.method == method].set_index("alpha")
-            parts = []
-            for a in far:
-                d = m.loc[a, "reward"] - dpo.loc[a, "reward"]
-                overlap = not (m.loc[a, "ci_lo"] > dpo.loc[a, "ci_hi"]
-                               or m.loc[a, "ci_hi"] < dpo.loc[a, "ci_lo"])
-                tag = "CIs overlap" if overlap else "CIs separate"
-                if math.isnan(m.loc[a, "ci_lo"]):
-                    tag = "one seed, no CI"
-                parts.append(f"{d:+.3g} at α = {a:g} ({tag})")
-            lines.append(f"- {method} minus DPO: " + "; ".join(parts) + ".")
-    n_pairs = int(runs["n_pairs"].iloc[0]) if len(runs) else 0
-    agree = float(runs["label_agreement"].mean()) if len(runs) else math.nan
+        tags = {"overlap": "CIs overlap", "separate": "CIs separate", "no_ci": "one seed, no CI"}
+        for method, parts in diff["versus_dpo"].items():
+            lines.append(f"- {method} minus DPO: " + "; ".join(
+                f"{d:+.3g} at α = {a:g} ({tags[tag]})" for a, d, tag in parts) + ".")
+    n_pairs, agree = analysis.label_summary(runs)
 
     tiny = cfg["model"].startswith("tiny")
     text = [
@@ -228,7 +214,7 @@ def _study_section(records_dir: Path, out: Path, h: str) -> list[str]:
                 "paper's scale. ")
              + f"The GPU study is configured and ready: `{GPU_COMMAND}`."), ""]
           if cfg["device"] == "cpu" else []),
-        "Setup (paper.md §5, Xu et al. 2025 Sec. 6, rebuilt from PyPI-installable parts): "
+        "Setup (docs/theory.md §5.7, Xu et al. 2025 Sec. 6, rebuilt from PyPI-installable parts): "
         f"{n_pairs} preference pairs, two completions per story opening sampled from the "
         f"reference policy; Bradley–Terry labels under the convex mixture r(α_o = {alpha_o}) = "
         f"{alpha_o}·r_{emotions[0]} + {1 - alpha_o:g}·r_{emotions[1]} with scale κ = "

@@ -3,7 +3,9 @@
 ``build(records_dir, out_dir=None)`` reads ``config.json``, ``records.parquet`` (or
 ``records.jsonl`` while a run is in progress) and
 ``skipped.json`` (written by ``loglinear three-d``) and writes ``three_d.md`` plus figures.
-The plot functions take records (a list of dicts or a DataFrame) and return Figures.
+The numbers come from :mod:`loglinear.experiments.three_d.analysis`; this module only
+formats them. The plot functions take records (a list of dicts or a DataFrame) and return
+Figures.
 """
 
 from __future__ import annotations
@@ -13,37 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..experiments.three_d.run import read_jsonl
+from ..experiments.three_d import analysis
+from ..experiments.three_d.analysis import FAMILY, load_records, property_onsets
+from ..experiments.three_d.config import ThreeDConfig
 from ._common import markdown_table, save_figure
+
+__all__ = ["FAMILY", "MECHANISM", "build", "load_records", "plot_gradient_ratio",
+           "plot_reward_cost", "plot_trajectories"]
 
 PANELS = (("p_chosen", "mean π(chosen)", False), ("p_rejected", "mean π(rejected)", True),
           ("unseen_mass", "unseen mass", False))
 DEFAULT_OUT = Path("reports")
-
-
-def load_records(records_dir, *, variants: bool = False):
-    """The study's records as a pandas DataFrame (one row per run and recorded step).
-
-    ``records.parquet`` holds the main runs (``run == "main"``); the optimizer-sensitivity
-    variants live in ``variants.parquet`` and are appended when ``variants=True``.
-    """
-    import pandas as pd
-
-    parquet = Path(records_dir) / "records.parquet"
-    if parquet.exists():
-        frame = pd.read_parquet(parquet)
-        extra = Path(records_dir) / "variants.parquet"
-        if variants and extra.exists():
-            frame = pd.concat([frame, pd.read_parquet(extra)], ignore_index=True)
-        return frame
-    path = Path(records_dir) / "records.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"no records.parquet or records.jsonl in {records_dir}; run "
-                                "`loglinear three-d` first")
-    frame = read_jsonl(path)
-    if not variants and "run" in frame:
-        frame = frame[frame["run"] == "main"]
-    return frame
 
 
 def _frame(records):
@@ -137,16 +119,9 @@ def _fmt_step(v):
 
 def build(records_dir, out_dir=None) -> Path:
     """Regenerate ``three_d.md`` and its figures from the records in ``records_dir``."""
-    from ..experiments.three_d.run import ThreeDConfig, property_onsets
-
     records_dir = Path(records_dir)
-    cfg_raw = json.loads((records_dir / "config.json").read_text())
-    config = ThreeDConfig.from_dict(cfg_raw)
-    every = load_records(records_dir, variants=True)
-    run = every["run"] if "run" in every else None
-    df = every if run is None else every[run == "main"]
-    variants = [] if run is None else [every[run == v] for v in dict.fromkeys(run)
-                                       if v != "main"]
+    config = ThreeDConfig.from_dict(json.loads((records_dir / "config.json").read_text()))
+    df, variants = analysis.split_runs(load_records(records_dir, variants=True))
     skipped_path = records_dir / "skipped.json"
     skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else []
     runtime_path = records_dir / "runtime.json"
@@ -175,15 +150,10 @@ def build(records_dir, out_dir=None) -> Path:
              "π⁻ end": f"{o['p_rejected_end']:.1e}",
              "unseen 0→peak→end": f"{o['unseen_0']:.3f}→{o['unseen_peak']:.3f}→"
                                   f"{o['unseen_end']:.3f}"} for o in onsets]
-    base = {(o["sharing"], o["scenario"]): o for o in onsets if o["method"] == "DPO"}
-    cost = []
-    for o in onsets:
-        ref = base.get((o["sharing"], o["scenario"]))
-        cost.append({"η": o["sharing"], "scenario": o["scenario"], "method": o["method"],
-                     "reward end": o["reward_end"], "reward best": o["reward_best"],
-                     "KL end": o["kl_end"],
-                     "Δ reward vs DPO": (o["reward_end"] - ref["reward_end"]) if ref else
-                     float("nan")})
+    cost = [{"η": c["sharing"], "scenario": c["scenario"], "method": c["method"],
+             "reward end": c["reward_end"], "reward best": c["reward_best"],
+             "KL end": c["kl_end"], "Δ reward vs DPO": c["delta_reward"]}
+            for c in analysis.reward_cost(onsets)]
     text = _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig,
                      cost_fig, rel, records_dir)
     if variants:
@@ -195,31 +165,9 @@ def build(records_dir, out_dir=None) -> Path:
     return path
 
 
-def _has(v) -> bool:
-    return v is not None and not (isinstance(v, float) and np.isnan(v))
-
-
-def _counts(onsets, method, key):
-    sel = [o for o in onsets if o["method"] == method]
-    return sum(_has(o[key]) for o in sel), len(sel)
-
-
-def _delay(onsets, method, key):
-    """(earlier, later, same, appears-only-here, removed) against DPO, per setting."""
-    base = {(o["sharing"], o["scenario"]): o[key] for o in onsets if o["method"] == "DPO"}
-    out = {"earlier": 0, "later": 0, "same": 0, "new": 0, "removed": 0}
-    has = _has
-    for o in onsets:
-        if o["method"] != method or (o["sharing"], o["scenario"]) not in base:
-            continue
-        b, v = base[(o["sharing"], o["scenario"])], o[key]
-        if has(b) and has(v):
-            out["earlier" if v < b else "later" if v > b else "same"] += 1
-        elif has(v):
-            out["new"] += 1
-        elif has(b):
-            out["removed"] += 1
-    return out
+def _counts_text(d: dict) -> str:
+    return (f"{d['earlier']} earlier / {d['later']} later / {d['same']} same / "
+            f"{d['new']} new / {d['removed']} removed")
 
 
 def _sensitivity(main, variant_onsets, names, config) -> str:
@@ -228,18 +176,18 @@ def _sensitivity(main, variant_onsets, names, config) -> str:
              f"The same settings with another optimizer (main run: {config.training.optimizer}, "
              f"lr {config.training.lr:g}). Cells: drop / degrade / disperse onset steps "
              "('–' never) and the final true reward.", ""]
+
+    def cell(r):
+        return (f"{_fmt_step(r['drop_step'])} / {_fmt_step(r['degrade_step'])}"
+                f" / {_fmt_step(r['disperse_step'])}; {r['reward_end']:.3f}")
+
     for name, onsets in zip(names, variant_onsets):
-        base = {(o["sharing"], o["scenario"], o["method"]): o for o in main}
-        rows = []
-        for o in onsets:
-            b = base.get((o["sharing"], o["scenario"], o["method"]))
-            cell = (lambda r: f"{_fmt_step(r['drop_step'])} / {_fmt_step(r['degrade_step'])}"
-                    f" / {_fmt_step(r['disperse_step'])}; {r['reward_end']:.3f}")
-            rows.append({"η": o["sharing"], "scenario": o["scenario"], "method": o["method"],
-                         "main": cell(b) if b else "", name: cell(o)})
-        n_deg = {k: sum(_has(o["degrade_step"]) for o in ons if o["method"] == "DPO")
+        rows = [{"η": o["sharing"], "scenario": o["scenario"], "method": o["method"],
+                 "main": cell(b) if b else "", name: cell(o)}
+                for o, b in analysis.sensitivity(main, onsets)]
+        n_deg = {k: analysis.count_onsets(ons, analysis.BASELINE, "degrade_step")[0]
                  for k, ons in (("main", main), (name, onsets))}
-        n_disp = {k: sum(_has(o["disperse_step"]) for o in ons if o["method"] == "DPO")
+        n_disp = {k: analysis.count_onsets(ons, analysis.BASELINE, "disperse_step")[0]
                   for k, ons in (("main", main), (name, onsets))}
         lines += [f"### {name}", "", markdown_table(rows), "",
                   f"DPO degradation appears in {n_deg['main']} settings with the main "
@@ -252,7 +200,7 @@ def _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig,
               rel, records_dir) -> str:
     th, toy, tr = config.thresholds, config.toy, config.training
     methods = list(dict.fromkeys(df["method"]))
-    ident = float(np.nanmax(df["identity_rel_err"]))
+    ident = analysis.identity_max_error(df)
     lines = [
         "# The 3D-properties of DPO, measured exactly in a finite log-linear policy",
         "",
@@ -306,17 +254,10 @@ def _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig,
         "*earlier*/*later* onset, *new* (appears only with the method), *removed*.",
         "",
     ]
-    drows = []
-    for m in methods:
-        if m == "DPO":
-            continue
-        r = {"method": m}
-        for key, name in (("drop_step", "drop"), ("degrade_step", "degrade"),
-                          ("disperse_step", "disperse")):
-            d = _delay(onsets, m, key)
-            r[name] = (f"{d['earlier']} earlier / {d['later']} later / {d['same']} same / "
-                       f"{d['new']} new / {d['removed']} removed")
-        drows.append(r)
+    drows = [{"method": d["method"], "drop": _counts_text(d["drop_step"]),
+              "degrade": _counts_text(d["degrade_step"]),
+              "disperse": _counts_text(d["disperse_step"])}
+             for d in analysis.delay_table(onsets, methods)]
     lines += [markdown_table(drows), "", "## What the remedies cost in reward",
               "Final true reward and KL to π_ref; Δ is against DPO in the same setting.", "",
               markdown_table(cost, floatfmt=".3f"), "", f"![reward vs KL]({rel(cost_fig)})",
@@ -332,10 +273,7 @@ def _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig,
     return "\n".join(lines) + "\n"
 
 
-# Which family a registered objective belongs to, for the grouped conclusions.
-FAMILY = {"wdpo-paper": "Wasserstein", "wdpo-official": "Wasserstein",
-          "wasserstein-exact": "Wasserstein", "kldpo-paper": "KL", "kldpo-official": "KL",
-          "kl-exact": "KL", "flex-dpo": "remedy", "dpo-sft": "remedy", "ipo": "other"}
+# The mechanism behind each family's effect (analysis.FAMILY), for the conclusions.
 MECHANISM = {
     "Wasserstein": "the exact W1 penalty ε β‖w‖ grows with ‖w‖ and stops the parameters at "
                    "a finite point, so π(rejected) stops at a floor (a norm penalty with "
@@ -355,74 +293,52 @@ MECHANISM = {
 }
 
 
-def _versus_dpo(onsets, method, key):
-    return [o[key] - b[key] for o in onsets for b in onsets
-            if o["method"] == method and b["method"] == "DPO"
-            and (o["sharing"], o["scenario"]) == (b["sharing"], b["scenario"])]
-
-
-def _where(onsets, method, key):
-    return ", ".join(f"η={o['sharing']:g} {o['scenario']}" for o in onsets
-                     if o["method"] == method and _has(o[key])) or "nowhere"
+def _where(settings) -> str:
+    return ", ".join(f"η={eta:g} {sc}" for eta, sc in settings) or "nowhere"
 
 
 def _conclusions(onsets, methods) -> list[str]:
     out = []
-    n_drop, n = _counts(onsets, "DPO", "drop_step")
-    n_deg, _ = _counts(onsets, "DPO", "degrade_step")
-    n_disp, _ = _counts(onsets, "DPO", "disperse_step")
-    tab = [o for o in onsets if o["method"] == "DPO" and o["sharing"] == 0]
-    deg_tab = sum(_has(o["degrade_step"]) for o in tab)
+    p = analysis.dpo_properties(onsets)
+    n = p["n"]
     verdict = {True: "reproduces", False: "does NOT reproduce"}
-    out.append(f"- **Drastic drop** {verdict[n_drop > 0]}: DPO drives π(rejected) below the "
-               f"threshold in {n_drop}/{n} settings.")
-    out.append(f"- **Degradation** {verdict[n_deg > 0]} in {n_deg}/{n} settings "
-               f"({_where(onsets, 'DPO', 'degrade_step')}), {deg_tab} of them tabular. In a "
+    out.append(f"- **Drastic drop** {verdict[p['n_drop'] > 0]}: DPO drives π(rejected) below "
+               f"the threshold in {p['n_drop']}/{n} settings.")
+    out.append(f"- **Degradation** {verdict[p['n_degrade'] > 0]} in {p['n_degrade']}/{n} "
+               f"settings ({_where(p['degrade_where'])}), {p['n_degrade_tabular']} of them "
+               "tabular. In a "
                "tabular policy under DPO gradient flow it cannot happen when no response is "
                "both chosen and rejected in a prompt: each pair raises the chosen logit and "
                "lowers the rejected one, unseen logits stay put, and then "
                "d/dt Σ π(chosen) = (1 − Π⁺) Σ π⁺ż⁺ + Π⁺ Σ π⁻|ż⁻| ≥ 0 with Π⁺ = Σ π(chosen) "
                "(tested). It needs shared parameters (η > 0): a response's shared weight "
                "moves in every prompt, including prompts where it is unseen or rejected.")
-    out.append(f"- **Dispersion** {verdict[n_disp > 0]} in {n_disp}/{n} DPO settings "
-               f"({_where(onsets, 'DPO', 'disperse_step')}). An early rise means rejected "
+    out.append(f"- **Dispersion** {verdict[p['n_disperse'] > 0]} in {p['n_disperse']}/{n} DPO "
+               f"settings ({_where(p['disperse_where'])}). An early rise means rejected "
                "mass left faster than the chosen responses absorbed it; a late rise comes "
                "with degradation.")
-    dpo = [o for o in onsets if o["method"] == "DPO"]
-    growth = [o["log10_ratio_end"] - o["log10_ratio_0"] for o in dpo]
     out.append(f"- The gradient-ratio identity holds at every step (largest relative error "
                f"in the DPO runs "
-               f"{max(o['identity_max_err'] for o in dpo):.1e}); under DPO the push on π⁻ "
+               f"{p['identity_max_err']:.1e}); under DPO the push on π⁻ "
                f"relative to π⁺, |∂l/∂π⁻|/|∂l/∂π⁺| = π⁺/π⁻, grows by "
-               f"{min(growth):.1f} to {max(growth):.1f} orders of magnitude over the run.")
-    worst = max(dpo, key=lambda o: o["unseen_peak"] - o["unseen_0"])
+               f"{p['ratio_growth_min']:.1f} to {p['ratio_growth_max']:.1f} orders of "
+               "magnitude over the run.")
+    worst = p["worst_unseen"]
     out.append(f"- Yan et al. find the effects strongest with off-policy pairs. Here the "
                f"largest rise of the unseen mass under DPO is at η={worst['sharing']:g}, "
-               f"{worst['scenario']} (+{worst['unseen_peak'] - worst['unseen_0']:.3f}), and "
-               f"degradation appears only at {_where(onsets, 'DPO', 'degrade_step')}; where "
+               f"{worst['scenario']} (+{p['worst_unseen_rise']:.3f}), and "
+               f"degradation appears only at {_where(p['degrade_where'])}; where "
                "these are on-policy scenarios, the paper's off-policy claim is not reproduced "
                "by this toy.")
-    fams = {}
-    for o in onsets:
-        fams.setdefault(FAMILY.get(o.get("objective"), None), set()).add(o["method"])
-    for fam in ("Wasserstein", "KL", "remedy", "other"):
-        ms = [m for m in methods if m in fams.get(fam, set())]
-        if not ms:
-            continue
-        parts = []
-        for m in ms:
-            d = {k: _delay(onsets, m, k) for k in ("drop_step", "degrade_step", "disperse_step")}
-            later = sum(v["later"] + v["removed"] for v in d.values())
-            worse = sum(v["earlier"] + v["new"] for v in d.values())
-            dr = np.mean(_versus_dpo(onsets, m, "reward_end"))
-            dk = np.mean(_versus_dpo(onsets, m, "kl_end"))
-            dp = np.median(_versus_dpo(onsets, m, "log10_p_rejected_end"))
-            parts.append(f"{m}: {later} delayed/removed vs {worse} advanced/added, "
-                         f"Δreward {dr:+.3f}, ΔKL {dk:+.2f}, Δlog10 π⁻(end) {dp:+.1f}")
-        title = {"Wasserstein": "Wasserstein-type (WDPO, exact W-DRO)",
-                 "KL": "KL-type (KLDPO, exact KL-DRO)", "remedy": "The remedies",
-                 "other": "Other losses"}[fam]
-        out.append(f"- **{title}**: " + "; ".join(parts) + f". Mechanism: {MECHANISM[fam]}.")
+    titles = {"Wasserstein": "Wasserstein-type (WDPO, exact W-DRO)",
+              "KL": "KL-type (KLDPO, exact KL-DRO)", "remedy": "The remedies",
+              "other": "Other losses"}
+    for fam, rows in analysis.remedy_effects(onsets, methods).items():
+        parts = [f"{r['method']}: {r['delayed']} delayed/removed vs {r['advanced']} "
+                 f"advanced/added, Δreward {r['d_reward']:+.3f}, ΔKL {r['d_kl']:+.2f}, "
+                 f"Δlog10 π⁻(end) {r['d_log10_p_rejected']:+.1f}" for r in rows]
+        out.append(f"- **{titles[fam]}**: " + "; ".join(parts)
+                   + f". Mechanism: {MECHANISM[fam]}.")
     out.append("- Counts are over the (η, scenario) settings against DPO; Δ are means "
                "(medians for log10 π⁻) of (method − DPO) at the last step. A delayed onset "
                "is not a smaller end value: with a small β⁻ the rejected push saturates "

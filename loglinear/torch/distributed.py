@@ -1,9 +1,10 @@
 r"""KLDPO weights over the GLOBAL batch: across ranks and, on request, micro-steps.
 
-KLDPO's weights P_i ∝ exp(l_i/tau) (paper) or w_i = min(exp((l_i - l̄)/tau), 10)
-(official) depend on every pair of the optimiser step. With W data-parallel ranks and k
-gradient-accumulation micro-steps, computing them on the local micro-batch (Dr. DPO,
-DRO-REBEL) or on one micro-step (the official code) changes the estimator. Here:
+KLDPO's weights (docs/theory.md §4.2), P_i ∝ exp(l_i/tau) (paper) or
+W_i = min(exp((l_i - l̄)/tau), 10) / N (official, N pairs), depend on every pair of the
+optimiser step. With R data-parallel ranks and k gradient-accumulation micro-steps,
+computing them on the local micro-batch (Dr. DPO, DRO-REBEL) or on one micro-step (the
+official code) changes the estimator. Here:
 
 1. each rank computes its detached per-pair losses (one no-grad pre-pass over its k
    micro-batches when ``across_microsteps``; otherwise the current micro-batch),
@@ -11,13 +12,14 @@ DRO-REBEL) or on one micro-step (the official code) changes the estimator. Here:
 3. :func:`kldpo_coefficients` turns the global weights into per-pair coefficients c_i
    for this rank's pairs, such that
 
-.. math::  \text{local objective} = W \sum_{i\in\text{local}} c_i\, l_i ,
-   \qquad c_i = P_i \;(\text{paper}), \quad c_i = w_i / N \;(\text{official}),
+.. math::  \text{local objective} = R \sum_{i\in\text{local}} c_i\, l_i ,
+   \qquad c_i = W_i,
 
-with N the global number of pairs. DDP averages gradients over the W ranks, so the
-applied gradient is exactly sum_{i in global} c_i grad l_i: the single-process gradient
-of the whole batch (tested with 2 gloo processes). Without ``across_microsteps``, each
-micro-step is a separate global batch and its objective is additionally divided by k.
+the weights of :func:`loglinear.torch.losses.kldpo_weights` over the global batch (q = 1/N).
+DDP averages gradients over the R ranks, so the applied gradient is exactly
+sum_{i in global} c_i grad l_i: the single-process gradient of the whole batch (tested with
+2 gloo processes). Without ``across_microsteps``, each micro-step is a separate global batch
+and its objective is additionally divided by k.
 """
 
 from __future__ import annotations
@@ -61,16 +63,14 @@ def all_gather_losses(local: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def kldpo_coefficients(local_losses: torch.Tensor, *, tau: float, form: str = "paper"
                        ) -> torch.Tensor:
-    r"""Coefficients c_i (local pairs) of the global KLDPO objective W sum_local c_i l_i.
+    r"""Coefficients c_i (local pairs) of the global KLDPO objective R sum_local c_i l_i.
 
-    The returned tensor already includes the factor W (world size), so the local loss to
+    The returned tensor already includes the factor R (world size), so the local loss to
     backpropagate is ``(c * losses).sum()`` and DDP's gradient averaging yields the global
     gradient. Detached.
     """
     full, offset = all_gather_losses(local_losses)
     w = kldpo_weights(full, tau=tau, form=form)
-    if form == "official":
-        w = w / full.numel()
     _, size = world()
     return size * w[offset: offset + local_losses.numel()]
 

@@ -5,9 +5,10 @@ and label y_i, the labelled log-ratios are
 
 .. math::  c_i = (2y_i - 1)(\theta^\top x_i - o_i), \qquad r_i = 0,
 
-so ``losses.dpo_loss(c, r, beta=beta)`` is the numpy core's per-pair DPO loss. The WDPO
-adversary moves x (paper.md §2), so the penalty differentiates with respect to x itself,
-with ONE batched ``autograd.grad`` exactly as for a language model's embeddings.
+so ``losses.dpo_loss(c, r, beta=beta)`` is the numpy core's per-pair DPO loss
+(docs/theory.md §2.2). The WDPO adversary moves x (docs/theory.md §4.1), so the penalty
+differentiates with respect to x itself, with ONE batched ``autograd.grad`` exactly as for
+a language model's embeddings.
 
 :func:`fit_torch` minimises any of the torch objectives (:data:`LOGLINEAR_OBJECTIVES`)
 with LBFGS (smooth objectives) or with the paper's fixed-point gradient descent (KLDPO,
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..data import PreferenceData
+from ..registry import Registry
 from .losses import get_loss, kldpo_objective, wdpo_objective, weighted_mean
 
 __all__ = ["PreferenceTensors", "LogLinearPolicy", "LOGLINEAR_OBJECTIVES", "TorchFit",
@@ -67,12 +69,12 @@ class LogLinearPolicy(torch.nn.Module):
         return c, torch.zeros_like(c)
 
 
-def _dpo_like(policy, data, *, beta, base_loss, **_):
+def _dpo_like(policy, data, *, beta, base_loss):
     c, r = policy(data.x, data)
     return weighted_mean(get_loss(base_loss)(c, r, beta=beta), data.weight)
 
 
-def _wdpo(policy, data, *, beta, base_loss, rho, form, **_):
+def _wdpo(policy, data, *, beta, base_loss, rho, form):
     x = data.x.detach().requires_grad_(True)
     c, r = policy(x, data)
     losses = get_loss(base_loss)(c, r, beta=beta)
@@ -80,18 +82,34 @@ def _wdpo(policy, data, *, beta, base_loss, rho, form, **_):
     return wdpo_objective(losses, gx.pow(2).sum(-1), rho=rho, form=form, weight=data.weight)
 
 
-def _kldpo(policy, data, *, beta, base_loss, tau, form, **_):
+def _kldpo(policy, data, *, beta, base_loss, tau, form):
     c, r = policy(data.x, data)
     losses = get_loss(base_loss)(c, r, beta=beta)
     return kldpo_objective(losses, tau=tau, form=form, weight=data.weight)
 
 
-LOGLINEAR_OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
-    "dpo": _dpo_like, "ipo": _dpo_like, "wdpo": _wdpo, "kldpo": _kldpo,
-}
-# objectives whose value changes between evaluations at the same theta's neighbourhood in a
-# way LBFGS cannot see (detached weights): fitted by fixed-point gradient descent
-_FIXED_POINT = {"kldpo"}
+@dataclass(frozen=True)
+class LogLinearObjective:
+    """A torch objective of a log-linear policy: ``fn(policy, tensors, *, beta, base_loss,
+    **{p: ... for p in params})``, its default base loss, and whether it is fitted by the
+    paper's fixed-point gradient descent (detached weights, which change between
+    evaluations in a way LBFGS cannot see) instead of LBFGS."""
+
+    fn: Callable[..., torch.Tensor]
+    params: tuple[str, ...] = ()
+    base_loss: str = "dpo"
+    fixed_point: bool = False
+
+    def __call__(self, policy, data, **kwargs) -> torch.Tensor:
+        return self.fn(policy, data, **kwargs)
+
+
+LOGLINEAR_OBJECTIVES: Registry[LogLinearObjective] = Registry("objective", {
+    "dpo": LogLinearObjective(_dpo_like),
+    "ipo": LogLinearObjective(_dpo_like, base_loss="ipo"),
+    "wdpo": LogLinearObjective(_wdpo, ("rho", "form")),
+    "kldpo": LogLinearObjective(_kldpo, ("tau", "form"), fixed_point=True),
+})
 
 
 @dataclass(frozen=True)
@@ -117,22 +135,20 @@ def fit_torch(data: PreferenceData, *, beta: float, objective: str = "dpo",
     1/(beta^2 max||x||^2 / 4 + ...) is a safe inverse-smoothness bound for DPO losses.
     Raises RuntimeError if the gradient norm does not reach ``gtol``.
     """
-    if objective not in LOGLINEAR_OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; "
-                         f"registered: {sorted(LOGLINEAR_OBJECTIVES)}")
-    fn = LOGLINEAR_OBJECTIVES[objective]
-    base = base_loss or ("ipo" if objective == "ipo" else "dpo")
+    spec = LOGLINEAR_OBJECTIVES.get(objective)
     tensors = PreferenceTensors.from_data(data)
     policy = LogLinearPolicy(data.d, theta0=theta0)
-    kw = dict(beta=beta, base_loss=base, rho=rho, tau=tau, form=form)
+    given = dict(rho=rho, tau=tau, form=form)
+    kw = dict(beta=beta, base_loss=base_loss or spec.base_loss,
+              **{p: given[p] for p in spec.params})
 
     def value_and_grad():
         policy.zero_grad()
-        val = fn(policy, tensors, **kw)
+        val = spec.fn(policy, tensors, **kw)
         val.backward()
         return val
 
-    if objective in _FIXED_POINT:
+    if spec.fixed_point:
         xmax = float(np.max(np.sum(data.x ** 2, axis=1)))
         # DPO loss curvature <= beta^2 |x|^2 / 4; the log-sum-exp adds up to beta^2|x|^2 |l'|^2/tau
         step = lr or 1.0 / (beta ** 2 * xmax * (0.25 + 1.0 / tau))

@@ -12,8 +12,9 @@ the uninterrupted run would have taken.
 The reference model is a frozen copy of the initial policy; its log-probs for the whole
 dataset are computed once at start.
 
-Config: :class:`TrainConfig`, parsed from TOML by :func:`load_config`
-(``loglinear llm-train --config simulations/llm_train_tiny.toml``).
+Config: :class:`TrainConfig`, parsed from TOML by :func:`load_config` here, or by the
+studies' ``loglinear.experiments.config.load_config(TrainConfig, path)`` through
+:meth:`TrainConfig.from_dict` (``loglinear llm-train --config simulations/llm_train_tiny.toml``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (the backend may not import
+    import tomli as tomllib  # loglinear.experiments, whose loader has the same fallback)
 
 from .distributed import kldpo_microstep_coefficients
 from .models import PRETRAINED, byte_tokenizer, load_pretrained, tiny_model
@@ -118,18 +123,28 @@ class TrainConfig:
     def out(self) -> Path:
         return Path(self.out_dir)
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        """The config from a parsed TOML mapping: top-level keys or a ``[train]`` table;
+        top-level keys beside the table (command-line overrides) replace its values.
+        Unknown keys are errors."""
+        raw = dict(raw)
+        table = raw.pop("train", None)
+        if table is not None:
+            raw = {**table, **raw}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**raw)
+
 
 def load_config(path: str | os.PathLike, **overrides) -> TrainConfig:
-    """Parse a TOML file (top-level keys or a ``[train]`` table) into a :class:`TrainConfig`."""
+    """Parse a TOML file (top-level keys or a ``[train]`` table) into a :class:`TrainConfig`;
+    ``overrides`` (``None`` values ignored) replace the file's values."""
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
-    raw = raw.get("train", raw)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(known)}")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**raw)
+    return TrainConfig.from_dict(raw | {k: v for k, v in overrides.items() if v is not None})
 
 
 # ---------------------------------------------------------------- data and model

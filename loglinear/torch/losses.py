@@ -13,13 +13,18 @@ The functions return per-pair tensors of shape (n,); reductions and robust rewei
 separate functions (:func:`wdpo_objective`, :func:`kldpo_weights`, :func:`kldpo_objective`)
 so that callers (the training loop, TRL, the distributed gather) choose where to reduce.
 
-The robust pieces (paper.md section 4):
+The robust pieces (docs/theory.md §4.1, §4.2), looked up by form in :data:`WDPO_FORMS` and
+:data:`KLDPO_FORMS`:
 
 * WDPO, paper (Algorithm 1): L + rho * sqrt(sum_i q_i ||grad_z l_i||^2).
 * WDPO, official code: sum_i q_i (l_i + rho ||grad_z l_i||^2) (squared norm, no root).
 * KLDPO, paper (Algorithm 2): P_i ∝ q_i exp(l_i / tau), detached; loss sum_i P_i l_i.
-* KLDPO, official code: w_i = min(exp((l_i - mean l) / tau), 10), detached, not
-  normalised; loss mean_i w_i l_i.
+* KLDPO, official code: W_i = q_i min(exp((l_i - mean l) / tau), 10), detached, not
+  normalised; loss sum_i W_i l_i (mean_i w_i l_i for q = 1/n).
+
+:func:`kldpo_weights` returns the same quantity as the numpy core's
+:func:`loglinear.approx.kldpo_weights` (tested for parity), with the same cap
+:data:`OFFICIAL_CAP`.
 
 The squared gradient norms g_i = ||grad_z l_i||^2 come from :mod:`loglinear.torch.penalty`
 (language models) or :mod:`loglinear.torch.loglinear_policy` (log-linear policies).
@@ -28,35 +33,23 @@ The squared gradient norms g_i = ||grad_z l_i||^2 come from :mod:`loglinear.torc
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..approx._common import OFFICIAL_CAP
+from ..losses import _nonnegative as _check_nonneg
+from ..losses import _positive as _check_positive
+from ..registry import Registry
+
 __all__ = [
-    "LOSSES", "WDPO_FORMS", "KLDPO_FORMS", "OFFICIAL_WEIGHT_CAP",
+    "LOSSES", "WDPO_FORMS", "KLDPO_FORMS", "OFFICIAL_CAP",
     "dpo_loss", "ipo_loss", "margin_loss", "get_loss",
     "weighted_mean", "wdpo_penalty", "wdpo_objective",
     "kldpo_weights", "kldpo_objective",
 ]
-
-WDPO_FORMS = ("paper", "official")
-KLDPO_FORMS = ("paper", "official")
-OFFICIAL_WEIGHT_CAP = 10.0  # the official code's clamp(max=10) on the KLDPO weights
-
-
-def _check_positive(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return value
-
-
-def _check_nonneg(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a nonnegative finite number, got {value}")
-    return value
 
 
 def _check_pair(chosen: torch.Tensor, rejected: torch.Tensor) -> None:
@@ -68,15 +61,9 @@ def _check_pair(chosen: torch.Tensor, rejected: torch.Tensor) -> None:
             f"{tuple(chosen.shape)} and {tuple(rejected.shape)}")
 
 
-def _check_form(form: str, allowed: tuple[str, ...], what: str) -> str:
-    if form not in allowed:
-        raise ValueError(f"unknown {what} form {form!r}; allowed: {list(allowed)}")
-    return form
-
-
 def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, *,
              beta: float) -> torch.Tensor:
-    r"""Per-pair DPO loss (paper.md section 1), shape (n,).
+    r"""Per-pair DPO loss (docs/theory.md §2.2), shape (n,).
 
     .. math::  l_i = -\log\sigma(\beta(c_i - r_i)) = \mathrm{softplus}(-\beta(c_i - r_i)).
 
@@ -101,15 +88,13 @@ def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, *
     return (chosen_logratios - rejected_logratios - 0.5 / beta) ** 2
 
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {"dpo": dpo_loss, "ipo": ipo_loss}
+LOSSES: Registry[Callable[..., torch.Tensor]] = Registry("loss", {"dpo": dpo_loss,
+                                                                  "ipo": ipo_loss})
 
 
 def get_loss(name: str) -> Callable[..., torch.Tensor]:
     """Look a per-pair base loss up by name in :data:`LOSSES`."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}") from None
+    return LOSSES.get(name)
 
 
 def margin_loss(name: str, margins: torch.Tensor, *, beta: float) -> torch.Tensor:
@@ -142,6 +127,17 @@ def weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None = None) -> t
     return (_base_weight(losses, weight) * losses).sum()
 
 
+def _root_penalty(s: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(torch.clamp(s, min=torch.finfo(s.dtype).tiny))
+
+
+WDPO_FORMS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("WDPO form", {
+    "paper": _root_penalty,          # (sum_i q_i g_i)^{1/2}
+    "official": lambda s: s,         # sum_i q_i g_i
+})
+"""WDPO forms: the penalty per unit rho as a function of s = sum_i q_i g_i."""
+
+
 def wdpo_penalty(grad_sq_norms: torch.Tensor, *, rho: float, form: str = "paper",
                  weight: torch.Tensor | None = None) -> torch.Tensor:
     r"""The WDPO gradient penalty from per-pair squared gradient norms g_i = ||grad_z l_i||^2.
@@ -153,13 +149,10 @@ def wdpo_penalty(grad_sq_norms: torch.Tensor, *, rho: float, form: str = "paper"
     Returns a scalar. The paper form's square root has an infinite derivative at 0; it is
     evaluated as sqrt(max(s, tiny)) so a zero penalty (theta = 0) has a zero gradient.
     """
-    _check_form(form, WDPO_FORMS, "WDPO")
+    penalty = WDPO_FORMS.get(form)
     rho = _check_nonneg("rho", rho)
     q = _base_weight(grad_sq_norms, weight)
-    s = (q * grad_sq_norms).sum()
-    if form == "official":
-        return rho * s
-    return rho * torch.sqrt(torch.clamp(s, min=torch.finfo(s.dtype).tiny))
+    return rho * penalty((q * grad_sq_norms).sum())
 
 
 def wdpo_objective(losses: torch.Tensor, grad_sq_norms: torch.Tensor, *, rho: float,
@@ -179,23 +172,43 @@ def wdpo_objective(losses: torch.Tensor, grad_sq_norms: torch.Tensor, *, rho: fl
                                                          weight=weight)
 
 
+def _kl_paper(losses, q, tau, cap):
+    # a softmax: stable for any tau; pairs with q_i = 0 get weight 0
+    logits = torch.where(q > 0, torch.log(q) + losses / tau, torch.full_like(losses, -math.inf))
+    return torch.softmax(logits, dim=0)
+
+
+def _kl_official(losses, q, tau, cap):
+    mean = (q * losses).sum() / q.sum()
+    return q * torch.clamp(torch.exp((losses - mean) / tau), max=cap)
+
+
+KLDPO_FORMS: Registry[Callable[..., torch.Tensor]] = Registry("KLDPO form", {
+    "paper": _kl_paper, "official": _kl_official})
+"""KLDPO forms: ``(losses, q, tau, cap) -> W``, the pair weights of the loss sum_i W_i l_i."""
+
+
 @torch.no_grad()
 def kldpo_weights(losses: torch.Tensor, *, tau: float, form: str = "paper",
-                  weight: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Detached KLDPO pair weights, shape (n,).
+                  weight: torch.Tensor | None = None, cap: float = OFFICIAL_CAP
+                  ) -> torch.Tensor:
+    r"""Detached KLDPO pair weights W, shape (n,): the objective is :math:`\sum_i W_i l_i`.
 
     .. math::
-        \text{paper (Alg. 2):}\quad P_i = \frac{q_i e^{(l_i - \bar l)/\tau}}
+        \text{paper (Alg. 2):}\quad W_i = P_i = \frac{q_i e^{(l_i - \bar l)/\tau}}
               {\sum_j q_j e^{(l_j - \bar l)/\tau}} \quad(\text{sums to } 1),\qquad
-        \text{official:}\quad w_i = \min\big(e^{(l_i - \bar l)/\tau},\, 10\big),
+        \text{official:}\quad W_i = q_i\min\big(e^{(l_i - \bar l)/\tau},\, \text{cap}\big),
 
-    with l̄ the (q-weighted) mean loss. The paper form is a softmax, so it is computed
-    stably for any tau; the official form is unnormalised (mean weight >= 1 by Jensen) and
-    capped at :data:`OFFICIAL_WEIGHT_CAP`. Pass the GLOBAL batch of losses here (see
+    with q the base weights (default 1/n) and l̄ the q-weighted mean loss
+    (docs/theory.md §4.2). The same quantity as :func:`loglinear.approx.kldpo_weights`
+    (which requires q to sum to one). For q = 1/n the official weights are the released
+    code's ``clamp(exp((l - mean l)/tau), max=10)`` divided by n: unnormalised, summing to
+    at least 1 when none is capped (Jensen). Pass the GLOBAL batch of losses here (see
     :mod:`loglinear.torch.distributed`); the weights never carry gradient.
     """
-    _check_form(form, KLDPO_FORMS, "KLDPO")
+    kl_form = KLDPO_FORMS.get(form)
     tau = _check_positive("tau", tau)
+    cap = _check_positive("cap", cap)
     out_dtype = losses.dtype
     # exp((l - mean)/tau) amplifies rounding in the exponent by |l|/tau; the weights are an
     # n-vector, so compute them in float64 and round once (bf16/fp32 training included).
@@ -204,13 +217,7 @@ def kldpo_weights(losses: torch.Tensor, *, tau: float, form: str = "paper",
     q = _base_weight(losses, weight)
     if not bool(torch.isfinite(losses).all()):
         raise ValueError("losses contain NaN or infinite values")
-    if form == "paper":
-        logits = torch.where(q > 0, torch.log(q) + losses / tau,
-                             torch.full_like(losses, -math.inf))
-        return torch.softmax(logits, dim=0).to(out_dtype)
-    mean = (q * losses).sum() / q.sum()
-    w = torch.clamp(torch.exp((losses - mean) / tau), max=OFFICIAL_WEIGHT_CAP)
-    return w.to(out_dtype)
+    return kl_form(losses, q, tau, cap).to(out_dtype)
 
 
 def kldpo_objective(losses: torch.Tensor, *, tau: float, form: str = "paper",
@@ -218,20 +225,24 @@ def kldpo_objective(losses: torch.Tensor, *, tau: float, form: str = "paper",
                     weights: torch.Tensor | None = None) -> torch.Tensor:
     r"""The KLDPO training objective, a scalar whose gradient is the reweighted gradient.
 
-    .. math::
-        \text{paper:}\quad \sum_i P_i l_i, \qquad
-        \text{official:}\quad \frac1n\sum_i w_i l_i \;(\text{or } \textstyle\sum_i q_i w_i l_i).
+    .. math::  \sum_i W_i l_i \qquad (W\ \text{detached: }P\text{ for the paper form};
+               \ q_i\min(e^{(l_i-\bar l)/\tau}, 10)\text{ for the official one}).
 
-    ``weights`` are precomputed (e.g. global, all-gathered) detached weights for these
+    ``weights`` are precomputed (e.g. global, all-gathered) detached weights W for these
     pairs; by default they are :func:`kldpo_weights` of ``losses`` itself. The paper form's
-    gradient is the Danskin gradient of tau log sum_i q_i exp(l_i/tau) (paper.md §4).
+    gradient is the Danskin gradient of tau log sum_i q_i exp(l_i/tau) (docs/theory.md §4.2).
     """
-    _check_form(form, KLDPO_FORMS, "KLDPO")
+    KLDPO_FORMS.get(form)
     if weights is None:
         weights = kldpo_weights(losses, tau=tau, form=form, weight=weight)
     elif weights.shape != losses.shape:
         raise ValueError("weights and losses must have the same shape (n,)")
-    weights = weights.detach()
-    if form == "paper":
-        return (weights * losses).sum()
-    return (_base_weight(losses, weight) * weights * losses).sum()
+    return (weights.detach() * losses).sum()
+
+
+def __getattr__(name: str):
+    if name == "OFFICIAL_WEIGHT_CAP":  # the old name of the cap, kept for one release
+        warnings.warn("loglinear.torch.losses.OFFICIAL_WEIGHT_CAP is deprecated; use "
+                      "OFFICIAL_CAP", DeprecationWarning, stacklevel=2)
+        return OFFICIAL_CAP
+    raise AttributeError(f"module 'loglinear.torch.losses' has no attribute {name!r}")

@@ -9,15 +9,18 @@ is :math:`h = f(\psi(s,a^1)) - f(\psi(s,a^2)) - o` with :math:`o = \theta_{ref}\
 (the data's offset), since the partition functions cancel; the signed margin is
 :math:`m = (2y-1)\beta h`, as in :mod:`loglinear.losses`.
 
-Objectives (all weighted by the data's q, a registry :data:`OBJECTIVES`):
+Objectives (all weighted by the data's q, a registry :data:`OBJECTIVES`; each takes its
+one hyperparameter by name):
 
 * ``dpo``: :math:`\sum_i q_i l_i`;
-* ``wdpo`` (paper form, Algorithm 1): :math:`\sum_i q_i l_i + \rho(\sum_i q_i g_i)^{1/2}`,
+* ``wdpo`` (paper form, Algorithm 1, docs/theory.md §4.1, penalty ``rho``):
+  :math:`\sum_i q_i l_i + \rho(\sum_i q_i g_i)^{1/2}`,
   :math:`g_i = \|\nabla_x l_i\|^2` where the pair's input x moves as
-  :math:`\psi^1 + \delta/2,\ \psi^2 - \delta/2` [ours], i.e.
+  :math:`\psi^1 + \delta/2,\ \psi^2 - \delta/2` (this project's choice), i.e.
   :math:`\nabla_x l = (\nabla_{\psi^1} l - \nabla_{\psi^2} l)/2`. For depth 0 this is the
   core's :math:`\nabla_x l = -(2y-1)\beta\sigma(-m)\theta` exactly;
-* ``kldpo`` (paper form, Algorithm 2): :math:`\tau\log\sum_i q_i e^{l_i/\tau}`, whose
+* ``kldpo`` (paper form, Algorithm 2, docs/theory.md §4.2, temperature ``tau``):
+  :math:`\tau\log\sum_i q_i e^{l_i/\tau}`, whose
   gradient is the detached-weight gradient :math:`\sum_i P_i\nabla l_i` of Algorithm 2.
 
 The exact KL worst case at fixed parameters depends only on the per-pair losses, so it
@@ -39,10 +42,11 @@ import torch
 import torch.nn.functional as F
 
 from ..data import PreferenceData
+from ..registry import Registry, named_hyperparameter
 from .losses import dpo_loss, wdpo_penalty
 
-ACTIVATIONS: dict[str, Callable] = {"tanh": torch.tanh, "softplus": F.softplus,
-                                    "gelu": F.gelu}
+ACTIVATIONS: Registry[Callable] = Registry("activation", {
+    "tanh": torch.tanh, "softplus": F.softplus, "gelu": F.gelu})
 DTYPE = torch.float64
 
 
@@ -178,39 +182,81 @@ def pair_losses(policy: NeuralPolicy, params, pairs: PairTensors, *, beta: float
     return losses, (0.25 * (g1 - g2) ** 2).sum(dim=1)
 
 
-def _dpo(policy, params, pairs, beta, hyper):
+def _dpo(policy, params, pairs, *, beta):
     losses, _ = pair_losses(policy, params, pairs, beta=beta)
     return (pairs.weight * losses).sum()
 
 
-def _wdpo(policy, params, pairs, beta, hyper):
+def _wdpo(policy, params, pairs, *, beta, rho):
     losses, g = pair_losses(policy, params, pairs, beta=beta, input_grads=True)
-    return (pairs.weight * losses).sum() + wdpo_penalty(g, rho=hyper, form="paper",
+    return (pairs.weight * losses).sum() + wdpo_penalty(g, rho=rho, form="paper",
                                                         weight=pairs.weight)
 
 
-def _kldpo(policy, params, pairs, beta, hyper):
+def _kldpo(policy, params, pairs, *, beta, tau):
     losses, _ = pair_losses(policy, params, pairs, beta=beta)
     logq = torch.where(pairs.weight > 0, torch.log(pairs.weight),
                        torch.full_like(pairs.weight, -torch.inf))
-    return hyper * torch.logsumexp(logq + losses / hyper, dim=0)
+    return tau * torch.logsumexp(logq + losses / tau, dim=0)
 
 
-OBJECTIVES: dict[str, Callable] = {"dpo": _dpo, "wdpo": _wdpo, "kldpo": _kldpo}
+@dataclass(frozen=True)
+class NeuralObjective:
+    """A full-data objective ``fn(policy, params, pairs, *, beta[, hyperparameter])``.
+
+    Attributes:
+        hyperparameter: the name of its one hyperparameter (``None``: none).
+        default: its value when not given (``None``: it must be given).
+        minimum: the least valid value; ``strict``: the minimum itself is excluded.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    hyperparameter: str | None = None
+    default: float | None = None
+    minimum: float = 0.0
+    strict: bool = False
+
+    def kwargs(self, value: float) -> dict:
+        """``{hyperparameter: value}`` ({} without one): for callers that hold one value
+        per method, e.g. a study's grid of rho's and tau's."""
+        return {} if self.hyperparameter is None else {self.hyperparameter: value}
+
+
+OBJECTIVES: Registry[NeuralObjective] = Registry("objective", {
+    "dpo": NeuralObjective("dpo", _dpo),
+    "wdpo": NeuralObjective("wdpo", _wdpo, "rho", default=0.0),
+    "kldpo": NeuralObjective("kldpo", _kldpo, "tau", strict=True),
+})
+
+
+def objective_kwargs(name: str, *, rho: float | None = None, tau: float | None = None,
+                     hyper: float | None = None, stacklevel: int = 2) -> dict:
+    """The validated hyperparameter keywords of the named objective (``{}``, ``{"rho": .}``
+    or ``{"tau": .}``). ``hyper`` is the deprecated generic name of the one hyperparameter."""
+    spec = OBJECTIVES.get(name)
+    given = named_hyperparameter(f"objective {name!r}", spec.hyperparameter,
+                                 {"rho": rho, "tau": tau}, deprecated=hyper, old_name="hyper",
+                                 stacklevel=stacklevel + 1)
+    if spec.hyperparameter is None:
+        return {}
+    value = given.get(spec.hyperparameter, spec.default)
+    ok = value is not None and (value > spec.minimum if spec.strict else value >= spec.minimum)
+    if not ok:
+        raise ValueError(f"{name} needs {spec.hyperparameter} {'>' if spec.strict else '>='} "
+                         f"{spec.minimum:g}, got {value}")
+    return {spec.hyperparameter: float(value)}
 
 
 def objective(name: str, policy: NeuralPolicy, params, pairs: PairTensors, *, beta: float,
-              hyper: float = 0.0) -> torch.Tensor:
-    """The named full-data objective (a scalar tensor); ``hyper`` is rho (WDPO) or tau."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; allowed: {sorted(OBJECTIVES)}")
+              rho: float | None = None, tau: float | None = None,
+              hyper: float | None = None) -> torch.Tensor:
+    """The named full-data objective (a scalar tensor), with its hyperparameter by name:
+    ``rho`` (WDPO, default 0) or ``tau`` (KLDPO). ``hyper`` is deprecated."""
+    kw = objective_kwargs(name, rho=rho, tau=tau, hyper=hyper)
     if not beta > 0:
         raise ValueError(f"beta must be positive, got {beta}")
-    if name == "kldpo" and not hyper > 0:
-        raise ValueError(f"kldpo needs tau > 0, got {hyper}")
-    if name == "wdpo" and not hyper >= 0:
-        raise ValueError(f"wdpo needs rho >= 0, got {hyper}")
-    return OBJECTIVES[name](policy, _t(params), pairs, float(beta), float(hyper))
+    return OBJECTIVES[name].fn(policy, _t(params), pairs, beta=float(beta), **kw)
 
 
 @dataclass(frozen=True)
@@ -226,14 +272,16 @@ class NeuralFit:
 
 
 def fit(policy: NeuralPolicy, pairs: PairTensors, *, beta: float, params0,
-        name: str = "dpo", hyper: float = 0.0, gtol: float = 1e-9, max_iter: int = 3000
-        ) -> NeuralFit:
-    """Minimise the named objective by full-batch L-BFGS (strong Wolfe) from ``params0``.
+        name: str = "dpo", rho: float | None = None, tau: float | None = None,
+        hyper: float | None = None, gtol: float = 1e-9, max_iter: int = 3000) -> NeuralFit:
+    """Minimise the named objective by full-batch L-BFGS (strong Wolfe) from ``params0``;
+    ``rho``/``tau`` as in :func:`objective` (``hyper`` is deprecated).
 
     Status ``"converged"`` when ||grad|| <= gtol; ``"max_iter"`` otherwise; ``"diverged"``
     on a non-finite objective.
     """
     t0 = time.perf_counter()
+    kw = objective_kwargs(name, rho=rho, tau=tau, hyper=hyper)
     p = _t(params0).clone().requires_grad_(True)
     opt = torch.optim.LBFGS([p], lr=1.0, max_iter=max_iter, tolerance_grad=gtol,
                             tolerance_change=1e-15, history_size=50,
@@ -242,13 +290,13 @@ def fit(policy: NeuralPolicy, pairs: PairTensors, *, beta: float, params0,
 
     def closure():
         opt.zero_grad()
-        val = objective(name, policy, p, pairs, beta=beta, hyper=hyper)
+        val = objective(name, policy, p, pairs, beta=beta, **kw)
         val.backward()
         calls[0] += 1
         return val
 
     opt.step(closure)
-    val = objective(name, policy, p, pairs, beta=beta, hyper=hyper)
+    val = objective(name, policy, p, pairs, beta=beta, **kw)
     (grad,) = torch.autograd.grad(val, p)
     gn = float(grad.norm())
     val = float(val.detach())
@@ -262,9 +310,11 @@ def fit(policy: NeuralPolicy, pairs: PairTensors, *, beta: float, params0,
 
 
 def hessian_eigs(policy: NeuralPolicy, params, pairs: PairTensors, *, beta: float,
-                 name: str = "dpo", hyper: float = 0.0) -> np.ndarray:
+                 name: str = "dpo", rho: float | None = None, tau: float | None = None,
+                 hyper: float | None = None) -> np.ndarray:
     """Ascending eigenvalues of the objective's Hessian in parameter space at ``params``."""
-    fun = lambda p: objective(name, policy, p, pairs, beta=beta, hyper=hyper)
+    kw = objective_kwargs(name, rho=rho, tau=tau, hyper=hyper)
+    fun = lambda p: objective(name, policy, p, pairs, beta=beta, **kw)
     H = torch.autograd.functional.hessian(fun, _t(params))
     return np.linalg.eigvalsh(0.5 * (H + H.T).numpy())
 

@@ -3,13 +3,14 @@
 An objective maps (policy, batch of pairs, reference log-probs) to a scalar to minimise:
 
 * ``"dpo"``/``"ipo"``: the mean per-pair base loss;
-* ``"wdpo"``: the base loss plus the embedding-gradient penalty (paper or official form),
-  :mod:`loglinear.torch.penalty`;
-* ``"kldpo"``: the KL-reweighted loss with detached weights (paper or official form). The
-  weights default to the local batch; pass ``kl_coef`` (from
+* ``"wdpo"``: the base loss plus the embedding-gradient penalty (paper or official form,
+  docs/theory.md §4.1), :mod:`loglinear.torch.penalty`;
+* ``"kldpo"``: the KL-reweighted loss with detached weights (paper or official form,
+  docs/theory.md §4.2). The weights default to the local batch; pass ``kl_coef`` (from
   :mod:`loglinear.torch.distributed`) to use weights over the global batch.
 
-Runners look objectives up by name in :data:`OBJECTIVES`; none branches on the name.
+Runners look objectives up by name in :data:`OBJECTIVES`; none branches on the name. Each
+entry names the hyperparameters it takes, and :func:`batch_objective` passes it those only.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Callable
 
 import torch
 
-from .losses import get_loss, kldpo_objective, weighted_mean
+from ..registry import Registry
+from .losses import get_loss, kldpo_objective, kldpo_weights, wdpo_objective, weighted_mean
 from .penalty import check_double_backward, embedding_grad_sq_norms
 from .sequence import PairBatch, logratios, pair_logps, reference_logps
 
-__all__ = ["ObjectiveOutput", "OBJECTIVES", "get_objective", "batch_objective",
-           "pair_losses"]
+__all__ = ["ObjectiveOutput", "BatchObjective", "OBJECTIVES", "get_objective",
+           "batch_objective", "pair_losses"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +66,13 @@ def pair_losses(model, batch: PairBatch, *, ref_model=None, base_loss: str = "dp
     return get_loss(base_loss)(c, r, beta=beta), beta * (c - r).detach(), out
 
 
-def _plain(model, batch, *, ref_model, base_loss, beta, **_):
+def _plain(model, batch, *, ref_model, base_loss, beta):
     losses, margins, out = pair_losses(model, batch, ref_model=ref_model, base_loss=base_loss,
                                        beta=beta)
     return ObjectiveOutput(weighted_mean(losses), losses, out.logps, margins)
 
 
-def _wdpo(model, batch, *, ref_model, base_loss, beta, rho, form, **_):
-    from .losses import wdpo_objective
-
+def _wdpo(model, batch, *, ref_model, base_loss, beta, rho, form):
     check_double_backward(model)
     losses, margins, out = pair_losses(model, batch, ref_model=ref_model, base_loss=base_loss,
                                        beta=beta, embeddings_grad=True)
@@ -82,34 +82,55 @@ def _wdpo(model, batch, *, ref_model, base_loss, beta, rho, form, **_):
     return ObjectiveOutput(loss, losses, out.logps, margins, grad_sq_norms=g)
 
 
-def _kldpo(model, batch, *, ref_model, base_loss, beta, tau, form, kl_coef=None, **_):
+def _kldpo(model, batch, *, ref_model, base_loss, beta, tau, form, kl_coef=None):
     losses, margins, out = pair_losses(model, batch, ref_model=ref_model, base_loss=base_loss,
                                        beta=beta)
     if kl_coef is None:
-        loss = kldpo_objective(losses, tau=tau, form=form)
-        from .losses import kldpo_weights
-
         coef = kldpo_weights(losses, tau=tau, form=form)
     else:
         # global coefficients c_i (distributed.kldpo_coefficients), given or computed from
         # this batch's detached losses by a callable; the objective is sum_i c_i l_i
         coef = kl_coef(losses.detach()) if callable(kl_coef) else kl_coef
-        coef = coef.detach()
-        loss = (coef * losses).sum()
-    return ObjectiveOutput(loss, losses, out.logps, margins, weights=coef)
+    loss = kldpo_objective(losses, tau=tau, form=form, weights=coef.detach())
+    return ObjectiveOutput(loss, losses, out.logps, margins, weights=coef.detach())
 
 
-OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
-    "dpo": _plain, "ipo": _plain, "wdpo": _wdpo, "kldpo": _kldpo,
-}
-DEFAULT_BASE = {"ipo": "ipo"}
+@dataclass(frozen=True)
+class BatchObjective:
+    """A registered batch objective.
+
+    Attributes:
+        fn: ``fn(model, batch, *, ref_model, base_loss, beta, **{p: ... for p in params})``.
+        params: the hyperparameters it takes besides ``beta`` (``rho``, ``tau``, ``form``,
+            ``kl_coef``).
+        base_loss: the default per-pair base loss.
+        input_grads: needs input gradients, also in evaluation (the WDPO penalty).
+        global_weights: takes coefficients over the global batch (``kl_coef``).
+    """
+
+    name: str
+    fn: Callable[..., ObjectiveOutput]
+    params: tuple[str, ...] = ()
+    base_loss: str = "dpo"
+    input_grads: bool = False
+    global_weights: bool = False
+
+    def __call__(self, model, batch, **kwargs) -> ObjectiveOutput:
+        return self.fn(model, batch, **kwargs)
 
 
-def get_objective(name: str) -> Callable[..., ObjectiveOutput]:
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}") from None
+OBJECTIVES: Registry[BatchObjective] = Registry("objective", {
+    "dpo": BatchObjective("dpo", _plain),
+    "ipo": BatchObjective("ipo", _plain, base_loss="ipo"),
+    "wdpo": BatchObjective("wdpo", _wdpo, ("rho", "form"), input_grads=True),
+    "kldpo": BatchObjective("kldpo", _kldpo, ("tau", "form", "kl_coef"),
+                            global_weights=True),
+})
+
+
+def get_objective(name: str) -> BatchObjective:
+    """Look an objective up by name in :data:`OBJECTIVES`."""
+    return OBJECTIVES.get(name)
 
 
 def batch_objective(model, batch: PairBatch, *, objective: str = "dpo", beta: float,
@@ -122,7 +143,17 @@ def batch_objective(model, batch: PairBatch, *, objective: str = "dpo", beta: fl
     selects the paper or the official variant of either. ``kl_coef`` (KLDPO only) is a
     tensor of coefficients or a callable mapping the detached losses to them, e.g.
     ``functools.partial(distributed.kldpo_coefficients, tau=tau, form=form)``."""
-    fn = get_objective(objective)
-    base = base_loss or DEFAULT_BASE.get(objective, "dpo")
-    return fn(model, batch, ref_model=ref_model, base_loss=base, beta=beta, rho=rho, tau=tau,
-              form=form, kl_coef=kl_coef)
+    spec = get_objective(objective)
+    given = {"rho": rho, "tau": tau, "form": form, "kl_coef": kl_coef}
+    return spec.fn(model, batch, ref_model=ref_model, base_loss=base_loss or spec.base_loss,
+                   beta=beta, **{p: given[p] for p in spec.params})
+
+
+def __getattr__(name: str):
+    if name == "DEFAULT_BASE":  # replaced by BatchObjective.base_loss; kept for one release
+        import warnings
+
+        warnings.warn("loglinear.torch.objectives.DEFAULT_BASE is deprecated; use "
+                      "OBJECTIVES[name].base_loss", DeprecationWarning, stacklevel=2)
+        return {k: v.base_loss for k, v in OBJECTIVES.items() if v.base_loss != "dpo"}
+    raise AttributeError(f"module 'loglinear.torch.objectives' has no attribute {name!r}")

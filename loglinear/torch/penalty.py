@@ -1,6 +1,6 @@
 r"""The WDPO gradient penalty with respect to a language model's input embeddings.
 
-For pair i with loss l_i, the adversary of paper.md §4 moves z_i, the token embeddings of
+For pair i with loss l_i, the adversary of docs/theory.md §4.1 moves z_i, the token embeddings of
 the pair. We take z_i to be the embeddings of BOTH rows of the pair (chosen and rejected,
 each prompt + response; the prompt therefore appears twice, as in the official code) and
 never the padding positions:

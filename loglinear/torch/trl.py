@@ -30,6 +30,7 @@ import torch
 from trl import DPOTrainer
 
 from .distributed import kldpo_coefficients
+from .losses import KLDPO_FORMS, WDPO_FORMS
 from .objectives import OBJECTIVES, batch_objective
 from .sequence import PairBatch, reference_logps
 
@@ -61,7 +62,7 @@ class RobustDPOTrainer(DPOTrainer):
                  form: str = "paper", base_loss: str | None = None, **kwargs):
         if loss not in OBJECTIVES:
             raise ValueError(f"unknown loss {loss!r}; allowed: {sorted(OBJECTIVES)}")
-        if form not in ("paper", "official"):
+        if form not in WDPO_FORMS or form not in KLDPO_FORMS:
             raise ValueError("form must be 'paper' or 'official'")
         if rho < 0 or tau <= 0:
             raise ValueError("need rho >= 0 and tau > 0")
@@ -93,10 +94,11 @@ class RobustDPOTrainer(DPOTrainer):
         if ref is None:
             batch = batch.with_ref(self._reference(model, batch))
         view = _ModelView(model, self.accelerator.unwrap_model(model))
+        spec = OBJECTIVES[self.robust_loss]
         kl_coef = None
-        if self.robust_loss == "kldpo":
+        if spec.global_weights:  # weights over all ranks' pairs of this micro-step
             kl_coef = functools.partial(kldpo_coefficients, tau=self.tau, form=self.form)
-        ctx = torch.enable_grad() if self.robust_loss == "wdpo" else contextlib.nullcontext()
+        ctx = torch.enable_grad() if spec.input_grads else contextlib.nullcontext()
         with ctx:  # the penalty needs input gradients even in evaluation
             out = batch_objective(view, batch, objective=self.robust_loss, beta=self.beta,
                                   base_loss=self.base_loss, rho=self.rho, tau=self.tau,

@@ -126,7 +126,6 @@ def test_single_process_coefficients_are_the_weights():
     np.testing.assert_allclose(kldpo_coefficients(l, tau=0.2).numpy(),
                                tl.kldpo_weights(l, tau=0.2).numpy(), rtol=0)
     np.testing.assert_allclose(kldpo_coefficients(l, tau=0.2, form="official").numpy(),
-                               (tl.kldpo_weights(l, tau=0.2, form="official") / 3).numpy(),
-                               rtol=0)
+                               tl.kldpo_weights(l, tau=0.2, form="official").numpy(), rtol=0)
     parts = kldpo_microstep_coefficients([l[:1], l[1:]], tau=0.2)
     np.testing.assert_allclose(torch.cat(parts).numpy(), tl.kldpo_weights(l, tau=0.2).numpy())

@@ -70,7 +70,7 @@ def test_wdpo_reaches_numpy_closed_form(data, form, rho):
 
 @pytest.mark.parametrize("tau", [0.5, 2.0])
 def test_kldpo_fixed_point_is_kl_dro_at_implied_radius(data, tau):
-    """paper.md §4: KLDPO(tau) solves KL-DRO with rho = KL(P*||q) and lambda* = tau."""
+    """docs/theory.md §4.2: KLDPO(tau) solves KL-DRO with rho = KL(P*||q) and lambda* = tau."""
     got = fit_torch(data, beta=BETA, objective="kldpo", tau=tau, gtol=1e-11)
     l = nplosses.dpo_loss(got.theta, data, beta=BETA)
     logits = np.log(data.weight) + l / tau

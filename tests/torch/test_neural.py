@@ -28,11 +28,11 @@ def setup():
     return env, data, nn.PairTensors.from_data(data, env.features)
 
 
-def _grad(name, pol, theta, pairs, beta, hyper=0.0):
+def _grad(name, pol, theta, pairs, beta, **hyperparameters):
     p = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-    v = nn.objective(name, pol, p, pairs, beta=beta, hyper=hyper)
+    v = nn.objective(name, pol, p, pairs, beta=beta, **hyperparameters)
     (g,) = torch.autograd.grad(v, p)
-    return float(v), g.numpy()
+    return float(v.detach()), g.numpy()
 
 
 def test_depth0_objectives_equal_core(setup):
@@ -43,11 +43,11 @@ def test_depth0_objectives_equal_core(setup):
     ref = dpo_objective(theta, data, beta=env.beta, hessian=False)
     assert v == pytest.approx(ref.value, abs=PARITY_TOL)
     np.testing.assert_allclose(g, ref.grad, atol=PARITY_TOL)
-    v, g = _grad("wdpo", pol, theta, pairs, env.beta, 0.3)
+    v, g = _grad("wdpo", pol, theta, pairs, env.beta, rho=0.3)
     rv, rg = wdpo_objective(theta, data, beta=env.beta, rho=0.3, form="paper")
     assert v == pytest.approx(rv, abs=PARITY_TOL)
     np.testing.assert_allclose(g, rg, atol=PARITY_TOL)
-    v, g = _grad("kldpo", pol, theta, pairs, env.beta, 0.5)
+    v, g = _grad("kldpo", pol, theta, pairs, env.beta, tau=0.5)
     rv, rg = kldpo_objective(theta, data, beta=env.beta, tau=0.5)
     assert v == pytest.approx(rv, abs=PARITY_TOL)
     np.testing.assert_allclose(g, rg, atol=PARITY_TOL)
@@ -65,8 +65,8 @@ def test_depth0_fits_equal_loglinear_fits(setup, name, hyper):
     else:
         ref = fit_kldpo(data, beta=env.beta, tau=hyper).theta
     start = np.zeros(3) if name != "wdpo" else theta_dpo  # the paper WDPO is not convex
-    got = nn.fit(pol, pairs, beta=env.beta, params0=start, name=name, hyper=hyper,
-                 gtol=1e-10)
+    got = nn.fit(pol, pairs, beta=env.beta, params0=start, name=name,
+                 **nn.OBJECTIVES[name].kwargs(hyper), gtol=1e-10)
     np.testing.assert_allclose(got.params, ref, atol=DEPTH0_FIT_TOL)
     # the policy table too
     np.testing.assert_allclose(pol.policy(got.params, env.features), env.policy(ref),
@@ -130,6 +130,31 @@ def test_bad_inputs():
         pol.scores(torch.zeros(3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64))
 
 
+def test_hyperparameters_by_name(setup):
+    """Each objective takes its own hyperparameter by name, and only that one; the old
+    generic ``hyper=`` still works for one release, with a DeprecationWarning."""
+    env, data, pairs = setup
+    pol = nn.NeuralPolicy(3, depth=0)
+    theta = np.random.default_rng(1).standard_normal(3)
+    with pytest.raises(ValueError, match="takes no hyperparameter"):
+        _grad("dpo", pol, theta, pairs, env.beta, rho=0.1)
+    with pytest.raises(ValueError, match="takes tau"):
+        _grad("kldpo", pol, theta, pairs, env.beta, rho=0.1)
+    with pytest.raises(ValueError, match="kldpo needs tau > 0"):
+        _grad("kldpo", pol, theta, pairs, env.beta)
+    with pytest.raises(ValueError, match="wdpo needs rho >= 0"):
+        _grad("wdpo", pol, theta, pairs, env.beta, rho=-1.0)
+    with pytest.raises(ValueError, match="unknown objective"):
+        _grad("nope", pol, theta, pairs, env.beta)
+    assert _grad("wdpo", pol, theta, pairs, env.beta)[0] == _grad(
+        "dpo", pol, theta, pairs, env.beta)[0]                      # rho defaults to 0
+    with pytest.warns(DeprecationWarning, match="tau"):
+        old = _grad("kldpo", pol, theta, pairs, env.beta, hyper=0.5)
+    assert old[0] == _grad("kldpo", pol, theta, pairs, env.beta, tau=0.5)[0]
+    assert nn.OBJECTIVES["wdpo"].kwargs(0.2) == {"rho": 0.2}
+    assert nn.OBJECTIVES["dpo"].kwargs(0.2) == {}
+
+
 def test_neural_runner_deterministic(tmp_path):
     from loglinear.experiments.beyond import neural as bn
     from loglinear.experiments.beyond.common import EnvSpec
@@ -139,8 +164,8 @@ def test_neural_runner_deterministic(tmp_path):
                           archs=(bn.Arch(0), bn.Arch(1, 3)), n=(200, 2000), seeds=2,
                           restarts=2, max_iter=100)
     drop = ["seconds"]
-    a = pd.read_csv(bn.run(cfg, tmp_path / "a")).drop(columns=drop)
-    b = pd.read_csv(bn.run(cfg, tmp_path / "b")).drop(columns=drop)
+    a = pd.read_csv(bn.main(cfg, tmp_path / "a") / "records.csv").drop(columns=drop)
+    b = pd.read_csv(bn.main(cfg, tmp_path / "b") / "records.csv").drop(columns=drop)
     pd.testing.assert_frame_equal(a, b)
     ta = pd.read_csv(tmp_path / "a" / "targets.csv").drop(columns=drop)
     tb = pd.read_csv(tmp_path / "b" / "targets.csv").drop(columns=drop)

@@ -11,12 +11,14 @@ from loglinear.experiments.beyond.common import EnvSpec
 def test_report_with_every_study(tmp_path):
     env = EnvSpec("u", n_states=3, n_actions=3, dim=2)
     root = tmp_path / "records"
-    bn.run(bn.NeuralConfig(name="t", seed=5, settings=(env,), archs=(bn.Arch(0), bn.Arch(1, 3)),
-                           n=(200, 800, 3200), seeds=2, restarts=2, max_iter=100),
-           root / "neural")
-    bs.run(bs.StabilityConfig(name="t", seed=9, settings=(env,), archs=(bn.Arch(0),),
-                              rho=(0.1,), tau=(0.5,), n=100, batch_size=8, steps=200,
-                              every=100, n_batches=3, seeds=1), root / "stability")
+    neural = bn.NeuralConfig(name="t", seed=5, settings=(env,),
+                             archs=(bn.Arch(0), bn.Arch(1, 3)), n=(200, 800, 3200), seeds=2,
+                             restarts=2, max_iter=100)
+    assert bn.main(neural, root / "neural") == root / "neural"
+    stability = bs.StabilityConfig(name="t", seed=9, settings=(env,), archs=(bn.Arch(0),),
+                                   rho=(0.1,), tau=(0.5,), n=100, batch_size=8, steps=200,
+                                   every=100, n_batches=3, seeds=1)
+    assert bs.main(stability, root / "stability") == root / "stability"
     md = report.build("beyond_loglinear", root, tmp_path / "out")
     text = md.read_text()
     for section in ("## 1. Neural policies", "## 2. Gradient stability", "## Conclusions",

@@ -44,8 +44,8 @@ def test_stability_runner_deterministic(tmp_path):
                              archs=(Arch(0), Arch(1, 3)), alphas=(1.0, 0.5), rho=(0.1,),
                              tau=(0.5,), n=100, batch_size=8, steps=6, every=3, n_batches=3,
                              seeds=1)
-    a = pd.read_csv(bs.run(cfg, tmp_path / "a")).drop(columns="seconds")
-    b = pd.read_csv(bs.run(cfg, tmp_path / "b")).drop(columns="seconds")
+    a = pd.read_csv(bs.main(cfg, tmp_path / "a") / "records.csv").drop(columns="seconds")
+    b = pd.read_csv(bs.main(cfg, tmp_path / "b") / "records.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 2 * 2 * 3 * 3  # alphas x archs x (dpo, wdpo, kldpo) x 3 checkpoints
     assert (a[a.method == "dpo"].penalty == 0).all()

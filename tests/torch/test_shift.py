@@ -14,7 +14,7 @@ import torch
 from loglinear.experiments.llm_shift import data as sd
 from loglinear.experiments.llm_shift import evaluate as se
 from loglinear.experiments.llm_shift import train as st
-from loglinear.experiments.llm_shift.config import ShiftConfig, parse_method
+from loglinear.experiments.llm_shift.config import MethodSpec, ShiftConfig, parse_method
 from loglinear.torch.models import byte_tokenizer, tiny_model
 from loglinear.torch.sequence import collate_pairs, pair_logps
 
@@ -165,6 +165,12 @@ def test_method_objectives_at_reference_and_rho_zero(tiny):
     assert math.isclose(obj("wdpo-official:0"), obj("dpo"), rel_tol=1e-6)
     assert obj("wdpo-paper:1") > obj("dpo")
     assert parse_method("wdpo-official:0").kwargs() == {"rho": 0.0, "form": "official"}
+    spec = parse_method("kldpo-paper:0.5")
+    assert (spec.tau, spec.rho) == (0.5, None) and parse_method("dpo").kwargs() == {}
+    with pytest.warns(DeprecationWarning, match="tau"):
+        assert spec.value == 0.5
+    with pytest.raises(ValueError, match="takes"):
+        MethodSpec("x", "kldpo", rho=1.0)
     with pytest.raises(ValueError, match="cannot parse|unknown"):
         parse_method("wdpo:1")
 
@@ -233,9 +239,9 @@ def test_smoke_study_end_to_end(tmp_path, probe_file, monkeypatch):
                          seeds=(0, 1), n_train_prompts=6, n_eval_prompts=3, max_new_tokens=4,
                          batch_size=3, methods=("dpo", "wdpo-paper:1", "kldpo-official:0.5"),
                          alphas=(0.0, 0.1, 1.0), eval_samples=2, checkpoint_every=1)
-    assert not shift.run(config, max_seconds=0.0, log=lambda *_: None)["complete"]
-    status = shift.run(config, log=lambda *_: None)
-    assert status["complete"]
+    with pytest.raises(shift.StudyIncomplete):
+        shift.main(config, max_seconds=0.0, log=lambda *_: None)
+    assert shift.main(config, log=lambda *_: None) == out
     ev = se_read(out / "eval.csv")
     assert len(ev) == 4 * 2 * 2 * 3  # policies x seeds x kinds x alphas
     summ = se_read(out / "summary.csv")
@@ -246,7 +252,8 @@ def test_smoke_study_end_to_end(tmp_path, probe_file, monkeypatch):
     # a rerun samples nothing: generations are cached, every unit is done
     calls = []
     monkeypatch.setattr(sd, "sample_completions", lambda *a, **k: calls.append(1))
-    assert shift.run(config, log=lambda *_: None)["complete"] and not calls
+    with pytest.warns(DeprecationWarning, match="main"):
+        assert shift.run(config, log=lambda *_: None)["complete"] and not calls
     report = build(out, tmp_path / "report")
     text = report.read_text()
     assert "CPU smoke study" in text
@@ -273,17 +280,21 @@ def se_read(path):
 def test_shipped_configs_parse():
     from pathlib import Path
 
-    from loglinear.experiments.llm_shift.config import load_config
+    from loglinear.experiments.config import load_config
+    from loglinear.experiments.llm_shift import config as shift_config
 
     root = Path(__file__).resolve().parents[2] / "simulations"
-    cpu = load_config(root / "llm_shift_cpu.toml")
-    gpu = load_config(root / "llm_shift_gpu.toml")
+    cpu = load_config(ShiftConfig, root / "llm_shift_cpu.toml")
+    gpu = load_config(ShiftConfig, root / "llm_shift_gpu.toml")
     assert cpu.device == "cpu" and gpu.device == "cuda" and gpu.dtype == "bfloat16"
     assert gpu.model == "smollm2-135m" and len(gpu.seeds) >= 3
     assert {m.kind for m in gpu.method_specs} == {"dpo", "wdpo", "kldpo"}
     assert {m.form for m in gpu.method_specs if m.kind != "dpo"} == {"paper", "official"}
-    smol = load_config(root / "llm_shift_cpu_smollm2.toml")
+    smol = load_config(ShiftConfig, root / "llm_shift_cpu_smollm2.toml")
     assert smol.device == "cpu" and smol.model == "smollm2-135m"
     assert {m.kind for m in smol.method_specs} == {"dpo", "wdpo", "kldpo"}
     with pytest.raises(ValueError, match="unknown keys"):
-        load_config(root / "llm_shift_cpu.toml", bogus=1)
+        load_config(ShiftConfig, root / "llm_shift_cpu.toml", bogus=1)
+    assert load_config(ShiftConfig, root / "llm_shift_cpu.toml", out="x").out == "x"
+    with pytest.warns(DeprecationWarning, match="load_config"):
+        assert shift_config.load_config(root / "llm_shift_cpu.toml") == cpu

@@ -51,6 +51,13 @@ def test_config_validation_and_toml(tmp_path):
     path.write_text('[train]\nobjective = "wdpo"\nrho = 2.0\nmax_steps = 3\n')
     cfg = load_config(path, max_steps=5)
     assert (cfg.objective, cfg.rho, cfg.max_steps) == ("wdpo", 2.0, 5)
+    # the studies' one loader reads the same file through TrainConfig.from_dict
+    from loglinear.experiments.config import load_config as load_study_config
+
+    assert load_study_config(TrainConfig, path, max_steps=5, out_dir=None) == cfg
+    top = tmp_path / "top.toml"
+    top.write_text('objective = "wdpo"\nrho = 2.0\nmax_steps = 3\n')
+    assert load_config(top, max_steps=5) == cfg
     path.write_text("[train]\nlearning_rate = 1.0\n")
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(path)

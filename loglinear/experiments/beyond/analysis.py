@@ -1,9 +1,138 @@
-"""The conclusions section of the beyond-log-linear report, written from the summaries
-that its tau, neural and stability sections compute from the records."""
+"""Analysis of the beyond-log-linear studies: records -> the tables their report prints.
+
+* tau study: :func:`tau_summary` (means over seeds per tau), :func:`rule_comparison` (the
+  default rule of docs/theory.md §4.3 against the sweep), :func:`regret_rows` (the best tau
+  of the grid under each shifted reward);
+* neural study: :func:`neural_exponents` (power-law exponents of the policy error in n with
+  seed-bootstrap intervals, :func:`loglinear.stats.bootstrap_exponent`) and
+  :func:`restart_agreement` (the population optimum's restarts);
+* stability study: :func:`stability_summary` (gradient variance relative to DPO);
+* :func:`conclusions`: the report's conclusions, written from those tables.
+
+The report (:mod:`loglinear.report.beyond_loglinear`) only formats these tables and draws
+the records.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from ...stats import bootstrap_exponent
+
+BOOT_SEED = 20261122
+
+
+# ------------------------------------------------------------------------- tau
+def tau_summary(df):
+    """Mean over seeds per (setting, n, tau) of the KLDPO sweep rows, with the fractions of
+    paper-form and official Algorithm-2 runs that oscillate or stall and of refits whose
+    contraction factor is >= 1."""
+    k = df[df.method == "kldpo"].copy()
+    k["oscillates"] = (k.path_status == "oscillating").astype(float)
+    k["stalls"] = (k.path_status == "stalled").astype(float)
+    k["official_oscillates"] = (k.official_status == "oscillating").astype(float)
+    k["refit_diverges"] = (k.refit_contraction >= 1).astype(float)
+    regrets = [c for c in df.columns if c.startswith("regret_a")]
+    cols = ["implied_radius", "ess_start", "ess_solution", "worst_sample", "worst_pop",
+            *regrets, "oscillates", "stalls", "official_oscillates", "refit_diverges",
+            "official_min_ess", "collapse_radius"]
+    return k.groupby(["setting", "n", "tau"])[cols].mean().reset_index()
+
+
+def rule_comparison(df, summary, *, min_ess: float) -> list[dict]:
+    """Per (setting, n): the default rule's tau (mean over seeds; ``min_ess`` its ESS
+    target) against the grid's best tau for the 50/50-shift regret and for the worst-case
+    population loss, and against DPO."""
+    rules = df[df.method == "rule"]
+    dpo = df[df.method == "dpo"]
+    rows = []
+    for (setting, n), g in summary.groupby(["setting", "n"]):
+        r = rules[(rules.setting == setting) & (rules.n == n)]
+        d = dpo[(dpo.setting == setting) & (dpo.n == n)]
+        best50 = g.loc[g.regret_a50.idxmin()]
+        bestw = g.loc[g.worst_pop.idxmin()]
+        rows.append(dict(setting=setting, n=int(n), min_ess=min_ess, rule_tau=r.tau.mean(),
+                         first_order_tau=r.tau_first_order.mean(),
+                         rule_radius=r.implied_radius.mean(),
+                         rule_ess_solution=r.ess_solution.mean(),
+                         rule_regret50=r.regret_a50.mean(),
+                         best_tau50=best50.tau, best_regret50=best50.regret_a50,
+                         dpo_regret50=d.regret_a50.mean(), best_tau_worst=bestw.tau,
+                         rule_worst=r.worst_pop.mean(), best_worst=bestw.worst_pop,
+                         dpo_worst=d.worst_pop.mean()))
+    return rows
+
+
+def regret_rows(df) -> list[dict]:
+    """Per (setting, alpha) at the largest n: the best tau of the grid vs DPO and the rule."""
+    n = df.n.max()
+    d = df[df.n == n]
+    rows = []
+    for setting, g in d.groupby("setting"):
+        for c in sorted((c for c in d.columns if c.startswith("regret_a")),
+                        key=lambda c: -int(c[8:])):
+            k = g[g.method == "kldpo"].groupby("tau")[c].mean()
+            rows.append(dict(setting=setting, n=int(n), alpha=int(c[8:]) / 100,
+                             best_tau=float(k.idxmin()), best_regret=float(k.min()),
+                             dpo_regret=float(g[g.method == "dpo"][c].mean()),
+                             rule_regret=float(g[g.method == "rule"][c].mean())))
+    return rows
+
+
+# ---------------------------------------------------------------------- neural
+def neural_exponents(df, *, n_boot: int = 2000) -> list[dict]:
+    """Exponent of RMSE(error) in n per (setting, arch), with seed-bootstrap 95% CIs, over
+    every n and over all but the smallest n (the asymptotic part of the curve), and the
+    Hessian at the sample solutions of the largest n."""
+    out = []
+    for (setting, arch), g in df.groupby(["setting", "arch"]):
+        table = g.pivot_table(index="n", columns="seed", values="error")
+        ns = table.index.to_numpy(float)
+        ci = bootstrap_exponent(ns, table.to_numpy(), rng=np.random.default_rng(BOOT_SEED),
+                                n_boot=n_boot)
+        tail = (bootstrap_exponent(ns[1:], table.to_numpy()[1:],
+                                   rng=np.random.default_rng(BOOT_SEED), n_boot=n_boot)
+                if len(ns) >= 3 else ci._replace(estimate=np.nan, lo=np.nan, hi=np.nan))
+        big = g[g.n == g.n.max()]
+        out.append(dict(setting=setting, arch=arch, n_params=int(g.n_params.iloc[0]),
+                        exponent=ci.estimate, ci_lo=ci.lo, ci_hi=ci.hi,
+                        exponent_tail=tail.estimate, tail_lo=tail.lo, tail_hi=tail.hi,
+                        rmse_at_min_n=float(np.sqrt(np.mean(g[g.n == g.n.min()].error**2))),
+                        rmse_at_max_n=float(np.sqrt(np.mean(big.error**2))),
+                        lambda_min=float(g.lambda_min.iloc[0]),
+                        hess_min=float(big.hess_min.min()),
+                        hess_min_pos=float(big.hess_min_pos.median()),
+                        hess_null=int(big.hess_null.median()),
+                        max_grad_norm=float(g.grad_norm.max())))
+    return out
+
+
+def restart_agreement(targets):
+    """Per (setting, arch): how far the population restarts are from the best one (objective
+    gap, TV), the best policy's TV to the log-linear optimum, and the Hessian spectrum."""
+    agree = targets.groupby(["setting", "arch"]).agg(
+        n_params=("n_params", "first"), restarts=("restart", "count"),
+        max_objective_gap=("objective_gap", "max"), max_tv_to_best=("tv_to_best", "max"),
+        tv_best_to_loglinear=("tv_best_to_loglinear", "first"),
+        max_grad_norm=("grad_norm", "max"), hess_min=("hess_min", "min"),
+        hess_min_pos=("hess_min_pos", "median"), hess_null=("hess_null", "median"))
+    return agree.reset_index()
+
+
+# ------------------------------------------------------------------- stability
+def stability_summary(df, *, burn_in: int = 100):
+    """Means over seeds and recorded steps >= burn_in per (alpha, arch, method, hyper), and
+    ``var_vs_dpo``: the minibatch-gradient variance relative to DPO's in the same
+    (alpha, arch)."""
+    g = df[df.step >= burn_in].groupby(["alpha", "arch", "method", "hyper"])
+    s = g[["grad_norm", "grad_var", "mb_grad_norm", "penalty", "grad_x_rms", "loss",
+           "ess"]].mean().reset_index()
+    ref = s[s.method == "dpo"].set_index(["alpha", "arch"]).grad_var
+    s["var_vs_dpo"] = [v / ref.loc[(a, r)] for a, r, v in zip(s.alpha, s.arch, s.grad_var)]
+    return s
+
+
+# ----------------------------------------------------------------- conclusions
 
 
 def _coverage_conclusion(ex) -> list[str]:
@@ -71,7 +200,7 @@ def _tau_conclusions(s, rows, regret_rows) -> list[str]:
                 "%.2g" % g[g.official_oscillates > 0.5].tau.max()
                 if (g.official_oscillates > 0.5).any() else "none of the grid"))
     out.append(
-        "- **The default rule** (`loglinear.stability.suggest_tau`): fit DPO, take its "
+        "- **The default rule** (`loglinear.approx.calibrate.suggest_tau`): fit DPO, take its "
         "per-pair losses, and choose the tau at which the KLDPO weights exp(l/tau) of those "
         "losses keep an effective %g of the sample (ESS = %g; the variance of a weighted "
         "minibatch mean grows like 1/ESS). It sits above the tau at which the "

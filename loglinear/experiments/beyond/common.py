@@ -3,24 +3,26 @@
 Every study draws its environments from an :class:`~loglinear.experiments.rates.run.EnvSpec`
 (same fields and validation as the rates study) and a shifted reward: a second linear
 reward :math:`\\omega'` of the same norm, drawn from the same seed. The evaluation rewards
-are the paper's convex mixtures :math:`r(\\alpha) = \\alpha r + (1-\\alpha) r'`, so
-alpha = 1 is the training reward and alpha = 0 the shifted one.
+are the paper's convex mixtures :math:`r(\\alpha) = \\alpha r + (1-\\alpha) r'`
+(docs/theory.md §5.7), so alpha = 1 is the training reward and alpha = 0 the shifted one.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 import zlib
 from functools import lru_cache
 
 import numpy as np
 
 from ...env import LogLinearEnv, mix_rewards
-from ..config import from_mapping, load_toml
+from ..config import from_mapping, load_config
 from ..rates.run import EnvSpec
 
 __all__ = ["EnvSpec", "Timer", "environment", "mixture", "parse_settings", "row_rng",
-           "shifted_reward"]
+           "shifted_reward", "study_config"]
 
 
 def _stable(name: str) -> int:
@@ -72,11 +74,53 @@ def parse_settings(raw: dict, path) -> tuple[dict, tuple[EnvSpec, ...]]:
     return raw, settings
 
 
-def load(cls, path):
-    """A study config (frozen dataclass with a ``settings`` field) from TOML."""
-    raw, settings = parse_settings(load_toml(path), path)
+def study_config(cls, raw: dict, *, where: str = "config"):
+    """A study config (frozen dataclass with a ``settings`` field) from a parsed TOML
+    mapping: ``[env]`` defaults, ``[[setting]]`` tables, and the study's own keys (lists
+    become tuples). The configs' ``from_dict``, used by
+    :func:`loglinear.experiments.config.load_config`."""
+    raw, settings = parse_settings(raw, where)
     raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return from_mapping(cls, {**raw, "settings": settings}, where=str(path))
+    return from_mapping(cls, {**raw, "settings": settings}, where=where)
+
+
+def load(cls, path):
+    """A study config from TOML: ``load_config(cls, path)`` (kept for old callers)."""
+    return load_config(cls, path)
+
+
+def as_config(cls, config):
+    """``config`` itself, or (deprecated) the config read from a TOML path: the studies'
+    ``main`` took a path before it took a config object."""
+    if isinstance(config, (str, os.PathLike)):
+        warnings.warn(f"passing a config path to main is deprecated; pass "
+                      f"load_config({cls.__name__}, path)", DeprecationWarning, stacklevel=3)
+        return load_config(cls, config)
+    return config
+
+
+def deprecated_from_toml(cls, path):
+    """The shared body of the configs' deprecated ``from_toml``."""
+    warnings.warn(f"{cls.__name__}.from_toml is deprecated; use loglinear.experiments.config"
+                  f".load_config({cls.__name__}, path)", DeprecationWarning, stacklevel=3)
+    return load_config(cls, path)
+
+
+class StudyConfig:
+    """Mixin of the beyond studies' frozen configs: ``from_dict`` (what
+    :func:`loglinear.experiments.config.load_config` calls) and the deprecated
+    ``from_toml``."""
+
+    @classmethod
+    def from_dict(cls, raw: dict):
+        """The config from a parsed TOML mapping (``[env]`` defaults, ``[[setting]]``
+        tables, the study's fields); read a file with ``load_config(cls, path)``."""
+        return study_config(cls, raw)
+
+    @classmethod
+    def from_toml(cls, path):
+        """Deprecated: use ``load_config(cls, path)``."""
+        return deprecated_from_toml(cls, path)
 
 
 class Timer:

@@ -16,12 +16,13 @@ For every setting and architecture (depth x width; depth 0 is log-linear):
    ``NULL_RTOL * hess_max``, ``hess_null``: count below it) and the sample's coverage.
 
 The exponent of the error in n (with seed-bootstrap CIs, :mod:`loglinear.stats`) is
-computed by the report from these records.
+computed from these records by :func:`loglinear.experiments.beyond.analysis.neural_exponents`.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,14 @@ import numpy as np
 from ...estimation import coverage
 from ..config import write_resolved
 from ..records import RecordStore, read_records
-from .common import EnvSpec, Timer, environment, load, row_rng
+from .common import (
+    EnvSpec,
+    StudyConfig,
+    Timer,
+    as_config,
+    environment,
+    row_rng,
+)
 
 NULL_RTOL = 1e-6
 TARGET_KEY = ["setting", "arch", "restart"]
@@ -63,7 +71,7 @@ class Arch:
 
 
 @dataclass(frozen=True)
-class NeuralConfig:
+class NeuralConfig(StudyConfig):
     """The neural-policy study.
 
     Attributes:
@@ -103,9 +111,6 @@ class NeuralConfig:
         if not self.init_scale > 0 or self.max_iter < 1 or not self.gtol > 0:
             raise ValueError("init_scale, max_iter and gtol must be positive")
 
-    @classmethod
-    def from_toml(cls, path) -> NeuralConfig:
-        return load(cls, path)
 
 
 def _hess(eigs) -> dict:
@@ -180,8 +185,12 @@ def sample_row(config: NeuralConfig, spec: EnvSpec, arch: Arch, n: int, seed: in
                 lambda_min_sample=coverage(data).lambda_min, seconds=time.perf_counter() - t0)
 
 
-def run(config: NeuralConfig, out) -> Path:
-    """Run (or resume) the study into ``out``; returns the records path."""
+def main(config: NeuralConfig, out) -> Path:
+    """Run (or resume) the study into the records directory ``out`` (records.csv: sample
+    fits; targets.csv and optimum_*.npy: population restarts; after the resolved
+    config.json) and return ``out``. The report is built separately
+    (``loglinear report beyond_loglinear ROOT``)."""
+    config = as_config(NeuralConfig, config)
     from .sgd import use_threads
 
     use_threads(1)
@@ -208,11 +217,14 @@ def run(config: NeuralConfig, out) -> Path:
                             if not store.done(key):
                                 store.write(sample_row(config, spec, arch, n, seed,
                                                        params_star))
-    return out / "records.csv"
+    return out
 
 
-def main(config_path, out) -> Path:
-    return run(NeuralConfig.from_toml(config_path), out)
+def run(config: NeuralConfig, out) -> Path:
+    """Deprecated: ``main(config, out) / "records.csv"``."""
+    warnings.warn("neural.run is deprecated; use neural.main(config, out), which returns the "
+                  "records directory", DeprecationWarning, stacklevel=2)
+    return main(config, out) / "records.csv"
 
 
 def read(out):

@@ -44,7 +44,8 @@ class ReweightingPath:
 def reweighting_path(data: PreferenceData, *, beta: float, tau: float, step: float,
                      theta0, form: str = "paper", max_iter: int = 2000,
                      gtol: float = 1e-6) -> ReweightingPath:
-    r"""Algorithm 2 of the paper with a fixed step eta, tracking weight collapse.
+    r"""Algorithm 2 of the paper with a fixed step eta, tracking weight collapse
+    (docs/theory.md §4.2).
 
     .. math:: \theta_{k+1} = \theta_k - \eta\sum_i W_i(\theta_k)\,\nabla l_i(\theta_k),
 

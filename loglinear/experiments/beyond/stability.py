@@ -7,8 +7,8 @@ trains a neural policy (:mod:`loglinear.torch.neural`; depth 0 = log-linear) by 
 minibatch SGD from the same initialisation, with the method's minibatch objective:
 
 * ``dpo``: mean loss; ``wdpo``: mean loss + rho (mean g_i)^{1/2} (paper form, g_i the
-  squared input gradient); ``kldpo``: tau log mean e^{l/tau}, whose gradient is
-  Algorithm 2's with weights normalised over the minibatch.
+  squared input gradient; docs/theory.md §4.1); ``kldpo``: tau log mean e^{l/tau}, whose
+  gradient is Algorithm 2's with weights normalised over the minibatch (§4.2).
 
 Every ``every`` steps it records, at the current parameters:
 
@@ -26,6 +26,7 @@ Every ``every`` steps it records, at the current parameters:
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,15 @@ import numpy as np
 
 from ..config import write_resolved
 from ..records import RecordStore
-from .common import EnvSpec, Timer, environment, load, mixture, row_rng
+from .common import (
+    EnvSpec,
+    StudyConfig,
+    Timer,
+    as_config,
+    environment,
+    mixture,
+    row_rng,
+)
 from .neural import Arch
 
 KEY = ["setting", "alpha", "arch", "method", "hyper", "seed", "step"]
@@ -43,7 +52,7 @@ METHODS = ("dpo", "wdpo", "kldpo")
 
 
 @dataclass(frozen=True)
-class StabilityConfig:
+class StabilityConfig(StudyConfig):
     """The gradient-stability study.
 
     Attributes:
@@ -100,9 +109,6 @@ class StabilityConfig:
     def hypers(self, method: str) -> tuple[float, ...]:
         return {"dpo": (0.0,), "wdpo": self.rho, "kldpo": self.tau}[method]
 
-    @classmethod
-    def from_toml(cls, path) -> StabilityConfig:
-        return load(cls, path)
 
 
 def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
@@ -128,9 +134,12 @@ def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
     rows, t0 = [], time.perf_counter()
     base = dict(setting=spec.name, alpha=alpha, arch=arch.name, method=method, hyper=hyper,
                 seed=seed, lr=config.lr, batch_size=config.batch_size)
-    for step, diag in sgd.sgd(pol, p0, pairs, beta=env.beta, method=method, hyper=hyper,
+    # the record column "hyper" holds each method's one hyperparameter (rho for WDPO, tau
+    # for KLDPO); the call passes it under its own name
+    for step, diag in sgd.sgd(pol, p0, pairs, beta=env.beta, method=method,
+                              **nn.OBJECTIVES[method].kwargs(hyper),
                               lr=config.lr, batch_size=config.batch_size, steps=config.steps,
-                              every=config.every, tau=config.tau[0],
+                              every=config.every, ess_tau=config.tau[0],
                               n_batches=config.n_batches, train_rng=train_rng,
                               diag_rng=diag_rng):
         diag = {"objective": float("nan")} if diag is None else diag   # diverged
@@ -142,8 +151,11 @@ def _complete(row: dict) -> dict:
     return {c: row.get(c, float("nan")) for c in COLUMNS}
 
 
-def run(config: StabilityConfig, out) -> Path:
-    """Run (or resume) the study into ``out/records.csv``; returns that path."""
+def main(config: StabilityConfig, out) -> Path:
+    """Run (or resume) the study into the records directory ``out`` (records.csv, after
+    the resolved config.json) and return ``out``. The report is built separately
+    (``loglinear report beyond_loglinear ROOT``)."""
+    config = as_config(StabilityConfig, config)
     from .sgd import use_threads
 
     use_threads(1)
@@ -166,8 +178,11 @@ def run(config: StabilityConfig, out) -> Path:
                                 for row in train_rows(config, spec, alpha, arch, method,
                                                       hyper, seed):
                                     store.write(_complete(row))
-    return out / "records.csv"
+    return out
 
 
-def main(config_path, out) -> Path:
-    return run(StabilityConfig.from_toml(config_path), out)
+def run(config: StabilityConfig, out) -> Path:
+    """Deprecated: ``main(config, out) / "records.csv"``."""
+    warnings.warn("stability.run is deprecated; use stability.main(config, out), which returns the "
+                  "records directory", DeprecationWarning, stacklevel=2)
+    return main(config, out) / "records.csv"

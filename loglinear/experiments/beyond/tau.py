@@ -4,7 +4,8 @@ For every setting, sample size n and seed, draw n pairs (as multinomial counts o
 population atoms), fit DPO and, for each tau in the grid, the paper-form KLDPO solution
 :math:`\theta_\tau` (Newton on :math:`\tau\log\sum q e^{l/\tau}`). Each row records
 
-* ``implied_radius``: :math:`\rho(\tau) = KL(P^*\|q)`, the radius tau buys;
+* ``implied_radius``: :math:`\rho(\tau) = KL(P^*\|q)`, the radius tau buys (the
+  KLDPO = KL-DRO identity, docs/theory.md §4.2);
 * ``worst_sample`` / ``worst_pop``: the exact KL worst-case loss at the fixed evaluation
   radius (``kl_value``), on the training sample and on the exact population;
 * ``regret_aXX``: the regret :math:`V^*(r_\alpha) - V_{\theta}(r_\alpha)` of the policy
@@ -16,12 +17,14 @@ population atoms), fit DPO and, for each tau in the grid, the paper-form KLDPO s
   oscillates away).
 
 Rows with ``method = "dpo"`` hold the DPO baseline; ``method = "rule"`` holds the
-default rule :func:`loglinear.approx.calibrate.suggest_tau` at ``min_ess``.
+default rule :func:`loglinear.approx.calibrate.suggest_tau` at ``min_ess`` (docs/theory.md
+§4.3).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +43,22 @@ from ...fit import FitError, SeparableDataError, fit_dpo
 from ...robust import collapse_radius_kl, kl_value
 from ..config import write_resolved
 from ..records import RecordStore
-from .common import EnvSpec, Timer, environment, load, mixture, row_rng
+from .common import (
+    EnvSpec,
+    StudyConfig,
+    Timer,
+    as_config,
+    environment,
+    mixture,
+    row_rng,
+)
 from .reweighting import reweighting_path
 
 KEY = ["setting", "n", "seed", "method", "tau"]
 
 
 @dataclass(frozen=True)
-class TauConfig:
+class TauConfig(StudyConfig):
     """The tau calibration study.
 
     Attributes:
@@ -100,9 +111,6 @@ class TauConfig:
     def taus(self) -> np.ndarray:
         return np.logspace(np.log10(self.tau_min), np.log10(self.tau_max), self.n_tau)
 
-    @classmethod
-    def from_toml(cls, path) -> TauConfig:
-        return load(cls, path)
 
 
 def columns(config: TauConfig) -> list[str]:
@@ -195,8 +203,11 @@ def _complete(row: dict, cols: list[str]) -> dict:
     return {c: row.get(c, float("nan")) for c in cols}
 
 
-def run(config: TauConfig, out) -> Path:
-    """Run (or resume) the study into ``out/records.csv``; returns that path."""
+def main(config: TauConfig, out) -> Path:
+    """Run (or resume) the study into the records directory ``out`` (records.csv, after
+    the resolved config.json) and return ``out``. The report is built separately
+    (``loglinear report beyond_loglinear ROOT``)."""
+    config = as_config(TauConfig, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(config, out / "config.json")
@@ -210,7 +221,7 @@ def run(config: TauConfig, out) -> Path:
                         continue
                     for row in unit_rows(config, spec, n, seed):
                         store.write(_complete(row, cols))
-    return out / "records.csv"
+    return out
 
 
 def _unit_done(store, config, spec, n, seed) -> bool:
@@ -222,5 +233,8 @@ def _unit_done(store, config, spec, n, seed) -> bool:
     return all(store.done(k) for k in keys)
 
 
-def main(config_path, out) -> Path:
-    return run(TauConfig.from_toml(config_path), out)
+def run(config: TauConfig, out) -> Path:
+    """Deprecated: ``main(config, out) / "records.csv"``."""
+    warnings.warn("tau.run is deprecated; use tau.main(config, out), which returns the "
+                  "records directory", DeprecationWarning, stacklevel=2)
+    return main(config, out) / "records.csv"

@@ -1,17 +1,19 @@
 """Configuration of the preference-shift study (``loglinear llm-shift --config FILE``).
 
 A TOML file holds the fields of :class:`ShiftConfig` at top level; unknown keys are errors.
+Read it with ``loglinear.experiments.config.load_config(ShiftConfig, path, **overrides)``.
 Methods are written compactly as strings, ``"dpo"``, ``"wdpo-paper:50"`` (kind, form, radius
 rho_o), ``"kldpo-official:0.5"`` (kind, form, temperature tau), and parsed by
-:func:`parse_method`.
+:func:`parse_method` (the objectives: docs/theory.md §4.1-4.2).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
-from loglinear.experiments.config import from_mapping, load_toml
+from loglinear.experiments.config import load_config as _load_config
 
 KINDS = ("dpo", "wdpo", "kldpo")
 FORMS = ("paper", "official")
@@ -20,19 +22,44 @@ DTYPES = ("float32", "bfloat16")
 TINY_MODELS = ("tiny-llama", "tiny-gpt2")
 
 
+# The hyperparameter each kind takes, by its name (DPO takes none besides beta).
+HYPERPARAMETER = {"dpo": None, "wdpo": "rho", "kldpo": "tau"}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """One training method: ``kind`` in KINDS, ``form`` in FORMS, ``value`` = rho_o or tau."""
+    """One training method: ``kind`` in KINDS, ``form`` in FORMS, and its hyperparameter
+    by name: ``rho`` (WDPO radius rho_o) or ``tau`` (KLDPO temperature); None otherwise."""
 
     name: str
     kind: str
     form: str = "paper"
-    value: float = 0.0
+    rho: float | None = None
+    tau: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS or self.form not in FORMS:
+            raise ValueError(f"method {self.name!r}: kind must be in {KINDS} and form in "
+                             f"{FORMS}")
+        given = {k for k in ("rho", "tau") if getattr(self, k) is not None}
+        want = {HYPERPARAMETER[self.kind]} - {None}
+        if given != want:
+            raise ValueError(f"method {self.name!r} of kind {self.kind!r} takes "
+                             f"{sorted(want) or 'no hyperparameter'}, got {sorted(given)}")
 
     def kwargs(self) -> dict:
-        """Keyword hyperparameters for the method's objective in ``shift_train.METHODS``."""
-        key = {"dpo": None, "wdpo": "rho", "kldpo": "tau"}[self.kind]
-        return {} if key is None else {key: self.value, "form": self.form}
+        """Keyword hyperparameters for the method's objective
+        (:func:`loglinear.torch.objectives.batch_objective`)."""
+        key = HYPERPARAMETER[self.kind]
+        return {} if key is None else {key: getattr(self, key), "form": self.form}
+
+    @property
+    def value(self) -> float:
+        """Deprecated: ``rho`` or ``tau`` by name (0.0 for DPO)."""
+        warnings.warn("MethodSpec.value is deprecated; use MethodSpec.rho or MethodSpec.tau",
+                      DeprecationWarning, stacklevel=2)
+        key = HYPERPARAMETER[self.kind]
+        return 0.0 if key is None else getattr(self, key)
 
 
 def run_dirname(method_name: str) -> str:
@@ -59,7 +86,7 @@ def parse_method(text: str) -> MethodSpec:
         raise ValueError(f"{text!r}: rho must be finite and >= 0")
     if kind == "kldpo" and not (math.isfinite(value) and value > 0):
         raise ValueError(f"{text!r}: tau must be finite and > 0")
-    return MethodSpec(text, kind, form, value)
+    return MethodSpec(text, kind, form, **{HYPERPARAMETER[kind]: value})
 
 
 def _alphas() -> tuple:
@@ -178,6 +205,9 @@ class ShiftConfig:
 
 
 def load_config(path, **overrides) -> ShiftConfig:
-    """Parse a TOML file into :class:`ShiftConfig` (``overrides`` replace file values)."""
-    mapping = load_toml(path) | {k: v for k, v in overrides.items() if v is not None}
-    return from_mapping(ShiftConfig, mapping, where=str(path))
+    """Deprecated: ``loglinear.experiments.config.load_config(ShiftConfig, path,
+    **overrides)`` (``overrides`` replace file values)."""
+    warnings.warn("loglinear.experiments.llm_shift.config.load_config is deprecated; use "
+                  "loglinear.experiments.config.load_config(ShiftConfig, path, **overrides)",
+                  DeprecationWarning, stacklevel=2)
+    return _load_config(ShiftConfig, path, **overrides)

@@ -11,7 +11,8 @@ with :math:`r_{\alpha_o}` the convex (or geometric) emotion mixture at :math:`\a
 (:mod:`loglinear.experiments.llm_shift.emotion`) and :math:`\kappa` a fixed reward scale
 (the scores are
 probabilities in [0, 1], so without a scale every label would be close to a coin flip;
-[ours]). The reward scores the completion alone: the prompt is shared by the pair.
+a convention of this project). The reward scores the completion alone: the prompt is shared
+by the pair.
 
 Generation is the expensive step, so :func:`cached` stores its result once, with the key that
 produced it, and later runs reuse it (a different key is an error, never a silent reuse).

@@ -17,7 +17,11 @@ command resumes where the last one stopped (``max_seconds`` bounds one invocatio
    alpha for both mixtures (``eval.csv``), KL to the reference and throughput (``runs.csv``).
    The reference policy itself is evaluated as method ``reference``.
 5. **Summary.** Across-seed means and CIs (``summary.csv``, ``runs_summary.csv``); the report
-   (:mod:`loglinear.report.llm_shift`) reads only these files.
+   (:mod:`loglinear.report.llm_shift`, through :mod:`.analysis`) reads only these files.
+
+``main(config, out=None, *, max_seconds=None, log=print)`` runs it and returns the records
+directory; when ``max_seconds`` stops it first it raises :class:`StudyIncomplete` (rerun
+to resume). It builds no report: ``loglinear llm-shift --report`` does that afterwards.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +52,16 @@ RUN_COLUMNS = ["method", "seed", "kl", "kl_se", "train_seconds", "train_pairs", 
                "steps", "pairs_per_s", "tokens_per_s", "eval_new_tokens", "label_agreement",
                "n_pairs"]
 REFERENCE = "reference"
+
+
+class StudyIncomplete(RuntimeError):
+    """:func:`main` stopped at its time budget (``max_seconds``) with the study unfinished;
+    everything done so far is checkpointed under ``out``: rerun the same call to resume."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        super().__init__(f"stopped by the time budget before the study was complete; rerun "
+                         f"to resume from {self.out}")
 
 
 def load_base(config: ShiftConfig):
@@ -175,7 +191,32 @@ def _same_config(path: Path, config: ShiftConfig) -> None:
     write_resolved(config, path)
 
 
+def main(config: ShiftConfig, out=None, *, max_seconds: float | None = None,
+         log=print) -> Path:
+    """Run (or resume) the study into the records directory ``out`` (default
+    ``config.out``; a given ``out`` replaces the config's, also in ``config.json``) and
+    return it.
+
+    Raises:
+        StudyIncomplete: ``max_seconds`` ran out first (the work is checkpointed).
+    """
+    if out is not None:
+        config = replace(config, out=str(out))
+    status = _run(config, max_seconds=max_seconds, log=log)
+    if not status["complete"]:
+        raise StudyIncomplete(status["out"])
+    return status["out"]
+
+
 def run(config: ShiftConfig, *, max_seconds: float | None = None, log=print) -> dict:
+    """Deprecated: :func:`main`. Returns ``{"complete": bool, "out": Path}``."""
+    warnings.warn("llm_shift.run.run is deprecated; use main(config, out, max_seconds=...), "
+                  "which returns the records directory and raises StudyIncomplete when the "
+                  "time budget stops it", DeprecationWarning, stacklevel=2)
+    return _run(config, max_seconds=max_seconds, log=log)
+
+
+def _run(config: ShiftConfig, *, max_seconds: float | None, log) -> dict:
     """Run (or resume) the study. Returns ``{"complete": bool, "out": Path}``."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@ r"""Training for the preference-shift study: a resumable LoRA / full fine-tuning
 pre-tokenised preference pairs, with a wall-clock deadline. The objectives come from the
 shared registry :mod:`loglinear.torch.objectives` (looked up by the method's kind).
 
-Objectives (paper.md section 4; the formulas live in :mod:`loglinear.torch.losses`):
+Objectives (docs/theory.md §4.1-4.2; the formulas live in :mod:`loglinear.torch.losses`):
 
 .. math::
     \text{DPO: } \tfrac1B\textstyle\sum_i l_i,\quad
@@ -188,9 +188,8 @@ def _log_row(step, epoch, terms: ObjectiveOutput, batch: PairBatch, seconds) -> 
     b = batch.n_pairs
     g = "" if terms.grad_sq_norms is None else float(terms.grad_sq_norms.detach().mean())
     w = ""
-    if terms.weights is not None:  # relative to uniform: paper weights sum to 1
-        w = float(terms.weights.max()) * (b if abs(float(terms.weights.sum()) - 1) < 1e-4
-                                          else 1.0)
+    if terms.weights is not None:  # relative to uniform: both forms carry the base q = 1/b
+        w = float(terms.weights.max()) * b
     logps = terms.logps.detach().float()
     ref = batch.ref_logps.float()
     c, r = logps[:b] - ref[:b], logps[b:] - ref[b:]

@@ -2,7 +2,8 @@ r"""The estimation-rate and coverage study: config -> tidy records on disk.
 
 For every environment (setting), sample size n, replicate seed, estimator and radius
 schedule, draw n preference pairs, fit the estimator and record ||w_hat - w_target||_2,
-where w = theta - theta_ref (centered parameterisation, o = 0) and the target is exact:
+where w = theta - theta_ref (centered parameterisation, o = 0, docs/theory.md §2.3) and the
+target is exact:
 
 * DPO: w* = omega / beta (the population DPO optimum, in closed form);
 * robust estimators: their optimum on the enumerated population (weights equal to the
@@ -28,18 +29,23 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 import zlib
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ...env import LogLinearEnv
-from ...estimation import coverage, kl_dual_variable, local_asymptotics
-from ..config import from_mapping, load_toml, to_jsonable, write_resolved
-from ..estimators import ESTIMATORS, get_estimator
+from ...estimation import coverage
+from ..config import to_jsonable, write_resolved
+from ..estimators import get_estimator
 from ..records import RecordStore, read_records
+from .config import NO_SCHEDULE, EnvSpec, RatesConfig, Schedule
+
+__all__ = ["NO_SCHEDULE", "ROW_COLUMNS", "ROW_KEY", "TARGET_COLUMNS", "TARGET_KEY",
+           "EnvSpec", "RatesConfig", "Schedule", "environment", "hyperparameters", "main",
+           "run"]
 
 ROW_KEY = ["setting", "estimator", "schedule", "n", "seed"]
 ROW_COLUMNS = ROW_KEY + [
@@ -53,148 +59,6 @@ TARGET_COLUMNS = TARGET_KEY + [
     "local_status", "status", "seconds",
 ]
 ZERO_TOL = 1e-7  # ||w_hat|| below this counts as collapsed to the kink w = 0
-NO_SCHEDULE = "none"
-
-
-# ---------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class EnvSpec:
-    """One environment ("setting") of the study; see :meth:`LogLinearEnv.random`.
-
-    Attributes:
-        name: the ``setting`` column.
-        n_states, n_actions, dim, beta, reward_scale, ref_scale, state_dist: as in
-            ``LogLinearEnv.random``.
-        concentration: sampling-policy concentration (0 = uniform; larger = worse coverage).
-        spectrum: per-coordinate feature scales; a small entry makes lambda_min -> 0.
-        env_seed: seed of the environment draw (combined with the config seed).
-    """
-
-    name: str
-    n_states: int = 8
-    n_actions: int = 6
-    dim: int = 4
-    beta: float = 1.0
-    concentration: float = 0.0
-    spectrum: tuple[float, ...] | None = None
-    reward_scale: float = 1.0
-    ref_scale: float = 0.0
-    state_dist: str = "uniform"
-    env_seed: int = 0
-
-    def __post_init__(self):
-        if not self.name or "," in self.name:
-            raise ValueError(f"setting name must be non-empty without commas, got {self.name!r}")
-        if self.spectrum is not None:
-            object.__setattr__(self, "spectrum", tuple(float(v) for v in self.spectrum))
-            if len(self.spectrum) != self.dim:
-                raise ValueError(f"setting {self.name}: spectrum needs {self.dim} entries")
-        if self.n_states < 1 or self.n_actions < 2 or self.dim < 1:
-            raise ValueError(f"setting {self.name}: need n_states >= 1, n_actions >= 2, dim >= 1")
-        if not self.beta > 0:
-            raise ValueError(f"setting {self.name}: beta must be > 0")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A radius schedule: hyperparameter(n) = base * (n / reference_n)^{-exponent}.
-
-    The base is ``collapse_fraction`` times the estimator's population collapse radius
-    (the radius at which the robust optimum becomes w = 0) when that is set and the
-    estimator has one; otherwise ``scale[estimator]``. ``only`` (if non-empty) restricts the
-    schedule to those estimators. A temperature (KLDPO) gets
-    base * (n / reference_n)^{+exponent}. Estimators without a hyperparameter (DPO) ignore
-    schedules; an estimator with neither a scale nor a collapse radius skips the schedule.
-    """
-
-    name: str
-    exponent: float = 0.0
-    scale: dict = field(default_factory=dict)
-    collapse_fraction: float | None = None
-    reference_n: float = 1.0
-    only: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        object.__setattr__(self, "only", tuple(self.only))
-        if not self.name or self.name == NO_SCHEDULE:
-            raise ValueError(f"schedule name must be non-empty and not {NO_SCHEDULE!r}")
-        unknown = sorted((set(self.scale) | set(self.only)) - set(ESTIMATORS))
-        if unknown:
-            raise ValueError(f"schedule {self.name}: unknown estimators {unknown}")
-        if any(not float(v) > 0 for v in self.scale.values()):
-            raise ValueError(f"schedule {self.name}: scales must be positive")
-        if self.collapse_fraction is not None and not self.collapse_fraction > 0:
-            raise ValueError(f"schedule {self.name}: collapse_fraction must be > 0")
-        if not self.reference_n > 0:
-            raise ValueError(f"schedule {self.name}: reference_n must be > 0")
-        object.__setattr__(self, "scale", {k: float(v) for k, v in self.scale.items()})
-
-    def uses_collapse(self, est) -> bool:
-        return self.collapse_fraction is not None and est.collapse is not None
-
-    def applies(self, est) -> bool:
-        if est.param is None or (self.only and est.name not in self.only):
-            return False
-        return self.uses_collapse(est) or est.name in self.scale
-
-
-@dataclass(frozen=True)
-class RatesConfig:
-    """The study: settings x n x seeds x estimators x schedules.
-
-    Attributes:
-        name: study name (written into the resolved config).
-        seed: master seed; every random draw derives from it and the row key.
-        n: sample sizes.
-        seeds: replicates per (setting, n); seed ids 0..seeds-1.
-        estimators: registry names (see :data:`ESTIMATORS`).
-        settings: the environments.
-        schedules: radius schedules for the robust estimators.
-        bound: B, the radius of Theta = {||theta|| <= B}: DPO is fitted on it and the
-            section 5 constants use it.
-        delta: confidence level of the theory bounds.
-    """
-
-    name: str
-    seed: int
-    n: tuple[int, ...]
-    settings: tuple[EnvSpec, ...]
-    estimators: tuple[str, ...] = ("dpo",)
-    schedules: tuple[Schedule, ...] = ()
-    seeds: int = 50
-    bound: float = 5.0
-    delta: float = 0.05
-
-    def __post_init__(self):
-        object.__setattr__(self, "n", tuple(int(v) for v in self.n))
-        if not self.n or min(self.n) < 2:
-            raise ValueError(f"n must be a non-empty list of sizes >= 2, got {self.n}")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        for e in self.estimators:
-            get_estimator(e)
-        names = [s.name for s in self.settings]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"settings need unique names, got {names}")
-        snames = [s.name for s in self.schedules]
-        if len(set(snames)) != len(snames):
-            raise ValueError(f"schedules need unique names, got {snames}")
-        if not self.bound > 0 or not 0 < self.delta < 1:
-            raise ValueError("bound must be > 0 and delta in (0, 1)")
-
-    @classmethod
-    def from_toml(cls, path) -> RatesConfig:
-        raw = dict(load_toml(path))
-        defaults = raw.pop("env", {})
-        settings = tuple(from_mapping(EnvSpec, {**defaults, **s}, where=f"{path} [[setting]]")
-                         for s in raw.pop("setting", []))
-        schedules = tuple(from_mapping(Schedule, s, where=f"{path} [[schedule]]")
-                          for s in raw.pop("schedule", []))
-        for k in ("n", "estimators"):
-            if k in raw:
-                raw[k] = tuple(raw[k])
-        return from_mapping(cls, {**raw, "settings": settings, "schedules": schedules},
-                            where=str(path))
 
 
 # ----------------------------------------------------------------- the plan
@@ -237,7 +101,7 @@ def hyperparameters(config: RatesConfig, setting: str, est_name: str, schedule: 
 
 
 def _combos(config: RatesConfig):
-    """(estimator, schedule or None) pairs of the study, available estimators only."""
+    """(estimator, schedule or None) pairs of the study."""
     out = []
     for name in config.estimators:
         est = get_estimator(name)
@@ -258,8 +122,7 @@ def _target_row(config: RatesConfig, setting: str, est_name: str, param) -> dict
     row = dict(setting=setting, estimator=est_name, param=_param_key(param), dual=np.nan,
                collapse_radius=np.nan, tr_hinv=np.nan, tr_sandwich=np.nan, local_status="")
     try:
-        w = w_star if est_name == "dpo" else est.fit(pop, beta=beta, param=param,
-                                                     bound=config.bound)
+        w = est.target(env, pop, beta=beta, param=param, bound=config.bound)
         row.update(theta=json.dumps([float(v) for v in w]), norm=float(np.linalg.norm(w)),
                    error_star=float(np.linalg.norm(w - w_star)), status="ok")
     except Exception as exc:  # recorded, never silent: the report lists failures
@@ -267,23 +130,14 @@ def _target_row(config: RatesConfig, setting: str, est_name: str, param) -> dict
                    status=f"failed: {type(exc).__name__}: {str(exc)[:200]}",
                    seconds=time.perf_counter() - t0)
         return row
-    if est.local_kind == "kl":
-        row["dual"] = kl_dual_variable(_losses(pop, w, beta), pop.weight, param)
-    elif est.local_kind == "kldpo":
-        row["dual"] = float(param)
+    row["dual"] = est.population_dual(pop, w, beta=beta, param=param)
     try:
-        la = local_asymptotics(est.local_kind, pop, w, beta=beta,
-                               param=0.0 if param is None else param)
+        la = est.local(pop, w, beta=beta, param=param)
         row.update(tr_hinv=la.tr_hinv, tr_sandwich=la.tr_sandwich, local_status="ok")
     except (ValueError, np.linalg.LinAlgError) as exc:
         row["local_status"] = f"none: {str(exc)[:120]}"
     row["seconds"] = time.perf_counter() - t0
     return row
-
-
-def _losses(pop, w, beta):
-    m = pop.sign * beta * (pop.x @ w - pop.offset)
-    return np.logaddexp(0.0, -m)
 
 
 def _collapse_row(config, setting, est_name) -> dict:
@@ -417,29 +271,9 @@ def _failed(row: dict) -> bool:
     return row.get("status", "").startswith("failed")
 
 
-def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bool = True,
-        max_rows: int | None = None, retry_failed: bool = False) -> Path:
-    """Run (or resume) the study; returns the records path.
-
-    Args:
-        config: the study.
-        out: output directory (``config.json``, ``targets.csv``, ``records.csv``).
-        jobs: local worker processes (joblib); ignored when ``scheduler`` is given.
-        scheduler: a Dask scheduler address ``tcp://HOST:PORT`` (or a ``Client``).
-        progress: show tqdm bars.
-        max_rows: stop after scheduling this many pending rows (for tests and benchmarks).
-        retry_failed: compute again the targets and rows whose status records a failure
-            (they are removed from the records first), e.g. after a solver fix.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(config, out)
-    write_resolved(config, out / "config.json")
-    combos = [(e, s) for e, s in _combos(config) if get_estimator(e).available()]
-    parts = max(1, jobs) * 4 if not scheduler else 64
-
-    # Phase 1: collapse radii, then exact population targets (resumable).
-    drop = _failed if retry_failed else None
+def _run_targets(config: RatesConfig, out: Path, combos, *, drop, execute) -> dict:
+    """Phase 1: collapse radii, then exact population targets (resumable). Returns the plan
+    (setting, estimator, schedule) -> {n: hyperparameter}."""
     targets = RecordStore(out / "targets.csv", TARGET_COLUMNS, TARGET_KEY).open(drop=drop)
     try:
         items = sorted({("collapse", st.name, e, None) for e, s in combos
@@ -447,9 +281,7 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
                         for st in config.settings})
         items = [i for i in items if not targets.done(dict(setting=i[1], estimator=i[2],
                                                            param="collapse"))]
-        _execute(_target_chunk, config, _chunks(items, parts), jobs=jobs, scheduler=scheduler,
-                 desc="collapse radii", total=len(items), sink=targets.write_many,
-                 progress=progress and bool(items))
+        execute(_target_chunk, items, desc="collapse radii", sink=targets.write_many)
         tdf = read_records(out / "targets.csv", dtype={"param": str}, keep_default_na=False)
         collapse = {(r.setting, r.estimator): float(r.collapse_radius)
                     for r in tdf[tdf.param == "collapse"].itertuples()}
@@ -467,16 +299,17 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
                         for p in by_n.values()}, key=lambda t: (t[1], t[2], _param_key(t[3])))
         items = [i for i in items if not targets.done(dict(setting=i[1], estimator=i[2],
                                                            param=_param_key(i[3])))]
-        _execute(_target_chunk, config, _chunks(items, parts), jobs=jobs, scheduler=scheduler,
-                 desc="targets", total=len(items), sink=targets.write_many,
-                 progress=progress and bool(items))
+        execute(_target_chunk, items, desc="targets", sink=targets.write_many)
     finally:
         targets.close()
+    return plan
+
+
+def _run_rows(config: RatesConfig, out: Path, plan: dict, *, drop, max_rows, execute) -> None:
+    """Phase 2: one unit = one sample (setting, n, seed) shared by all estimators."""
     tdf = read_records(out / "targets.csv", dtype={"param": str}, keep_default_na=False)
     tdf = tdf[tdf.param != "collapse"]
     tmap = {(r.setting, r.estimator, r.param): r for r in tdf.itertuples()}
-
-    # Phase 2: one unit = one sample (setting, n, seed) shared by all estimators.
     store = RecordStore(out / "records.csv", ROW_COLUMNS, ROW_KEY).open(drop=drop)
     try:
         units, pending = [], 0
@@ -498,15 +331,52 @@ def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bo
                     if jobs_here and (max_rows is None or pending < max_rows):
                         units.append((st.name, n, seed, jobs_here))
                         pending += len(jobs_here)
-        _execute(_run_chunk, config, _chunks(units, parts), jobs=jobs, scheduler=scheduler,
-                 desc="rows", total=pending, sink=store.write_many, progress=progress)
+        execute(_run_chunk, units, desc="rows", sink=store.write_many, total=pending,
+                always_show=True)
     finally:
         store.close()
-    return out / "records.csv"
 
 
-def main(config_path, out, *, jobs: int = 1, scheduler=None, progress: bool = True,
-         retry_failed: bool = False) -> Path:
-    """Entry point: parse the TOML config and run the study."""
-    return run(RatesConfig.from_toml(config_path), out, jobs=jobs, scheduler=scheduler,
-               progress=progress, retry_failed=retry_failed)
+def main(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bool = True,
+         max_rows: int | None = None, retry_failed: bool = False) -> Path:
+    """Run (or resume) the study; returns the records directory.
+
+    Args:
+        config: the study (read a TOML file with
+            ``experiments.config.load_config(RatesConfig, path)``).
+        out: output directory (``config.json``, ``targets.csv``, ``records.csv``).
+        jobs: local worker processes (joblib); ignored when ``scheduler`` is given.
+        scheduler: a Dask scheduler address ``tcp://HOST:PORT`` (or a ``Client``).
+        progress: show tqdm bars.
+        max_rows: stop after scheduling this many pending rows (for tests and benchmarks).
+        retry_failed: compute again the targets and rows whose status records a failure
+            (they are removed from the records first), e.g. after a solver fix.
+    """
+    if not isinstance(config, RatesConfig):
+        raise TypeError(f"main takes a RatesConfig, got {type(config).__name__}; read a TOML "
+                        "file with loglinear.experiments.config.load_config(RatesConfig, path)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(config, out)
+    write_resolved(config, out / "config.json")
+    parts = max(1, jobs) * 4 if not scheduler else 64
+
+    def execute(func, items, *, desc, sink, total=None, always_show=False):
+        _execute(func, config, _chunks(items, parts), jobs=jobs, scheduler=scheduler,
+                 desc=desc, total=len(items) if total is None else total, sink=sink,
+                 progress=progress and (always_show or bool(items)))
+
+    drop = _failed if retry_failed else None
+    plan = _run_targets(config, out, _combos(config), drop=drop, execute=execute)
+    _run_rows(config, out, plan, drop=drop, max_rows=max_rows, execute=execute)
+    return out
+
+
+def run(config: RatesConfig, out, *, jobs: int = 1, scheduler=None, progress: bool = True,
+        max_rows: int | None = None, retry_failed: bool = False) -> Path:
+    """Deprecated: use :func:`main`, which returns the records directory; this returns
+    ``main(...) / "records.csv"``."""
+    warnings.warn("loglinear.experiments.rates.run.run is deprecated; use main(config, out, "
+                  "...), which returns the records directory", DeprecationWarning, stacklevel=2)
+    return main(config, out, jobs=jobs, scheduler=scheduler, progress=progress,
+                max_rows=max_rows, retry_failed=retry_failed) / "records.csv"

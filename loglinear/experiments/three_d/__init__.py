@@ -1,10 +1,12 @@
 """The 3D-properties study: a log-linear toy trained by gradient steps, with exact
-diagnostics of pi(chosen), pi(rejected) and the unseen mass.
+diagnostics of pi(chosen), pi(rejected) and the unseen mass (docs/theory.md §6).
 
-``dynamics`` is the trainer and the diagnostics, ``run`` the config and the runner, and
-``lm_probe`` the same diagnostics on a causal LM (torch)."""
+``config`` holds the study's config classes, ``dynamics`` the trainer and the diagnostics,
+``run`` the toy and the runner (config -> records), ``analysis`` the tables computed from
+the records, and ``lm_probe`` the same diagnostics on a causal LM (torch)."""
 
-from .run import (
+from .analysis import property_onsets
+from .config import (
     SCENARIOS,
     Method,
     ThreeDConfig,
@@ -12,13 +14,8 @@ from .run import (
     ToyConfig,
     TrainingConfig,
     Variant,
-    main,
-    property_onsets,
-    run_method,
-    simulate,
-    toy_setting,
-    trajectories,
 )
+from .run import main, run_method, simulate, toy_setting, trajectories
 
 __all__ = ["SCENARIOS", "Method", "Thresholds", "ThreeDConfig", "ToyConfig", "TrainingConfig",
            "Variant", "main", "property_onsets", "run_method", "simulate", "toy_setting",

@@ -10,7 +10,7 @@ log-probabilities of fixed probe responses, logged during training:
   LLM analogue of the unseen mass (its rise is the dispersion effect);
 * with reference log-probs, the mean log-ratios and the DPO partials
   dl/d log pi^+ = -beta sigma(-beta(c - r)) = -dl/d log pi^- (the gradient components
-  along the chosen and rejected log-probabilities, paper.md section 6);
+  along the chosen and rejected log-probabilities, docs/theory.md §6.1);
 * ``*_delta``: the change since the first logged step.
 
 :class:`ThreeDProbe` is a plain callable ``probe(step, model) -> dict | None`` for any
