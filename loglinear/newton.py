@@ -60,6 +60,7 @@ def newton(
     *,
     gtol: float = 1e-10,
     xtol: float = 1e-10,
+    ctol: float = 1e-6,
     max_iter: int = 200,
     line: Callable[[np.ndarray, np.ndarray], Callable[[float], float]] | None = None,
 ) -> NewtonReport:
@@ -68,10 +69,12 @@ def newton(
     Stops when the gradient norm is at most ``gtol`` and the Newton step is at most
     ``xtol * (1 + ||x||)`` (that last step is taken: near the optimum Newton converges
     quadratically, so it lands at float precision), or when the Newton decrement shows
-    that no further decrease is representable in floating point (status
-    ``"converged"`` in both cases, with the achieved gradient norm reported). Returns
-    status ``"max_iter"`` or ``"line_search_failed"`` otherwise; callers decide
-    whether that is an error.
+    that no further decrease is representable in floating point and the gradient norm
+    (the certificate) is at most ``max(gtol, ctol)`` (status ``"converged"`` in both
+    cases, with the achieved gradient norm reported). A vanishing decrement with a
+    larger gradient is ``"stalled"`` (next to a kink, or on an objective whose Hessian
+    is wrong). Returns ``"max_iter"``, ``"line_search_failed"``, ``"diverging"`` or
+    ``"non_finite"`` otherwise; callers decide whether that is an error.
     """
     x = np.array(x0, dtype=np.float64)
     value, grad, hess = fun(x, True)
@@ -111,7 +114,9 @@ def newton(
                 if np.linalg.norm(step) <= xtol * (1.0 + np.linalg.norm(x)):
                     break
                 step = _solve(hess, grad)
-            status = "converged"
+            # converged only with a certificate: near a kink, or with a wrong Hessian, the
+            # decrement can vanish while the gradient stays large
+            status = "converged" if gnorm <= max(gtol, ctol) else "stalled"
             break
         f_along = line(x, step) if line is not None else _ray(fun, x, step)
         t = 1.0
@@ -127,3 +132,25 @@ def newton(
         value, grad, hess = fun(x, True)
     gnorm = float(np.linalg.norm(grad))
     return NewtonReport(x, float(value), grad, gnorm, it, status == "converged", status, hess)
+
+
+def ball_multiplier_root(norm_gap: Callable[[float], float], *, hi: float = 0.0,
+                         tol: float = 1e-13, error: type[Exception] = RuntimeError) -> float:
+    """log mu of the ball constraint: the root of ``norm_gap(log_mu) = ||theta(mu)|| - B``.
+
+    ||theta(mu)|| of a ridge-regularised convex problem decreases in mu, so the root is
+    bracketed by steps of 2 in log mu from ``hi`` (at most e^60 either way) and found by
+    Brent to ``tol``. ``error`` is raised when no bracket exists.
+    """
+    from scipy.optimize import brentq
+
+    while norm_gap(hi) > 0:
+        hi += 2.0
+        if hi > 60:
+            raise error("could not bracket the ball multiplier")
+    lo = hi - 2.0
+    while norm_gap(lo) <= 0:
+        lo -= 2.0
+        if lo < -60:
+            raise error("could not bracket the ball multiplier")
+    return float(brentq(norm_gap, lo, hi, xtol=tol, rtol=tol))

@@ -30,3 +30,23 @@ def test_solve_environment_prints_certificate(ball, capsys):
                  "--dim", "2", "--fraction", "0.4"]) == 0
     text = capsys.readouterr().out
     assert "certificate" in text and "verify: ok" in text
+
+
+@pytest.mark.parametrize("ball, flags, refused", [
+    ("kl", ["--kappa", "0.4"], "--kappa"),
+    ("w2", ["--kappa", "0.4"], "--kappa"),
+    ("w2", ["--method", "cvxpy"], "--method cvxpy"),
+])
+def test_an_option_a_ball_does_not_take_is_refused(ball, flags, refused, capsys):
+    assert main(["solve", "--env", "random", "--ball", ball, "--states", "3", "--actions", "3",
+                 "--dim", "2", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--ball {ball} does not take {refused}" in err
+
+
+def test_solve_w1_text_reports_kappa(capsys):
+    assert main(["solve", "--env", "random", "--ball", "w1", "--states", "3", "--actions", "3",
+                 "--dim", "2", "--fraction", "0.4"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# robust DPO: W1 ball") and ", kappa=inf" in text
+    assert "verify: ok" in text

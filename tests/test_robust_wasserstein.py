@@ -18,7 +18,7 @@ from loglinear.robust._w2inner import inner_sup
 
 FD_STEP = 1e-6
 small = preference_data(n_min=5, n_max=8, d_max=3)
-fractions = st.sampled_from([0.1, 0.4, 0.8])
+fractions = st.sampled_from([0.02, 0.1, 0.4, 0.8, 0.999])
 BETA_COLLAPSE = 2.0   # != 1, so that a stray 1/beta in a collapse radius would show
 
 
@@ -192,7 +192,9 @@ def test_collapse_radius(data, p):
         res = solve_wasserstein(data, beta=BETA_COLLAPSE, radius=eps, p=p)
         assert res.status == "collapsed" and np.all(res.theta == 0) and res.verify()
     below = solve_wasserstein(data, beta=BETA_COLLAPSE, radius=0.9 * e0, p=p)
-    assert np.linalg.norm(below.theta) > 1e-6
+    # ||theta*|| grows like e0 - eps below the collapse: nearly balanced data (e0 ~ 1e-6)
+    # put the optimum that close to 0
+    assert below.status != "collapsed" and np.linalg.norm(below.theta) > min(1e-6, 1e-2 * e0)
     assert below.objective < np.log(2)
     # independent of the kink formula: at 1.01 eps_0 no nearby theta beats theta = 0
     rng = np.random.default_rng(0)

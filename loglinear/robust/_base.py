@@ -1,21 +1,25 @@
 """Shared pieces of the exact robust solvers: results, validation, the ball constraint.
 
 Every robust problem here acts on the parameter of the data as given: the loss is
-l_i(theta) = softplus(-m_i) with m_i = (2y_i - 1) beta (theta . x_i - o_i), and the
-kinks of the robust objectives sit at theta = 0 of that parameterisation. Data built
-with ``centered=True`` (o = 0) put the kink at theta = theta_ref.
+l_i(theta) = softplus(-m_i) with the margin m_i = (2y_i - 1) beta (theta . x_i - o_i) of
+:func:`loglinear.losses.margins`, and the kinks of the robust objectives sit at theta = 0
+of that parameterisation (docs/theory.md §2.2-2.3). Data built with ``centered=True``
+(o = 0) put the kink at theta = theta_ref. What a solve reports, its statuses and
+certificates are in docs/theory.md §3.7.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import brentq
 
 from ..data import PreferenceData
-from ..losses import _check_beta, softplus
+from ..losses import _check_beta, _check_theta, margins, softplus
+from ..newton import ball_multiplier_root
 
 CERT_TOL = 1e-6          # a smooth solve whose KKT residual exceeds this is "inaccurate"
 VERIFY_RTOL = 1e-7      # verify(): primal value of the worst case vs the objective
@@ -29,7 +33,8 @@ class RobustSolverError(RuntimeError):
 
 @dataclass(frozen=True)
 class Transport:
-    """A finitely supported Wasserstein worst case: atom k sits at (x[k], y[k]).
+    """A finitely supported Wasserstein worst case: atom k sits at (x[k], y[k])
+    (docs/theory.md §3.3 for the far-travelling W1 atom and its shortfall).
 
     Attributes:
         x: (k, d) transported feature differences x'.
@@ -52,7 +57,8 @@ class Transport:
 
 @dataclass(frozen=True)
 class Verification:
-    """Outcome of :meth:`RobustResult.verify` (truthy when every check passed)."""
+    """Outcome of :meth:`RobustResult.verify` (truthy when every check passed;
+    docs/theory.md §3.7)."""
 
     ok: bool
     primal_value: float
@@ -65,9 +71,13 @@ class Verification:
         return self.ok
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RobustResult:
-    """An exact robust solve.
+    """An exact robust solve (docs/theory.md §3.7), immutable once built.
+
+    Built by keyword only. ``info`` is copied at creation and exposed read-only (a
+    :class:`types.MappingProxyType`); to add to it, build a new result with
+    ``dataclasses.replace(res, info={**res.info, key: value})``.
 
     Attributes:
         theta: (d,) the robust minimiser.
@@ -77,15 +87,17 @@ class RobustResult:
             dual infimum is only approached as lambda -> infinity.
         worst_case: KL: (n,) weights p_i; Wasserstein: a :class:`Transport`.
         status: ``"converged"``, ``"collapsed"`` (theta = 0 exactly, at or beyond the
-            collapse radius) or ``"nominal"`` (radius 0, solved by fit_dpo).
+            collapse radius), ``"nominal"`` (radius 0, solved by fit_dpo) or
+            ``"inaccurate"`` (certificate above ``CERT_TOL``).
         certificate: the KKT residual: the distance from 0 of the subdifferential of
-            the objective at ``theta`` (including the ball multiplier when bounded).
+            the objective at ``theta`` (including the ball multiplier when bounded); the
+            exceptions (kinks, collapses, finite kappa) are listed in docs/theory.md §3.7.
         solver: ``"newton"``, ``"closed-form"``, ``"active-set"``, ``"cvxpy-clarabel"``...
         seconds: wall time.
         kind: ``"kl"`` or ``"wasserstein"``.
         radius, beta, p, kappa, bound: the problem.
         bound_multiplier: the multiplier of ||theta|| <= bound (0 when inactive).
-        info: solver-specific details (iterations, raw solver value...).
+        info: solver-specific details (iterations, raw solver value...), read-only.
     """
 
     theta: np.ndarray
@@ -104,7 +116,18 @@ class RobustResult:
     bound: float | None = None
     bound_multiplier: float = 0.0
     data: PreferenceData | None = field(default=None, repr=False)
-    info: dict = field(default_factory=dict, repr=False)
+    info: Mapping = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # a private copy behind a read-only view: neither the solver that built the dict
+        # nor a caller can change a result after the fact
+        object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
+
+    def __reduce__(self):
+        # a mappingproxy cannot be pickled or deep-copied: rebuild from the fields
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        kwargs["info"] = dict(self.info)
+        return _rebuild_result, (kwargs,)
 
     def verify(self, *, rtol: float = VERIFY_RTOL) -> Verification:
         """Re-evaluate the worst case in the primal: it lies in the ball and attains the value.
@@ -128,9 +151,9 @@ class RobustResult:
             shortfall = 0.0
         else:
             wc: Transport = self.worst_case
-            sign = 2.0 * wc.y - 1.0
-            m = sign * beta * (wc.x @ theta - data.offset[wc.source])
-            val = float(wc.weight @ softplus(-m))
+            # the transported atoms keep their source's offset (docs/theory.md §2.4)
+            moved = PreferenceData(wc.x.copy(), wc.y.copy(), offset=data.offset[wc.source])
+            val = float(wc.weight @ softplus(-margins(theta, moved, beta=beta)))
             # recompute the cost from scratch rather than trusting wc.cost
             dist = np.linalg.norm(wc.x - data.x[wc.source], axis=1)
             flip = wc.y != data.y[wc.source]
@@ -153,9 +176,13 @@ class RobustResult:
         return Verification(ok, val, self.objective, div, self.radius, msg)
 
 
+def _rebuild_result(kwargs: dict) -> RobustResult:
+    return RobustResult(**kwargs)
+
+
 def pair_loss(theta: np.ndarray, data: PreferenceData, *, beta: float) -> np.ndarray:
     """Per-pair DPO loss softplus(-m_i), shape (n,)."""
-    return softplus(-(data.sign * beta * (data.x @ theta - data.offset)))
+    return softplus(-margins(theta, data, beta=beta))
 
 
 def check_problem(data, beta, radius, bound, method, methods) -> tuple[float, float]:
@@ -173,13 +200,7 @@ def check_problem(data, beta, radius, bound, method, methods) -> tuple[float, fl
     return beta, radius
 
 
-def check_theta(theta, d: int) -> np.ndarray:
-    theta = np.asarray(theta, dtype=np.float64)
-    if theta.shape != (d,):
-        raise ValueError(f"theta must have shape ({d},) to match the data, got {theta.shape}")
-    if not np.all(np.isfinite(theta)):
-        raise ValueError("theta contains NaN or infinite entries")
-    return theta
+check_theta = _check_theta      # one validation of theta for the whole package
 
 
 FLOAT32_GRAM_SIZE = 2_000_000   # n*d above which Hessians (search directions only) use float32
@@ -214,7 +235,7 @@ def accurate(rep) -> bool:
 def grad_at_zero(data: PreferenceData, beta: float) -> tuple[np.ndarray, np.ndarray]:
     """(grad L(0), sigma(-m(0))): the nominal gradient at the kink theta = 0, and each
     pair's loss slope there."""
-    s0 = 1.0 / (1.0 + np.exp(-data.sign * beta * data.offset))
+    s0 = 1.0 / (1.0 + np.exp(margins(np.zeros(data.d), data, beta=beta)))
     return data.x.T @ (data.weight * -s0 * data.sign * beta), s0
 
 
@@ -238,7 +259,7 @@ def radius_continuation(solve_at: Callable, radius: float, x0: np.ndarray):
 
 def on_ball(solve_ridge: Callable[[float, np.ndarray], np.ndarray], grad_at: Callable,
             d: int, bound: float, theta_free: np.ndarray | None):
-    r"""Minimise a convex V on ||theta|| <= B given a ridge solver.
+    r"""Minimise a convex V on ||theta|| <= B given a ridge solver (docs/theory.md §3.7).
 
     ``solve_ridge(mu, theta0)`` returns argmin V + mu/2 ||theta||^2. When the constraint
     binds, ||theta(mu)|| decreases in mu and the KKT point is the root of
@@ -256,17 +277,7 @@ def on_ball(solve_ridge: Callable[[float, np.ndarray], np.ndarray], grad_at: Cal
         warm[0] = th
         return float(np.linalg.norm(th)) - bound
 
-    hi = 0.0
-    while gap(hi) > 0:
-        hi += 2.0
-        if hi > 60:
-            raise RobustSolverError("could not bracket the ball multiplier")
-    lo = hi - 2.0
-    while gap(lo) <= 0:
-        lo -= 2.0
-        if lo < -60:
-            raise RobustSolverError("could not bracket the ball multiplier")
-    log_mu = brentq(gap, lo, hi, xtol=1e-13, rtol=1e-13)
+    log_mu = ball_multiplier_root(gap, error=RobustSolverError)
     theta = solve_ridge(float(np.exp(log_mu)), warm[0])
     theta = theta * (bound / np.linalg.norm(theta))
     g = grad_at(theta)
@@ -276,7 +287,7 @@ def on_ball(solve_ridge: Callable[[float, np.ndarray], np.ndarray], grad_at: Cal
 
 @dataclass(frozen=True)
 class WassersteinValue:
-    """The exact Wasserstein worst case at a fixed theta.
+    """The exact Wasserstein worst case at a fixed theta (docs/theory.md §3.3-3.5).
 
     Attributes:
         value: sup over the ball of E_P l (the dual value).

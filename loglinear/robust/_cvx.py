@@ -1,4 +1,5 @@
-r"""cvxpy + Clarabel formulations of the exact robust problems (the cross-check).
+r"""cvxpy + Clarabel formulations of the exact robust problems (the cross-check;
+docs/theory.md §3.1 for KL, §3.4 for W1).
 
 Each problem is built once per shape from ``cp.Parameter``s, checked for DPP, cached,
 and re-solved with new values. cvxpy is imported here only, never at ``import loglinear``.
@@ -59,6 +60,8 @@ def _cached(key, data, build):
 
 
 def _margins_affine(data, beta):
+    """(A, b, q) with margins m = A theta - b over the atoms of positive weight: the margin
+    of :func:`loglinear.losses.margins` as an affine map, the form cvxpy needs (DPP)."""
     keep = data.weight > 0
     a = beta * np.asarray(data.z)[keep]
     b = beta * (data.sign * data.offset)[keep]

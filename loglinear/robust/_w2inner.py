@@ -1,4 +1,5 @@
-r"""The exact inner supremum of W2-DRO DPO, one atom at a time and vectorised.
+r"""The exact inner supremum of W2-DRO DPO, one atom at a time and vectorised
+(docs/theory.md §3.5, inner supremum).
 
 For an atom with loss argument u = -m and b = beta ||theta|| > 0, moving x along
 -(2y-1) theta/||theta|| by t >= 0 costs t^2 and raises the loss to softplus(u + b t):
@@ -9,8 +10,11 @@ For an atom with loss argument u = -m and b = beta ||theta|| > 0, moving x along
 has g(0) > 0 and g(T) < 0 at T = b/(2 eta). With c = 2 eta / b^2, f is concave when
 c >= 1/4; otherwise g' = 0 at u + bt = v_-, v_+ with sigma(1 - sigma) = c, so g decreases,
 increases, decreases and has at most three roots. The local maxima are the roots on the
-two decreasing pieces; each is bracketed and found by safeguarded Newton, and the larger
-value wins. This is exact up to float rounding: no grid, no local search.
+two decreasing pieces, and the larger value wins. On each piece g is convex (u + bt < 0)
+or concave (u + bt > 0), so Newton converges monotonically from one side, without a
+bracket (:func:`_newton_roots`). This is exact up to float rounding: no grid, no local
+search. Atoms are processed in blocks, so that temporaries stay small, from guesses at a
+nearby eta where the caller has them (the multiplier search of :mod:`._w2value`).
 """
 
 from __future__ import annotations
@@ -22,83 +26,209 @@ from ..losses import softplus
 from ._base import weighted_gram
 
 MAX_ITER = 200
+STEP_RTOL = 4e-16       # a Newton step below this (relative to max(1, t)) is rounding
+BLOCK = 8192            # atoms per block: temporaries stay small and in cache
 
 
-def _root_decreasing(u, b, eta, lo, hi):
-    """Roots of g on brackets [lo, hi] where g(lo) >= 0 >= g(hi) and g decreases.
+def sigmoid(z):
+    """1 / (1 + e^-z); e^-z = inf gives 0."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
 
-    Safeguarded Newton (bisection when a step leaves the bracket), iterating only on the
-    atoms that have not converged yet.
+
+def _softplus(z):
+    """log(1 + e^z) as numpy's logaddexp(0, z) computes it, vectorised."""
+    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def _g_dg(nu, b, two_eta, t):
+    """g(t) = b sigma(b t - nu) - 2 eta t and g'(t)."""
+    s = 1.0 / (1.0 + np.exp(nu - b * t))
+    return b * s - two_eta * t, (b * b) * s * (1.0 - s) - two_eta
+
+
+def _newton_roots(u, b, eta, t, left, lo, hi):
+    """Roots of g(t) = b sigma(u + b t) - 2 eta t on intervals [lo, hi] by Newton from t.
+
+    On [lo, hi] g has a root and decreases, convex there (``left``: u + b t < 0) or
+    concave (u + b t > 0). Newton is then monotone from the side of the root where
+    g is convex and positive or concave and negative: each step lands between the
+    iterate and the root, so no bracket is needed. From the other side one step, clipped
+    into [lo, hi], gets there (a tangent lies below a convex g); where g' = 0 (at the
+    inflection end of [lo, hi], where a clipped guess may sit) the start is the other
+    end. An atom stops when its step is below rounding or points away from the root
+    (reached to rounding). eta, left, lo and hi are scalars or arrays like u.
     """
-    t = 0.5 * (lo + hi)
-    idx = np.flatnonzero(hi > lo)
-    lo_a, hi_a, t_a, u_a = lo[idx], hi[idx], t[idx], u[idx]
-    for _ in range(MAX_ITER):
-        if idx.size == 0:
-            break
-        s = expit(u_a + b * t_a)
-        g = b * s - 2.0 * eta * t_a
-        dg = b * b * s * (1.0 - s) - 2.0 * eta
-        pos = g > 0
-        lo_a = np.where(pos, t_a, lo_a)
-        hi_a = np.where(pos, hi_a, t_a)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tn = t_a - g / dg
-        ok = (dg < 0) & (tn > lo_a) & (tn < hi_a) & np.isfinite(tn)
-        tn = np.where(ok, tn, 0.5 * (lo_a + hi_a))
-        done = (np.abs(tn - t_a) <= 4e-16 * np.maximum(1.0, np.abs(tn))) | (
-            hi_a - lo_a <= 4e-16 * np.maximum(1.0, hi_a)) | (g == 0)
-        t_a = np.where(g == 0, t_a, tn)
-        t[idx] = t_a
-        keep = ~done
-        idx, lo_a, hi_a, t_a, u_a = idx[keep], lo_a[keep], hi_a[keep], t_a[keep], u_a[keep]
-    return t
+    sign = np.where(left, 1.0, -1.0) if np.ndim(left) else (1.0 if left else -1.0)
+    nu, two_eta = -u, 2.0 * eta
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        ta = np.clip(t, lo, hi)
+        g, dg = _g_dg(nu, b, two_eta, ta)
+        step = g / dg
+        towards = step * sign
+        ok = dg < 0
+        ta = np.where(ok, np.clip(ta - step, lo, hi), np.where(left, lo, hi))
+        live = ~ok | (np.abs(step) > STEP_RTOL * np.maximum(1.0, ta))
+        # converged atoms stay in the arrays (frozen) until few are left: gathers cost
+        # more than a Newton step
+        out, idx = None, None
+        for _ in range(MAX_ITER):
+            if not live.any():
+                break
+            g, dg = _g_dg(nu, b, two_eta, ta)
+            step = g / dg
+            towards = step * sign
+            ta = np.where(live & (towards < 0), ta - step, ta)
+            live &= towards < -STEP_RTOL * np.maximum(1.0, ta)
+            k = np.count_nonzero(live)
+            if 0 < k <= live.size // 4:
+                if out is None:
+                    out, idx = ta, np.arange(ta.size)
+                else:
+                    out[idx] = ta
+                idx, nu, ta = idx[live], nu[live], ta[live]
+                if np.ndim(sign):
+                    sign = sign[live]
+                if np.ndim(two_eta):
+                    two_eta = two_eta[live]
+                live = np.ones(k, dtype=bool)
+    if out is None:
+        return ta
+    out[idx] = ta
+    return out
 
 
-def inner_sup(u: np.ndarray, b: float, eta: float):
+def _two_maxima(u, b, eta, start=None):
+    """(phi_a, t_a, phi_c, t_c): the near and far local maxima where g is not monotone
+    (2 eta < b^2 / 4); phi = -inf where that maximum does not exist, and then t = 0
+    (near) or T = b / (2 eta) (far). ``eta`` is a scalar or an array like u; ``start``
+    optional guesses (near, far) for the maximisers.
+    """
+    n = u.shape[0]
+    big_t = b / (2.0 * eta)
+    c = 2.0 * eta / (b * b)
+    # the roots of s (1 - s) = c, without cancellation: s_- s_+ = c, s_- + s_+ = 1
+    sp = 0.5 * (1.0 + np.sqrt(np.maximum(1.0 - 4.0 * c, 0.0)))
+    sm = c / sp
+    vm = np.log(sm) - np.log(sp)
+    t1, t2 = (vm - u) / b, (-vm - u) / b
+    # piece A: [0, min(t1, T)], g decreasing and convex; a root iff g at its right end
+    # is <= 0 (g(t1) = b s_- - 2 eta t1; g(T) < 0)
+    has_a = (t1 > 0) & ((t1 >= big_t) | (b * sm <= 2.0 * eta * t1))
+    # piece C: [max(t2, 0), T], g decreasing and concave; a root iff g at its left end >= 0
+    has_c = (t2 < big_t) & ((t2 <= 0) | (b * sp >= 2.0 * eta * t2))
+    ta, fa = np.zeros(n), np.full(n, -np.inf)
+    tc, fc = np.broadcast_to(big_t, (n,)).copy(), np.full(n, -np.inf)
+    for k, (t, f, has) in enumerate(((ta, fa, has_a), (tc, fc, has_c))):
+        i = np.flatnonzero(has)
+        if i.size:
+            e, bt = (eta[i], big_t[i]) if np.ndim(eta) else (eta, big_t)
+            if k == 0:
+                lo, hi = 0.0, np.minimum(t1[i], bt)
+            else:
+                lo, hi = np.maximum(t2[i], 0.0), bt
+            t0 = (lo if k == 0 else hi) if start is None else start[k][i]
+            r = _newton_roots(u[i], b, e, np.broadcast_to(t0, (i.size,)), k == 0, lo, hi)
+            t[i] = r
+            f[i] = _softplus(u[i] + b * r) - e * r * r
+    return fa, ta, fc, tc
+
+
+def _guesses(start, sl):
+    """Guesses (near, far) for the maximisers of the atoms ``sl`` from ``start`` = (t,
+    alt_t, dt, step) at a nearby eta: the maximiser moved along its tangent, the other
+    local maximum where it was."""
+    t, alt_t, dt, step = start
+    t, alt_t = t[sl], alt_t[sl]
+    moved = t + dt[sl] * step
+    return np.where(t <= alt_t, moved, alt_t), np.where(t >= alt_t, moved, alt_t)
+
+
+def _inner_block(u, b, eta, start, slope):
+    """:func:`inner_sup` on one block of atoms."""
+    big_t = b / (2.0 * eta)
+    if 2.0 * eta / (b * b) >= 0.25:
+        # g decreasing: one root; g is convex left of the inflection u + b t = 0 and
+        # concave right of it, and the root lies left iff g there (b/2 - 2 eta t) <= 0
+        t_infl = -u / b
+        left = t_infl >= 0.5 * big_t
+        lo = np.where(left, 0.0, np.maximum(t_infl, 0.0))
+        hi = np.where(left, np.minimum(t_infl, big_t), big_t)
+        t0 = np.where(left, lo, hi) if start is None else np.where(left, *start)
+        t = _newton_roots(u, b, eta, t0, left, lo, hi)
+        out = (_softplus(u + b * t) - eta * t * t, t, np.full(u.shape[0], -np.inf), t)
+    else:
+        fa, ta, fc, tc = _two_maxima(u, b, eta, start)
+        pick_a = fa >= fc
+        t = np.where(pick_a, ta, tc)
+        out = (np.where(pick_a, fa, fc), t, np.where(pick_a, fc, fa), np.where(pick_a, tc, ta))
+    if slope:
+        s = sigmoid(u + b * t)
+        out += (2.0 * t / np.minimum(b * b * s * (1.0 - s) - 2.0 * eta, -1e-300),)
+    return out
+
+
+def inner_sup(u: np.ndarray, b: float, eta: float, start=None, *, slope: bool = False):
     """Exact sup_{t >= 0} softplus(u + b t) - eta t^2 for every atom.
 
     Returns (phi, t, alt_phi, alt_t): the value and maximiser, plus the other local
-    maximum where one exists (``alt_phi = -inf`` otherwise), used to split mass at ties.
+    maximum where one exists (``alt_phi = -inf`` otherwise), used to split mass at ties;
+    with ``slope``, also dt/d eta = 2 t / f_tt (implicit function theorem). ``start``:
+    optional (t, alt_t, dt, step) from a ``slope`` call at eta - step, to start the
+    iteration from (it changes the work, not the result).
     """
     u = np.asarray(u, dtype=float)
     n = u.shape[0]
     if b <= 0:
-        return softplus(u), np.zeros(n), np.full(n, -np.inf), np.zeros(n)
+        out = softplus(u), np.zeros(n), np.full(n, -np.inf), np.zeros(n)
+        return out + (np.zeros(n),) if slope else out
     if eta <= 0:
         raise ValueError("eta must be > 0 when theta != 0 (the supremum is infinite)")
-    big_t = b / (2.0 * eta)
-    c = 2.0 * eta / (b * b)
-    zeros = np.zeros(n)
-    tmax = np.full(n, big_t)
+    if n <= BLOCK:
+        guess = None if start is None else _guesses(start, slice(None))
+        return _inner_block(u, b, eta, guess, slope)
+    out = np.empty((5 if slope else 4, n))
+    for lo in range(0, n, BLOCK):
+        sl = slice(lo, lo + BLOCK)
+        guess = None if start is None else _guesses(start, sl)
+        out[:, sl] = _inner_block(u[sl], b, eta, guess, slope)
+    return tuple(out)
 
-    def g_at(t):
-        return b * expit(u + b * t) - 2.0 * eta * t
 
-    if c >= 0.25:
-        t = _root_decreasing(u, b, eta, zeros, tmax)
-        return softplus(u + b * t) - eta * t * t, t, np.full(n, -np.inf), t
-    # the roots of s (1 - s) = c, without cancellation: s_- s_+ = c, s_- + s_+ = 1
-    sp = 0.5 * (1.0 + np.sqrt(1.0 - 4.0 * c))
-    sm = c / sp
-    vm, vp = np.log(sm) - np.log(sp), np.log(sp) - np.log(sm)
-    t1, t2 = (vm - u) / b, (vp - u) / b
-    # piece A: [0, min(t1, T)], decreasing; a root iff g there is <= 0
-    a_hi = np.clip(t1, 0.0, big_t)
-    has_a = (t1 > 0) & (g_at(a_hi) <= 0)
-    # piece C: [max(t2, 0), T], decreasing; a root iff g at its left end is >= 0
-    c_lo = np.clip(t2, 0.0, big_t)
-    has_c = (t2 < big_t) & (g_at(c_lo) >= 0)
-    ta = _root_decreasing(u, b, eta, zeros, np.where(has_a, a_hi, zeros))
-    tc = _root_decreasing(u, b, eta, np.where(has_c, c_lo, tmax), tmax)
-    fa = np.where(has_a, softplus(u + b * ta) - eta * ta * ta, -np.inf)
-    fc = np.where(has_c, softplus(u + b * tc) - eta * tc * tc, -np.inf)
-    pick_a = fa >= fc
-    phi = np.where(pick_a, fa, fc)
-    t = np.where(pick_a, ta, tc)
-    alt_phi = np.where(pick_a, fc, fa)
-    alt_t = np.where(pick_a, tc, ta)
-    return phi, t, alt_phi, alt_t
+def tie_eta(u, b, lo, hi, start=None):
+    r"""The multiplier at which each atom's two local maxima tie, for atoms on their far
+    maximum at eta = lo and on their near one at eta = hi <= b^2/8.
+
+    The gap D(eta) = phi_far - phi_near has derivative -(t_far^2 - t_near^2) < 0
+    (envelope theorem) where both maxima exist; below that range only the far one exists
+    (D = +inf), above it only the near one (D = -inf). So D has one root in (lo, hi).
+    D is close to linear in x = 1/eta (phi_far ~ u + b^2 / (4 eta) once saturated), so
+    Newton runs in x, dD/dx = eta^2 (t_far^2 - t_near^2), safeguarded by geometric
+    bisection. ``start``: optional first guesses inside (lo, hi).
+    """
+    k = u.shape[0]
+    a, z = np.full(k, float(lo)), np.full(k, float(hi))
+    e = np.sqrt(a * z) if start is None else np.broadcast_to(start, (k,)).astype(float)
+    out, idx, guess = e.copy(), np.arange(k), None
+    for _ in range(MAX_ITER):
+        fa, ta, fc, tc = _two_maxima(u, b, e, guess)
+        d = fc - fa
+        far = d > 0
+        a, z = np.where(far, e, a), np.where(far, z, e)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            en = 1.0 / (1.0 / e - d / (e * e * (tc * tc - ta * ta)))
+        en = np.where((en > a) & (en < z), en, np.sqrt(a * z))
+        # D = 0 to rounding: e is the tie
+        tied = np.isfinite(d) & (np.abs(d) <= STEP_RTOL * np.maximum(1.0, np.abs(fc)))
+        en = np.where(tied, e, en)
+        done = tied | (np.abs(en - e) <= STEP_RTOL * e) | (z - a <= STEP_RTOL * z)
+        out[idx] = en
+        if done.all():
+            break
+        keep = ~done
+        idx, u, a, z, e = idx[keep], u[keep], a[keep], z[keep], en[keep]
+        guess = (ta[keep], tc[keep])
+    return out
 
 
 def second_order(u, b, eta, t):

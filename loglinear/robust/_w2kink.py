@@ -1,4 +1,5 @@
-r"""Exact W2-DRO DPO where the optimum sits on a kink of V(theta).
+r"""Exact W2-DRO DPO where the optimum sits on a kink of V(theta) (docs/theory.md §3.5,
+solver).
 
 With finitely many atoms phi_i(theta, eta) is the larger of two smooth branches, the
 values at the local maxima t^lo_i < t^hi_i, wherever both exist. The profiled objective
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..losses import margins
 from ._w2inner import branch_grads, inner_sup, ordered_maxima, split_derivs
 
 MAX_ITER = 40
@@ -49,10 +51,10 @@ def _system(data, beta, eps, ridge, groups, z, need_jac):
     d, k = data.d, reps.size
     theta, eta, f = z[:d], float(z[d]), z[d + 1:]
     norm = float(np.linalg.norm(theta))
-    if eta <= 0 or norm == 0:
+    if not (eta > 0 and 0 < norm < np.inf):     # outside the domain, or a non-finite step
         return None
     q, sb = data.weight, data.sign * beta
-    u = -(sb * (data.x @ theta) - sb * data.offset)
+    u = -margins(theta, data, beta=beta)
     b = beta * norm
     phi, t, alt_phi, alt_t = inner_sup(u, b, eta)
     if not np.all(np.isfinite(alt_phi[reps])):

@@ -1,5 +1,5 @@
-r"""Exact W1-robust DPO: the value at a fixed theta for any label-flip cost kappa, and the
-kappa = inf solver (docs/theory.md §3.3).
+r"""Exact W1-robust DPO: the value at a fixed theta for any label-flip cost kappa
+(docs/theory.md §3.3-3.4), and the kappa = inf solver (§3.3).
 
 With b = beta ||theta|| (the Lipschitz constant of l in x):
 
@@ -10,7 +10,7 @@ With b = beta ||theta|| (the Lipschitz constant of l in x):
              + \sum_i q_i (m_i - \lambda\kappa)_+ ,
 
   whose minimiser is lambda* = max(b, m_(k)/kappa), m_(k) the weighted upper
-  (epsilon/kappa)-quantile of the margins. The finite-kappa solver is
+  (epsilon/kappa)-quantile of the margins (§3.4). The finite-kappa solver is
   :mod:`loglinear.robust.w1flip`.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..losses import margins, sigmoid, softplus
+from ..losses import margin_line, margins, sigmoid, softplus
 from ..newton import newton
 from ._base import (
     RobustSolverError,
@@ -36,7 +36,8 @@ GTOL = 1e-10
 
 
 def _w1_dual(m, q, b, eps, kappa):
-    """lambda* = argmin_{lambda >= b} lambda eps + sum q (m - lambda kappa)_+."""
+    """lambda* = argmin_{lambda >= b} lambda eps + sum q (m - lambda kappa)_+ (docs/theory.md
+    §3.4: a weighted upper quantile of the margins)."""
     if not np.isfinite(kappa):
         return b
     pos = q > 0
@@ -48,7 +49,12 @@ def _w1_dual(m, q, b, eps, kappa):
     return max(b, lam_q)
 
 
-def w1_value(theta, data, beta, eps, kappa, transport=True):
+def w1_value(theta, data, *, beta: float, radius: float, kappa: float = np.inf,
+             transport: bool = True) -> WassersteinValue:
+    """The exact W1 worst case at fixed theta (docs/theory.md §3.3-3.4); see
+    :func:`loglinear.robust.wasserstein_value`. ``transport=False`` skips building the
+    worst case (``transport`` is then None)."""
+    eps = radius
     m = margins(theta, data, beta=beta)
     q = data.weight
     losses = softplus(-m)
@@ -117,11 +123,11 @@ def _w1_transport(data, theta, m, flip, leftover, b, kappa):
 def _newton_w1_inf(data, beta, eps, ridge, theta0, delta=0.0):
     """Newton on L(θ) + εβ‖θ‖ + ridge/2 ‖θ‖², or, with ``delta > 0``, on the smoothed
     L(θ) + εβ (‖θ‖² + δ²)^{1/2} + ridge/2 ‖θ‖² (C², used by :func:`_w1_inf_smoothing`)."""
-    sb, sbo, q = data.sign * beta, data.sign * beta * data.offset, data.weight
+    sb, q = data.sign * beta, data.weight
     d2 = delta * delta
 
     def fun(theta, need_hess):
-        m = sb * (data.x @ theta) - sbo
+        m = margins(theta, data, beta=beta)
         nrm = float(np.sqrt(theta @ theta + d2))
         s = sigmoid(-m)
         value = float(q @ softplus(-m)) + eps * beta * nrm + 0.5 * ridge * float(theta @ theta)
@@ -137,8 +143,7 @@ def _newton_w1_inf(data, beta, eps, ridge, theta0, delta=0.0):
         return value, grad, hess
 
     def line(theta, step):
-        base = sb * (data.x @ theta) - sbo
-        dm = sb * (data.x @ step)
+        base, dm = margin_line(theta, step, data, beta=beta)
 
         def f(t):
             th = theta + t * step
@@ -182,9 +187,10 @@ def _w1_inf_smoothing(data, beta, eps, ridge, theta0):
     return _newton_w1_inf(data, beta, eps, ridge, theta)
 
 
-def solve_w1_inf(data, beta, eps, bound, start):
+def solve_w1_inf(data, *, beta, radius, bound, start):
     """Newton on L + eps beta ||theta|| from ``start`` (smoothing path if it stalls),
     then the ball constraint if ``bound``; returns (theta, bound multiplier, info)."""
+    eps = radius    # the epsilon of docs/theory.md §3.3-3.5
     rep = _newton_w1_inf(data, beta, eps, 0.0, start)
     smoothed = not accurate(rep)
     if smoothed:
@@ -205,6 +211,6 @@ def solve_w1_inf(data, beta, eps, bound, start):
         return r.x
 
     theta, mu = on_ball(solve_ridge,
-                        lambda th: w1_value(th, data, beta, eps, np.inf).grad,
+                        lambda th: w1_value(th, data, beta=beta, radius=eps).grad,
                         data.d, bound, rep.x)
     return theta, mu, info

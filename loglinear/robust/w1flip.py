@@ -1,4 +1,5 @@
-r"""W1-DRO DPO with a finite label-flip cost kappa: a smoothing homotopy with profiled Newton.
+r"""W1-DRO DPO with a finite label-flip cost kappa: a smoothing homotopy with profiled Newton
+(docs/theory.md §3.4, dedicated solver; the collapse found by comparing values, §3.6).
 
 .. math::
     V(\theta) = L(\theta) + \min_{\lambda\ge\beta\|\theta\|}\ \lambda\varepsilon
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..losses import sigmoid, softplus
+from ..losses import margin_line, margins, sigmoid, softplus
 from ..newton import newton
 from ._base import RobustSolverError, on_ball, weighted_gram
 from .w1 import w1_value
@@ -91,7 +92,7 @@ def _profile_lambda(m, q, b, eps, kappa, mu, lam0=None):
 
 def _problem(data, beta, eps, kappa, ridge, mu):
     q, d = data.weight, data.d
-    sb, sbo = data.sign * beta, data.sign * beta * data.offset
+    sb = data.sign * beta
     state = {"lam": None}
 
     def smooth_b(theta):
@@ -107,7 +108,7 @@ def _problem(data, beta, eps, kappa, ridge, mu):
                 + 0.5 * ridge * float(theta @ theta))
 
     def fun(theta, need_hess):
-        m = sb * (data.x @ theta) - sbo
+        m = margins(theta, data, beta=beta)
         b, rho = smooth_b(theta)
         lam, on_bound = _profile_lambda(m, q, b, eps, kappa, mu, state["lam"])
         state["lam"] = lam
@@ -137,8 +138,7 @@ def _problem(data, beta, eps, kappa, ridge, mu):
         return value, grad, hess
 
     def line(theta, step):
-        base = sb * (data.x @ theta) - sbo
-        dm = sb * (data.x @ step)
+        base, dm = margin_line(theta, step, data, beta=beta)
         return lambda t: smooth_value(base + t * dm, theta + t * step)
 
     return fun, line
@@ -148,14 +148,15 @@ def _kkt_solve(data, beta, eps, kappa, ridge, theta, lam, w, tie, up, on_bound):
     """Newton on the KKT system for a fixed partition. Returns (theta, lam, w, resid)."""
     q, d = data.weight, data.d
     sb = data.sign * beta
-    c0 = sb * data.offset
     nt = int(tie.sum())
     a_t, q_s = sb[tie, None] * data.x[tie], float(q[up].sum())
     gs = data.x.T @ np.where(up, q * sb, 0.0)
     ones, eye = np.ones(nt), np.eye(d)
     resid = np.inf
     for _ in range(CROSS_ITER):
-        m = sb * (data.x @ theta) - c0
+        if not np.all(np.isfinite(theta)):      # a diverged least-squares step
+            return None
+        m = margins(theta, data, beta=beta)
         s = sigmoid(-m)
         grad_l = data.x.T @ (-q * s * sb) + ridge * theta
         hess_l = weighted_gram(data.x, q * s * (1 - s) * beta**2) + ridge * eye
@@ -201,9 +202,7 @@ def _crossover(data, beta, eps, kappa, ridge, theta, mu):
     solved again. Returns (theta, kkt_residual) or None (keep smoothing).
     """
     q, d = data.weight, data.d
-    sb = data.sign * beta
-    c0 = sb * data.offset
-    m = sb * (data.x @ theta) - c0
+    m = margins(theta, data, beta=beta)
     norm = float(np.linalg.norm(theta))
     if norm == 0:
         return None
@@ -234,8 +233,6 @@ def _crossover(data, beta, eps, kappa, ridge, theta, mu):
 def _active_set(data, beta, eps, kappa, ridge, theta, lam, on_bound, tie, up, wfull):
     """Active-set rounds of :func:`_crossover` from one initial partition."""
     q, d = data.weight, data.d
-    sb = data.sign * beta
-    c0 = sb * data.offset
     pos = q > 0
     for _ in range(CROSS_ROUNDS):
         if int(tie.sum()) > d + 1 + CROSS_EXTRA_TIES:
@@ -245,7 +242,7 @@ def _active_set(data, beta, eps, kappa, ridge, theta, lam, on_bound, tie, up, wf
         if sol is None:
             return None
         th, lam_new, w, resid = sol
-        m = sb * (data.x @ th) - c0
+        m = margins(th, data, beta=beta)
         b = beta * float(np.linalg.norm(th))
         lam_new = b if on_bound else lam_new
         slack = CROSS_CHECK * max(1.0, float(np.abs(m).max()))
@@ -274,7 +271,7 @@ def _active_set(data, beta, eps, kappa, ridge, theta, lam, on_bound, tie, up, wf
 
 
 def _homotopy(data, beta, eps, kappa, ridge, theta0):
-    m0 = data.sign * beta * (data.x @ theta0 - data.offset)
+    m0 = margins(theta0, data, beta=beta)
     scale = max(1.0, float(np.abs(m0).max()))
     mu = MU_START * scale
     theta = np.asarray(theta0, dtype=float)
@@ -298,8 +295,13 @@ def _homotopy(data, beta, eps, kappa, ridge, theta0):
         mu = max(mu * MU_FACTOR, MU_MIN * scale)
 
 
-def solve_w1_flip(data, *, beta, eps, kappa, bound, start):
-    """Minimise the exact W1 robust loss with finite kappa (caller handles the kink)."""
+def solve_w1_flip(data, *, beta, radius, kappa, bound, start):
+    """Minimise the exact W1 robust loss with finite kappa (caller handles the kink).
+
+    Returns (theta, bound multiplier, info); ``info`` carries the certificate fields of
+    docs/theory.md §3.7 (``kkt_residual``, ``smoothing_gap_bound``, ``collapsed``).
+    """
+    eps = radius    # the epsilon of docs/theory.md §3.3-3.5
     if np.linalg.norm(start) == 0:
         start = np.full(data.d, 1e-3)
 
@@ -308,8 +310,9 @@ def solve_w1_flip(data, *, beta, eps, kappa, bound, start):
             "exact_active_set": kkt is not None,
             "smoothing_gap_bound": 0.0 if kkt is not None else mu * float(np.log(2.0))}
     zero = np.zeros(data.d)
-    if kkt is None and w1_value(zero, data, beta, eps, kappa, transport=False).value <= \
-            w1_value(theta, data, beta, eps, kappa, transport=False).value:
+    if kkt is None and w1_value(zero, data, beta=beta, radius=eps, kappa=kappa,
+                                transport=False).value <= \
+            w1_value(theta, data, beta=beta, radius=eps, kappa=kappa, transport=False).value:
         theta = zero
         info["collapsed"] = True
     if bound is None or np.linalg.norm(theta) <= bound:
@@ -318,6 +321,7 @@ def solve_w1_flip(data, *, beta, eps, kappa, bound, start):
     def solve_ridge(mu_, x0):
         return _homotopy(data, beta, eps, kappa, mu_, x0)[0]
 
-    theta, mu_b = on_ball(solve_ridge, lambda th: w1_value(th, data, beta, eps, kappa).grad,
+    theta, mu_b = on_ball(solve_ridge,
+                          lambda th: w1_value(th, data, beta=beta, radius=eps, kappa=kappa).grad,
                           data.d, bound, theta)
     return theta, mu_b, info

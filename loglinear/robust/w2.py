@@ -1,4 +1,5 @@
-r"""Exact W2-DRO DPO (paper Lemma 1, via Gao & Kleywegt), the order behind Algorithm 1.
+r"""Exact W2-DRO DPO: the solver (docs/theory.md §3.5; Xu et al. 2025, Lemma 1, via Gao &
+Kleywegt), the order behind the paper's Algorithm 1.
 
 .. math::
     V(\theta) = \inf_{\eta\ge0}\ \eta\varepsilon^2 + \sum_i q_i\,
@@ -6,7 +7,8 @@ r"""Exact W2-DRO DPO (paper Lemma 1, via Gao & Kleywegt), the order behind Algor
     \varphi(u, b, \eta) = \sup_{t\ge0}\ \mathrm{softplus}(u + bt) - \eta t^2,
 
 with u_i = -m_i. The inner supremum is solved exactly by
-:func:`loglinear.robust._w2inner.inner_sup`. Phi(theta, eta) is jointly convex (a
+:func:`loglinear.robust._w2inner.inner_sup`, the fixed-theta value :func:`w2_value` (eta*
+and the tie split) is in :mod:`._w2value`. Phi(theta, eta) is jointly convex (a
 partial supremum of convex functions of (theta, eta)), so the solver runs Newton on
 (theta, eta) jointly, with the Hessian of phi from the implicit function theorem; eta is
 kept positive by the line search (phi -> inf as eta -> 0 for theta != 0).
@@ -23,23 +25,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..losses import softplus
+from ..losses import margin_line, margins
 from ..newton import newton
-from ._base import (
-    RobustSolverError,
-    Transport,
-    WassersteinValue,
-    grad_at_zero,
-    min_norm,
-    on_ball,
-    radius_continuation,
-)
-from ._w2inner import branch_grads, inner_sup, ordered_maxima, second_order, split_derivs
+from ._base import RobustSolverError, grad_at_zero, on_ball, radius_continuation
+from ._w2inner import branch_grads, inner_sup, ordered_maxima, split_derivs
 from ._w2inner import derivs as _derivs
 from ._w2kink import kink_solve
+from ._w2starts import _quasi_newton, _ray_start
+from ._w2value import _profile_eta, _tie_split, w2_value
 
-ETA_RTOL = 1e-13
-TIE_RTOL = 1e-12
+__all__ = ["solve_w2", "w2_value"]
+
 GTOL = 1e-10
 PROFILE_SWITCH = 1e-8   # exact KKT residual up to which a Newton attempt is accepted
 SHRINK_LIMIT = 0.125    # a joint Newton step shrinks ||theta|| by at most this factor
@@ -48,105 +44,10 @@ KINK_AFTER = 15         # joint Newton steps before the kink system is tried
 PROFILED_MAX_ITER = 20  # the last resort; each step profiles eta at every trial point
 
 
-def _profile_eta(u, q, b, eps, eta0=None):
-    """eta* = argmin_eta eta eps^2 + sum q phi_i(eta): the root of sum q t_i(eta)^2 = eps^2."""
-    pos = q > 0
-    s0 = 1.0 / (1.0 + np.exp(-u[pos]))
-    if eta0 is None or not np.isfinite(eta0) or eta0 <= 0:
-        eta0 = b * np.sqrt(float(q[pos] @ s0**2)) / (2.0 * eps)
-    lo, hi = 0.0, np.inf
-    eta = eta0
-    for _ in range(300):
-        phi, t, alt_phi, alt_t = inner_sup(u, b, eta)
-        h1 = eps**2 - float(q @ (t * t))
-        if h1 > 0:
-            hi = eta
-        else:
-            lo = eta
-        if abs(h1) <= ETA_RTOL * eps**2 or (np.isfinite(hi) and hi - lo <= 4e-16 * hi):
-            break
-        h2 = float(q @ second_order(u, b, eta, t)[8])
-        ok = False
-        if h2 > 0:
-            en = eta - h1 / h2
-            if lo < en < hi:
-                eta, ok = en, True
-        if not ok:
-            eta = 2.0 * eta if not np.isfinite(hi) else (0.5 * hi if lo == 0 else
-                                                          np.sqrt(lo * hi))
-    else:
-        raise RobustSolverError("W2 multiplier root did not converge")
-    return eta, phi, t, alt_phi, alt_t
-
-
-def _tie_split(q, eps, phi, t, alt_phi, alt_t):
-    """The fraction of each atom's mass the worst case sends to its other local maximum.
-
-    Nonzero only when eta* sits at a jump of t(eta): there the tied atoms (both local
-    maxima equal) split their mass so that the budget sum q t^2 = eps^2 is spent exactly.
-    The tied atoms send one common fraction to their larger maximiser (any split that
-    spends the budget is a worst case; this one is continuous in the data). Returns the
-    fractions and the mask of the split atoms.
-    """
-    frac = np.zeros(q.shape[0])
-    split = np.zeros(q.shape[0], dtype=bool)
-    spent = float(q @ (t * t))
-    tie = (q > 0) & (alt_phi >= phi - TIE_RTOL * np.maximum(1.0, np.abs(phi)))
-    if abs(spent - eps**2) > 1e-10 * eps**2 and tie.any():
-        lo, hi, _, _ = ordered_maxima(t[tie], alt_t[tie], phi[tie], alt_phi[tie])
-        delta = float(q[tie] @ (hi**2 - lo**2))
-        if delta != 0:
-            base = spent + float(q[tie] @ (lo**2 - t[tie] ** 2))
-            to_hi = min(1.0, max(0.0, (eps**2 - base) / delta))
-            frac[tie] = np.where(t[tie] <= alt_t[tie], to_hi, 1.0 - to_hi)
-            split = tie
-    return frac, split
-
-
-def w2_value(theta, data, *, beta: float, radius: float):
-    """The exact W2 worst case at fixed theta; see :func:`wasserstein_value`."""
-
-    q = data.weight
-    m = data.sign * beta * (data.x @ theta - data.offset)
-    losses = softplus(-m)
-    nominal = float(q @ losses)
-    norm = float(np.linalg.norm(theta))
-    b = beta * norm
-    eps = radius
-    if b == 0 or eps == 0:
-        s = 1.0 / (1.0 + np.exp(m))
-        grad = data.x.T @ (q * -s * data.sign * beta)
-        if b == 0:
-            grad = min_norm(grad, eps * beta * float(np.sqrt(q @ s**2)))
-        dual = np.inf if eps == 0 and b > 0 else 0.0
-        tr = Transport(data.x.copy(), data.y.copy(), q.copy(), np.arange(data.n), 0.0)
-        return WassersteinValue(nominal, dual, grad, tr, losses, nominal, 2, np.inf)
-    u = -m
-    eta, phi, t, alt_phi, alt_t = _profile_eta(u, q, b, eps)
-    frac = _tie_split(q, eps, phi, t, alt_phi, alt_t)[0]
-    value = eta * eps**2 + float(q @ phi)
-    unit = theta / norm
-    sig = 1.0 / (1.0 + np.exp(-(u + b * t)))
-    sig_alt = 1.0 / (1.0 + np.exp(-(u + b * alt_t)))
-    mix_s = (1 - frac) * sig + frac * sig_alt
-    mix_ts = (1 - frac) * t * sig + frac * alt_t * sig_alt
-    grad = data.x.T @ (q * -mix_s * data.sign * beta) + beta * float(q @ mix_ts) * unit
-    pos = np.flatnonzero(q > 0)
-    main = pos[(1 - frac[pos]) > 0]
-    alt = pos[frac[pos] > 0]
-    xs = np.vstack([data.x[main] - (data.sign[main] * t[main])[:, None] * unit,
-                    data.x[alt] - (data.sign[alt] * alt_t[alt])[:, None] * unit])
-    ws = np.concatenate([q[main] * (1 - frac[main]), q[alt] * frac[alt]])
-    src = np.concatenate([main, alt]).astype(np.int64)
-    cost = float(q @ ((1 - frac) * t * t + frac * alt_t * alt_t))
-    tr = Transport(xs, data.y[src], ws, src, cost)
-    return WassersteinValue(value, float(eta), grad, tr, losses, nominal, 2, np.inf)
-
-
 def _pieces(data, beta, eps, ridge, theta, eta, need_hess):
     """Phi(theta, eta) + ridge/2 ||theta||^2 with its gradient and Hessian blocks."""
     q, sb = data.weight, data.sign * beta
-    u = -(sb * (data.x @ theta) - sb * data.offset)
+    u = -margins(theta, data, beta=beta)
     phi, t, _, _ = inner_sup(u, beta * float(np.linalg.norm(theta)), eta)
     value = eta * eps**2 + float(q @ phi) + 0.5 * ridge * float(theta @ theta)
     g_theta, g_eta, htt, hte, hee = _derivs(data.x, sb, q, u, theta, beta, eta, t, need_hess)
@@ -159,7 +60,6 @@ def _pieces(data, beta, eps, ridge, theta, eta, need_hess):
 def _joint(data, beta, eps, ridge):
     """fun(z, need_hess) and line(z, step) for Phi(theta, eta) + ridge/2 ||theta||^2."""
     q, d = data.weight, data.d
-    sb, sbo = data.sign * beta, data.sign * beta * data.offset
 
     def value_at(u, theta, eta):
         norm = float(np.linalg.norm(theta))
@@ -181,8 +81,8 @@ def _joint(data, beta, eps, ridge):
 
     def line(z, step):
         theta, eta = z[:d], float(z[d])
-        base = -(sb * (data.x @ theta) - sbo)
-        du = -(sb * (data.x @ step[:d]))
+        m, slope = margin_line(theta, step[:d], data, beta=beta)
+        base, du = -m, -slope
         floor = SHRINK_LIMIT * float(np.linalg.norm(theta))
 
         def f(tt):
@@ -207,7 +107,7 @@ def _profiled_pieces(data, beta, eps, ridge, theta, eta, phi, t, alt_phi, alt_t,
     (Where two tie conditions hold at once V has a kink; see :mod:`._w2kink`.)
     """
     q, sb = data.weight, data.sign * beta
-    u = -(sb * (data.x @ theta) - sb * data.offset)
+    u = -margins(theta, data, beta=beta)
     frac, split = _tie_split(q, eps, phi, t, alt_phi, alt_t)
     value = eta * eps**2 + float(q @ phi) + 0.5 * ridge * float(theta @ theta)
     if not split.any():
@@ -246,11 +146,10 @@ def _newton_w2_profiled(data, beta, eps, ridge, theta0):
     small or separable data), and next to the kink at 0, where eta* -> 0 with theta.
     """
     q, d = data.weight, data.d
-    sb, sbo = data.sign * beta, data.sign * beta * data.offset
     state = {"eta": None}
 
     def eta_at(theta):
-        u = -(sb * (data.x @ theta) - sbo)
+        u = -margins(theta, data, beta=beta)
         return _profile_eta(u, q, beta * float(np.linalg.norm(theta)), eps, state["eta"])
 
     def fun(theta, need_hess):
@@ -280,7 +179,7 @@ def _newton_w2(data, beta, eps, ridge, x0, max_iter=JOINT_MAX_ITER):
     if x0.size == data.d + 1 and x0[data.d] > 0:
         eta0 = float(x0[data.d])
     else:
-        u0 = -(data.sign * beta * (data.x @ theta0 - data.offset))
+        u0 = -margins(theta0, data, beta=beta)
         eta0 = _profile_eta(u0, data.weight, beta * float(np.linalg.norm(theta0)), eps)[0]
     fun, line = _joint(data, beta, eps, ridge)
     return newton(fun, np.append(theta0, eta0), gtol=GTOL, max_iter=max_iter, line=line)
@@ -295,24 +194,9 @@ def _kkt(data, beta, eps, ridge, rep):
     return float(np.linalg.norm(grad + ridge * theta))
 
 
-def _ray_start(data, beta, eps, ridge, start):
-    """The exact minimiser of V + ridge/2 ||theta||^2 along the ray through ``start``."""
-    from scipy.optimize import minimize_scalar
-
-    direction = start / np.linalg.norm(start)
-
-    def v(tau):
-        r = np.exp(tau)
-        return w2_value(r * direction, data, beta=beta, radius=eps).value + 0.5 * ridge * r * r
-
-    hi = float(np.log(np.linalg.norm(start)))
-    res = minimize_scalar(v, bounds=(hi - 30.0, hi + 1.0), method="bounded",
-                          options={"xatol": 1e-10})
-    return np.exp(res.x) * direction
-
-
-def solve_w2(data, *, beta: float, eps: float, bound, start):
+def solve_w2(data, *, beta: float, radius: float, bound, start):
     """Minimise the exact W2 robust loss (the kink at 0 is checked by the caller)."""
+    eps = radius    # the epsilon of docs/theory.md §3.3-3.5
     if np.linalg.norm(start) == 0:
         start = np.full(data.d, 1e-3)
     theta, info = _solve_ridge(data, beta, eps, 0.0, start)
@@ -363,9 +247,19 @@ def _solve_ridge(data, beta, eps, ridge, start):
         scale = float(np.linalg.norm(start)) / max(float(np.linalg.norm(g0)), 1e-300)
         return _ray_start(data, beta, eps, ridge, -g0 * scale)
 
+    def quasi_newton():
+        # from the best iterate so far: L-BFGS to the optimum's neighbourhood, then Newton
+        # or the kink system (solve_at tries both) finishes with a certificate
+        best = _best(data, beta, eps, ridge, tried) if tried else None
+        x0 = _quasi_newton(data, beta, eps, ridge, best if best is not None else ray_start())
+        if x0 is None:
+            raise RobustSolverError("L-BFGS left the domain")
+        return solve_at(eps, x0)
+
     attempts = [("joint", lambda: solve_at(eps, start)),
-                ("continued", lambda: radius_continuation(solve_at, eps, start)),
                 ("ray", lambda: solve_at(eps, ray_start())),
+                ("quasi-newton", quasi_newton),
+                ("continued", lambda: radius_continuation(solve_at, eps, start)),
                 ("ray-continued", lambda: radius_continuation(solve_at, eps, ray_start())),
                 ("descent-ray", lambda: solve_at(eps, descent_start()))]
     for path, run in attempts:
@@ -421,7 +315,7 @@ def _kink(data, beta, eps, ridge, rep):
     if it has no solution there."""
     theta = rep.x[:data.d]
     if np.any(theta) and np.isfinite(rep.value):
-        u = -(data.sign * beta * (data.x @ theta - data.offset))
+        u = -margins(theta, data, beta=beta)
         try:
             profile = _profile_eta(u, data.weight, beta * float(np.linalg.norm(theta)), eps)
         except RobustSolverError:

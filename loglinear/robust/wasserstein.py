@@ -2,11 +2,12 @@ r"""Exact Wasserstein-DRO DPO: the dispatcher over orders and label-flip costs, 
 values and collapse radii. The solvers live in :mod:`.w1` (p = 1, kappa = inf),
 :mod:`.w1flip` (p = 1, finite kappa) and :mod:`.w2` (p = 2).
 
-Cost c((x, y), (x', y')) = ||x - x'||_2 + kappa 1[y != y'] (paper.md section 2); the
+Cost c((x, y), (x', y')) = ||x - x'||_2 + kappa 1[y != y'] (docs/theory.md §2.4); the
 offset never moves. With b = beta ||theta|| (the Lipschitz constant of l in x):
 
-* p = 1, kappa = inf: :math:`V(\theta) = L(\theta) + \varepsilon\beta\|\theta\|_2`.
-* p = 1, finite kappa (Shafieezadeh-Abadeh et al. 2015), using l(x, 1-y) - l(x, y) = m:
+* p = 1, kappa = inf (§3.3): :math:`V(\theta) = L(\theta) + \varepsilon\beta\|\theta\|_2`.
+* p = 1, finite kappa (§3.4; Shafieezadeh-Abadeh et al. 2015), using
+  l(x, 1-y) - l(x, y) = m:
 
   .. math::  V(\theta) = L(\theta) + \min_{\lambda \ge b}\ \lambda\varepsilon
              + \sum_i q_i (m_i - \lambda\kappa)_+ ,
@@ -14,15 +15,18 @@ offset never moves. With b = beta ||theta|| (the Lipschitz constant of l in x):
   whose minimiser is lambda* = max(b, m_(k)/kappa), m_(k) the weighted upper
   (epsilon/kappa)-quantile of the margins. With zero offsets m_i <= b ||x_i||, so flips
   never pay off once kappa >= max ||x_i|| and V is the kappa = inf closed form.
-* p = 2 (paper Lemma 1; Gao & Kleywegt): see :mod:`loglinear.robust.w2`.
+* p = 2 (§3.5; Xu et al. 2025, Lemma 1, via Gao & Kleywegt): see
+  :mod:`loglinear.robust.w2`.
 
 Both V are convex with a kink at theta = 0: theta = 0 is optimal iff
-||grad L(0)|| <= eps beta (p = 1) or eps beta (sum q_i sigma(-m_i(0))^2)^{1/2} (p = 2).
+||grad L(0)|| <= eps beta (p = 1) or eps beta (sum q_i sigma(-m_i(0))^2)^{1/2} (p = 2)
+(§3.6, the collapse radii).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -42,8 +46,11 @@ from .w1 import solve_w1_inf, w1_value
 from .w1flip import solve_w1_flip
 from .w2 import solve_w2, w2_value
 
+COLLAPSE_RTOL = 1e-14   # relative slack of the kink test at eps = eps_0 (rounding only)
+
 
 def check_order(p, kappa) -> tuple[int, float]:
+    """Validate the order p (1 or 2) and the label-flip cost kappa (> 0; inf for p = 2)."""
     if p not in (1, 2):
         raise ValueError(f"the Wasserstein order p must be 1 or 2, got {p!r}")
     kappa = float(kappa)
@@ -54,17 +61,10 @@ def check_order(p, kappa) -> tuple[int, float]:
     return int(p), kappa
 
 
-
-
-
-
-
-
-
-
 def wasserstein_value(theta, data: PreferenceData, *, beta: float, radius: float, p: int = 1,
                       kappa: float = np.inf) -> WassersteinValue:
-    r"""The exact worst-case DPO loss over the W_p ball at a fixed theta.
+    r"""The exact worst-case DPO loss over the W_p ball at a fixed theta (docs/theory.md
+    §3.3-3.5).
 
     .. math::
         V(\theta) = \sup_{W_p(P, q)\le\varepsilon} E_P\, l(\theta)
@@ -82,12 +82,13 @@ def wasserstein_value(theta, data: PreferenceData, *, beta: float, radius: float
     p, kappa = check_order(p, kappa)
     theta = check_theta(theta, data.d)
     if p == 1:
-        return w1_value(theta, data, beta, eps, kappa)
+        return w1_value(theta, data, beta=beta, radius=eps, kappa=kappa)
     return w2_value(theta, data, beta=beta, radius=eps)
 
 
 def collapse_radius_wasserstein(data: PreferenceData, *, beta: float, p: int = 1) -> float:
-    r"""The W_p radius (kappa = inf) at and beyond which the robust optimum is theta = 0.
+    r"""The W_p radius (kappa = inf) at and beyond which the robust optimum is theta = 0
+    (docs/theory.md §3.6).
 
     .. math::
         \varepsilon_0 = \|\nabla L(0)\| / (\beta\,\sqrt{\textstyle\sum_i q_i\sigma_i^2})
@@ -115,31 +116,34 @@ def _start(data, beta, bound):
         return np.full(data.d, 1e-2)
 
 
-
-
-
-
-
-
 def _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, status, info):
+    """The :class:`RobustResult` at theta, with its certificate (docs/theory.md §3.7)."""
     ev = wasserstein_value(theta, data, beta=beta, radius=eps, p=p, kappa=kappa)
     if np.linalg.norm(theta) == 0:
         cert = float(np.linalg.norm(ev.grad))       # min-norm subgradient at the kink
     else:
         cert = float(np.linalg.norm(ev.grad + mu * theta))
+    kind = "kkt-residual"
     if info.get("kkt_residual") is not None:
         cert = float(info["kkt_residual"])     # the exact active-set KKT system
-    # at the kinks of the finite-kappa problem the Danskin gradient is one subgradient of
-    # many, so its norm certifies nothing there; elsewhere a large residual is flagged
-    if status == "converged" and cert > CERT_TOL and not (p == 1 and np.isfinite(kappa)):
+    elif "smoothing_gap_bound" in info and status == "converged":
+        # finite kappa where the exact active-set system had no solution: at the kinks of V
+        # the Danskin gradient is one subgradient of many and certifies nothing; the
+        # certificate is the smoothing's bound on the objective gap (docs/theory.md §3.7)
+        cert, kind = float(info["smoothing_gap_bound"]), "objective-gap"
+    if status == "converged" and cert > CERT_TOL:
         status = "inaccurate"
-    return RobustResult(theta, ev.value, ev.dual, ev.transport, status, cert, solver,
-                        time.perf_counter() - t0, "wasserstein", eps, beta, p, kappa, bound, mu,
-                        data, info)
+    info = {**info, "certificate_kind": kind}
+    return RobustResult(theta=theta, objective=ev.value, dual=ev.dual,
+                        worst_case=ev.transport, status=status, certificate=cert,
+                        solver=solver, seconds=time.perf_counter() - t0, kind="wasserstein",
+                        radius=eps, beta=beta, p=p, kappa=kappa, bound=bound,
+                        bound_multiplier=mu, data=data, info=info)
 
 
 def kink_threshold(data, beta, eps, p) -> tuple[float, float]:
-    """(||grad L(0)||, the radius of the penalty's subdifferential at 0)."""
+    """(||grad L(0)||, the radius of the penalty's subdifferential at 0): theta = 0 is
+    optimal iff the first is at most the second (docs/theory.md §3.6)."""
     g0, s0 = grad_at_zero(data, beta)
     r = eps * beta * (1.0 if p == 1 else float(np.sqrt(data.weight @ s0**2)))
     return float(np.linalg.norm(g0)), r
@@ -148,9 +152,20 @@ def kink_threshold(data, beta, eps, p) -> tuple[float, float]:
 def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: int = 1,
                       kappa: float = np.inf, bound: float | None = None,
                       method: str = "auto") -> RobustResult:
-    r"""Minimise the worst-case expected DPO loss over the W_p ball of radius epsilon.
+    r"""Minimise the worst-case expected DPO loss over the W_p ball of radius epsilon
+    (docs/theory.md §3.3-3.6; statuses and certificates §3.7).
 
     .. math::  \min_{\|\theta\|\le B}\ \sup_{W_p(P, q)\le\varepsilon} E_P\, l(\theta)
+
+    Args:
+        data: weighted preference data (sample or exact population).
+        beta: DPO temperature.
+        radius: epsilon >= 0; epsilon = 0 is DPO (solved by :func:`loglinear.fit_dpo`).
+        p: the order, 1 or 2.
+        kappa: the label-flip cost in c = ||x - x'|| + kappa 1[y != y'] (> 0; ``inf``,
+            the default, never flips; p = 2 takes ``inf`` only).
+        bound: optional ball ||theta|| <= B.
+        method: ``"newton"``, ``"cvxpy"`` or ``"auto"``, as below.
 
     Methods:
         * ``"newton"`` / ``"auto"``: the dedicated solvers: p = 1, kappa = inf: Newton on
@@ -165,6 +180,11 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
 
     Returns:
         :class:`RobustResult`; ``worst_case`` is a :class:`Transport`.
+
+    Raises:
+        ValueError: invalid arguments (p, kappa, radius, bound, method; cvxpy with p = 2).
+        RobustSolverError: the solver failed (and, for ``"auto"`` with p = 1, so did the
+            cvxpy fallback).
     """
     t0 = time.perf_counter()
     beta, eps = check_problem(data, beta, radius, bound, method, {"auto", "newton", "cvxpy"})
@@ -196,28 +216,30 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
     gnorm0, r0 = kink_threshold(data, beta, eps, p)
     # With zero offsets flips gain nothing at theta = 0, so V_kappa(0) = V_inf(0) <= V_inf
     # <= V_kappa: the kappa = inf kink test is exact for every kappa.
-    if gnorm0 <= r0 and (p == 2 or not np.isfinite(kappa_eff) or zero_offset(data)):
+    # At eps = collapse_radius_wasserstein(data) the two sides are the same number computed
+    # in two orders: a few ulps of slack make "at and beyond" exact (the optimum a few ulps
+    # below the collapse radius is that many ulps from 0).
+    if gnorm0 <= r0 * (1 + COLLAPSE_RTOL) and (p == 2 or not np.isfinite(kappa_eff)
+                                               or zero_offset(data)):
         return _finish(np.zeros(data.d), data, beta, eps, p, kappa, bound, 0.0, "closed-form",
                        t0, "collapsed", {"grad_norm_at_0": gnorm0, "kink_radius": r0})
     try:
         if p == 2:
-            theta, mu, info = solve_w2(data, beta=beta, eps=eps, bound=bound,
+            theta, mu, info = solve_w2(data, beta=beta, radius=eps, bound=bound,
                                        start=_start(data, beta, bound))
             solver = "newton"
         elif np.isfinite(kappa_eff):
-            theta, mu, info = solve_w1_flip(data, beta=beta, eps=eps, kappa=kappa_eff,
+            theta, mu, info = solve_w1_flip(data, beta=beta, radius=eps, kappa=kappa_eff,
                                             bound=bound, start=_start(data, beta, bound))
             solver = "smoothing-newton"
         else:
-            theta, mu, info = solve_w1_inf(data, beta, eps, bound, _start(data, beta, bound))
+            theta, mu, info = solve_w1_inf(data, beta=beta, radius=eps, bound=bound,
+                                           start=_start(data, beta, bound))
             solver = "newton"
     except RobustSolverError as err:
         if method == "newton" or p == 2:
             raise
         res = solve_wasserstein(data, beta=beta, radius=eps, p=p, kappa=kappa, bound=bound,
                                 method="cvxpy")
-        res.info["fallback_reason"] = str(err)
-        return res
+        return replace(res, info={**res.info, "fallback_reason": str(err)})
     return _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, "converged", info)
-
-

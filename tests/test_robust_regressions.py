@@ -1,0 +1,71 @@
+"""Regressions of the exact solvers' last failures (W2 at small radii on separable data;
+exact collapse at the Wasserstein collapse radius with offsets). KL just below its
+collapse radius is in test_robust_kl_collapse.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loglinear import PreferenceData
+from loglinear.robust import collapse_radius_wasserstein, solve_wasserstein
+from loglinear.robust.w2 import w2_value
+
+
+def _separable_w2_instance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 5))
+    y = (rng.random(5) < 0.5).astype(float)
+    return PreferenceData(x, y, weight=rng.dirichlet(np.ones(5)), normalize=True)
+
+
+def test_w2_small_radius_on_separable_data_reaches_the_optimum():
+    """Five atoms in five dimensions (separable), eps = 0.02 eps_0: the optimum sits on a
+    kink of V where two atoms tie (|theta| ~ 20); the solver used to stop at its iteration
+    limit 0.9% above it. References: the value Nelder-Mead found from a nearby start
+    (0.0041953728675, 20k evaluations), the worst case's own primal value, and V convex:
+    no point in random directions around the solution, at several scales, is lower."""
+    data = _separable_w2_instance()
+    eps = 0.02 * collapse_radius_wasserstein(data, beta=1.0, p=2)
+    res = solve_wasserstein(data, beta=1.0, radius=eps, p=2)
+    assert res.status == "converged" and res.certificate <= 1e-8
+    assert res.objective == pytest.approx(0.0041953728675, abs=1e-12)
+    assert res.verify().ok
+    rng = np.random.default_rng(1)
+    for scale in (1e-6, 1e-4, 1e-2):
+        for _ in range(8):
+            step = rng.normal(size=data.d)
+            probe = res.theta + scale * np.linalg.norm(res.theta) * step / np.linalg.norm(step)
+            assert w2_value(probe, data, beta=1.0, radius=eps).value >= res.objective - 1e-15
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_exactly_at_the_collapse_radius_with_offsets_is_collapsed(p):
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        n, d = int(rng.integers(3, 40)), int(rng.integers(1, 5))
+        data = PreferenceData(rng.normal(size=(n, d)), (rng.random(n) < 0.5).astype(float),
+                              offset=0.5 * rng.normal(size=n))
+        eps0 = collapse_radius_wasserstein(data, beta=1.0, p=p)
+        for eps in (eps0, eps0 * (1 + 1e-9), 3 * eps0):
+            res = solve_wasserstein(data, beta=1.0, radius=eps, p=p)
+            assert res.status == "collapsed" and np.all(res.theta == 0), (seed, eps / eps0)
+
+
+@pytest.mark.xfail(strict=True, raises=Exception,
+                   reason="open: the finite-kappa W1 homotopy stalls at mu = 1e-4 on this "
+                          "duplicated-row sample with offsets (also before this release); "
+                          "method='auto' falls back to cvxpy")
+def test_w1_finite_kappa_homotopy_on_duplicated_rows_with_offsets():
+    x = np.array([[-1.40799417, -1.42040573], [0.3892998, -0.53387342],
+                  [-1.53477067, 0.46784826], [-0.95711085, -0.88635482],
+                  [1.48840665, 1.30925055]])
+    o = np.array([-0.05894618, -0.44594468, 0.10074605, -0.54014475, -0.3450296])
+    w = np.array([0.03670342, 0.15292165, 0.09546101, 0.10616617, 0.23374776,
+                  0.01101102, 0.0458765, 0.0286383, 0.03184985, 0.07012433,
+                  0.01101102, 0.0458765, 0.0286383, 0.03184985, 0.07012433])
+    data = PreferenceData(np.vstack([x, x, -x]),
+                          np.array([0., 0., 1., 0., 1., 1., 1., 0., 1., 0., 0., 0., 1., 0., 1.]),
+                          offset=np.concatenate([o, o, -o]), weight=w, normalize=True)
+    res = solve_wasserstein(data, beta=1.0, radius=0.1, kappa=2.0, method="newton")
+    assert res.status == "converged" and res.certificate <= 1e-8
