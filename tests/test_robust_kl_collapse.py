@@ -103,3 +103,32 @@ def test_random_instances_just_below_collapse_never_fail():
             res = solve_kl(data, beta=beta, radius=f * rho0)
             assert res.status == "converged", (k, f, res.status)
             assert res.certificate <= 1e-6 and "fallback_reason" not in res.info
+
+
+@pytest.mark.parametrize("seed", [2, 5, 30])
+def test_degenerate_worst_case_on_the_ball_is_certified(seed):
+    """Small separable data on the ball ||theta|| <= 5 at a radius beyond -log q(M): the
+    maximal losses tie at the optimum and the worst case sits on them (lambda* = 0). The
+    solver ends on the minimax KKT system: a worst case pi on the tied atoms (KL(pi||q) <=
+    rho) with sum pi grad l + mu theta = 0. References: Clarabel's objective, and the
+    certificate recomputed here from the returned worst case."""
+    from test_solver_sweep import instance
+
+    from loglinear.losses import margins, sigmoid
+    from loglinear.robust._cvx import cvx_kl
+
+    data, beta, _ = instance(seed)
+    rho = 0.9
+    res = solve_kl(data, beta=beta, radius=rho, bound=5.0)
+    assert res.status == "converged" and res.certificate <= 1e-8
+    assert res.info.get("degenerate") and res.dual == 0.0
+    p = np.asarray(res.worst_case)
+    keep = p > 0
+    assert p.sum() == pytest.approx(1.0) and np.all(p >= 0)
+    assert float(p[keep] @ np.log(p[keep] / data.weight[keep])) <= rho * (1 + 1e-9)
+    m = margins(res.theta, data, beta=beta)
+    grad = data.x.T @ (p * -sigmoid(-m) * data.sign * beta)
+    assert np.linalg.norm(grad + res.bound_multiplier * res.theta) <= 1e-8
+    theta_c, _ = cvx_kl(data, beta=beta, radius=rho, bound=5.0)
+    ref = kl_value(theta_c, data, beta=beta, radius=rho).value
+    assert res.objective <= ref + 1e-9

@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--concentration", type=float, default=1.0,
                    help="sampling-policy concentration (0 = uniform, best coverage)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="reports/quickstart", help="output directory")
+    p.add_argument("--out", default="results/quickstart",
+                   help="output directory (default: results/quickstart, git-ignored)")
 
 
 def run(args) -> int:
@@ -63,4 +64,5 @@ def run(args) -> int:
               "lambda_min_sample": lam_sample, "iterations": fit.iterations}
     record["config"].pop("_run")
     (out / "quickstart.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwritten to {out / 'quickstart.md'} and {out / 'quickstart.json'}")
     return 0

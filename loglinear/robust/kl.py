@@ -46,6 +46,7 @@ from ._klcollapse import (
     collapse_direction,
     collapse_radius_kl,
 )
+from ._kldegenerate import polish
 from ._klvalue import KLValue, _evaluate, kl_value
 
 __all__ = ["KLValue", "collapse_radius_kl", "kl_value", "solve_kl"]
@@ -56,18 +57,31 @@ COLLAPSE_RTOL = 1e-14   # rho >= rho_0 (1 - COLLAPSE_RTOL) is treated as collaps
 GTOL = 1e-10            # Newton gradient tolerance in theta
 
 
+DEGENERATE_STREAK = 3   # accepted Newton iterates in a row with lambda* = 0 end the smooth path
+
+
+class DegenerateWorstCase(RobustSolverError):
+    """Profiled Newton met a degenerate worst case (lambda* = 0) at successive iterates:
+    the optimum is likely a minimax kink, solved by :mod:`._kldegenerate`."""
+
+
 def _newton_kl(data, beta, rho, ridge, theta0, m_kink=None):
     """Profiled Newton on V + ridge/2 ||theta||^2 from theta0; the last lambda* warm-starts
     the next root. With ``m_kink`` the values compared are V - l(m_kink), carried at full
     precision (:func:`._klvalue.shifted_losses`), so that optima a hair below the collapse
     radius, where V - log 2 ~ 1e-20, are still resolved."""
-    state = {"s": None}
+    state = {"s": None, "degenerate": 0}
 
     def fun(theta, need_hess):
         ev = _evaluate(margins(theta, data, beta=beta), data, beta, rho, need_hess, state["s"],
                        m_kink)
         if not ev.degenerate and ev.dual > 0 and np.isfinite(ev.dual):
             state["s"] = 1.0 / ev.dual
+        if need_hess:       # an accepted iterate
+            state["degenerate"] = state["degenerate"] + 1 if ev.degenerate else 0
+            if state["degenerate"] >= DEGENERATE_STREAK:
+                raise DegenerateWorstCase("the worst case stays degenerate (lambda* = 0): V is "
+                                          "a maximum of losses there, not smooth")
         h = None if ev.hess is None else ev.hess + ridge * np.eye(data.d)
         return ev.excess + 0.5 * ridge * float(theta @ theta), ev.grad + ridge * theta, h
 
@@ -154,6 +168,20 @@ def _result(theta, data, beta, rho, bound, mu, solver, t0, status, info, ev=None
                         info=info)
 
 
+def _degenerate(data, beta, rho, bound, res, t0):
+    """The result polished on the degenerate (minimax) KKT system from ``res.theta``, or
+    None where the optimum is not degenerate there (:mod:`._kldegenerate`)."""
+    out = polish(data, beta, rho, bound, res.theta, CERT_TOL)
+    if out is None:
+        return None
+    theta, mu, p, kkt = out
+    ev = kl_value(theta, data, beta=beta, radius=rho)
+    return replace(res, theta=theta, objective=ev.value, dual=0.0, worst_case=p,
+                   status="converged", certificate=kkt, bound_multiplier=mu,
+                   seconds=time.perf_counter() - t0,
+                   info={**res.info, "degenerate": True, "kkt_residual": kkt})
+
+
 def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float | None = None,
              method: str = "auto") -> RobustResult:
     r"""Minimise the worst-case expected DPO loss over the KL ball of radius rho
@@ -187,6 +215,10 @@ def solve_kl(data: PreferenceData, *, beta: float, radius: float, bound: float |
         mu = info.pop("bound_multiplier", 0.0)
         res = _result(theta, data, beta, rho, bound, mu, "cvxpy-clarabel", t0, "converged",
                       info, ev)
+        if res.status != "converged":
+            # a degenerate worst case (lambda* = 0 on tied maximal losses) is certified by
+            # the minimax KKT system, not by one worst case's gradient (docs/theory.md §3.7)
+            res = _degenerate(data, beta, rho, bound, res, t0) or res
         if info["clarabel_status"] != "optimal" and res.status != "converged":
             raise RobustSolverError(
                 f"Clarabel returned {info['clarabel_status']!r} and the exact KKT residual at "
