@@ -79,6 +79,12 @@ def w1_value(theta, data, *, beta: float, radius: float, kappa: float = np.inf,
     # Danskin: the expected gradient under the (limit) worst case
     g_stay = -sigmoid(-m) * data.sign * beta
     g_flip = sigmoid(m) * data.sign * beta
+    if norm == 0 and np.isfinite(kappa) and eps > 0 and tie.any() and np.linalg.norm(
+            min_norm(data.x.T @ (q * ((1 - flip) * g_stay + flip * g_flip)),
+                     leftover * beta)) > 0:
+        flip[tie] = _zero_flips(data, q, tie, g_flip - g_stay, flip,
+                                (1 - flip) * g_stay + flip * g_flip, beta, eps, kappa, lam > b)
+        leftover = max(0.0, eps - kappa * float(q @ flip))
     grad = data.x.T @ (q * ((1 - flip) * g_stay + flip * g_flip))
     if norm > 0:
         grad = grad + leftover * beta * theta / norm
@@ -86,6 +92,31 @@ def w1_value(theta, data, *, beta: float, radius: float, kappa: float = np.inf,
         grad = min_norm(grad, leftover * beta)
     transport = _w1_transport(data, theta, m, flip, leftover, b, kappa) if transport else None
     return WassersteinValue(float(value), float(lam), grad, transport, losses, nominal, 1, kappa)
+
+
+def _zero_flips(data, q, tie, g_gain, flip, g_now, beta, eps, kappa, spend_all):
+    """At theta = 0 the tied atoms (margin m = lambda kappa) flip for free in value, so
+    the subdifferential is the union over their flip fractions f of
+    g(f) + beta (eps - kappa q . flip(f)) B, and its min-norm element has norm
+    min_f max(0, ||g(f)|| - beta leftover(f)) (docs/theory.md §3.7): a small SOCP in f.
+    Returns the minimising fractions (the current ones where the SOCP fails)."""
+    import cvxpy as cp
+
+    idx = np.flatnonzero(tie)
+    g0 = data.x.T @ (q * (g_now - np.where(tie, flip * g_gain, 0.0)))   # ties unflipped
+    a = data.x[idx].T * (q[idx] * g_gain[idx])
+    spent = kappa * float(q[~tie] @ flip[~tie])
+    f = cp.Variable(idx.size)
+    used = spent + kappa * (q[idx] @ f)
+    cons = [f >= 0, f <= 1, used == eps if spend_all else used <= eps]
+    prob = cp.Problem(cp.Minimize(cp.norm(g0 + a @ f) - beta * (eps - used)), cons)
+    try:
+        prob.solve(solver=cp.CLARABEL)
+    except cp.error.SolverError:
+        return flip[idx]
+    if f.value is None:
+        return flip[idx]
+    return np.clip(f.value, 0.0, 1.0)
 
 
 def _w1_transport(data, theta, m, flip, leftover, b, kappa):

@@ -29,6 +29,8 @@ MU_MIN = 1e-10
 STAGE_GTOL = 1e-6    # at tiny mu the smoothed Hessian is ill-conditioned; theta is O(mu) off
                      # the nonsmooth optimum anyway, so a stage may stop at this gradient
 MU_FACTOR = 1e-2
+GENTLE_START = 1e-1    # the retry's first mu (relative to the margin scale)
+GENTLE_FACTOR = 1e-1
 CROSS_BAND = 10.0       # atoms with |m - lambda kappa| <= CROSS_BAND mu count as tied
 CROSS_EXTRA_TIES = 4    # try the exact active-set system with at most d + 1 + this ties
 CROSS_ITER = 30
@@ -36,6 +38,7 @@ CROSS_ROUNDS = 8        # active-set rounds
 CROSS_TOL = 1e-13
 CROSS_CHECK = 1e-9      # slack of the partition / multiplier checks
 GTOL = 1e-10
+ZERO_TOL = 1e-10       # min-norm subgradient at 0 that certifies the collapse
 
 
 SATURATED = 40.0  # |r| beyond which sigmoid(r) is 0 or 1 to within e^-40 ~ 4e-18
@@ -270,10 +273,14 @@ def _active_set(data, beta, eps, kappa, ridge, theta, lam, on_bound, tie, up, wf
     return None
 
 
-def _homotopy(data, beta, eps, kappa, ridge, theta0):
+def _homotopy(data, beta, eps, kappa, ridge, theta0, gentle=False):
+    """The smoothing path from theta0; ``gentle`` starts it at a larger mu and shrinks mu
+    more slowly (for a far start, e.g. the DPO fit on nearly separable data at small
+    beta, where the first stage of the fast path does not converge)."""
     m0 = margins(theta0, data, beta=beta)
     scale = max(1.0, float(np.abs(m0).max()))
-    mu = MU_START * scale
+    mu = (GENTLE_START if gentle else MU_START) * scale
+    factor = GENTLE_FACTOR if gentle else MU_FACTOR
     theta = np.asarray(theta0, dtype=float)
     iters = 0
     while True:
@@ -292,7 +299,7 @@ def _homotopy(data, beta, eps, kappa, ridge, theta0):
             return cross[0], iters, mu, cross[1]
         if mu <= MU_MIN * scale:
             return theta, iters, mu, None
-        mu = max(mu * MU_FACTOR, MU_MIN * scale)
+        mu = max(mu * factor, MU_MIN * scale)
 
 
 def solve_w1_flip(data, *, beta, radius, kappa, bound, start):
@@ -305,7 +312,20 @@ def solve_w1_flip(data, *, beta, radius, kappa, bound, start):
     if np.linalg.norm(start) == 0:
         start = np.full(data.d, 1e-3)
 
-    theta, iters, mu, kkt = _homotopy(data, beta, eps, kappa, 0.0, start)
+    try:
+        try:
+            theta, iters, mu, kkt = _homotopy(data, beta, eps, kappa, 0.0, start)
+        except RobustSolverError:
+            theta, iters, mu, kkt = _homotopy(data, beta, eps, kappa, 0.0, start, gentle=True)
+    except RobustSolverError:
+        # the path can stall as it runs into the kink at 0 (theta ~ mu): theta = 0 is
+        # the answer when 0 is in the subdifferential there (min-norm subgradient)
+        zero = np.zeros(data.d)
+        if np.linalg.norm(w1_value(zero, data, beta=beta, radius=eps, kappa=kappa,
+                                   transport=False).grad) > ZERO_TOL:
+            raise
+        return zero, 0.0, {"iterations": 0, "kkt_residual": None, "collapsed": True,
+                           "exact_active_set": False, "smoothing_gap_bound": 0.0}
     info = {"iterations": iters, "smoothing_mu": mu, "kkt_residual": kkt,
             "exact_active_set": kkt is not None,
             "smoothing_gap_bound": 0.0 if kkt is not None else mu * float(np.log(2.0))}

@@ -26,11 +26,12 @@ from dataclasses import replace
 import numpy as np
 
 from ..losses import margin_line, margins
-from ..newton import newton
+from ..newton import NewtonReport, newton
 from ._base import RobustSolverError, grad_at_zero, on_ball, radius_continuation
 from ._w2inner import branch_grads, inner_sup, ordered_maxima, split_derivs
 from ._w2inner import derivs as _derivs
 from ._w2kink import kink_solve
+from ._w2smooth import smoothing_path
 from ._w2starts import _quasi_newton, _ray_start
 from ._w2value import _profile_eta, _tie_split, w2_value
 
@@ -217,20 +218,24 @@ def solve_w2(data, *, beta: float, radius: float, bound, start):
 def _solve_ridge(data, beta, eps, ridge, start):
     """argmin V + ridge/2 ||theta||^2, with the solver path taken in ``info``.
 
-    Each attempt is :func:`_newton_or_kink`: from ``start``, then after a radius
-    continuation from it (next to the kink at 0 the joint problem degenerates), then both
-    again from the exact minimiser along the ray through ``start`` (a far start, e.g. the
-    DPO fit on nearly separable data, can make the first step diverge), then from the
-    minimiser along -grad L(0) (the direction in which the optimum leaves 0 at the
-    collapse radius). Last comes profiled Newton from the best iterate. Where all fail
-    the best point found is returned with ``info["stalled"]`` (the caller reports its KKT
-    residual and marks the result "inaccurate").
+    The attempts, in order: a short joint Newton run (KINK_AFTER steps,
+    :func:`_newton_or_kink`) from ``start``; the smoothing path of
+    :mod:`._w2smooth` from the exact minimiser along the ray through ``start`` (optima on
+    many kinks at once, on separable data at small radii); L-BFGS then Newton; the full
+    joint run from ``start``; joint Newton from the ray minimiser (a far start, e.g. the
+    DPO fit on nearly separable data, can make the first step diverge); the smoothing
+    path with a steadying Hessian shift; radius continuations from ``start`` and from the
+    ray minimiser (next to the kink at 0 the joint problem degenerates); the minimiser
+    along -grad L(0) (the direction in which the optimum leaves 0 at the collapse
+    radius). Last comes profiled Newton from the best
+    iterate. Where all fail the best point found is returned with ``info["stalled"]`` (the
+    caller reports its KKT residual and marks the result "inaccurate").
     """
     info = {"iterations": 0, "profiled": False}
     tried = []
 
-    def solve_at(r, x0):
-        rep = _newton_or_kink(data, beta, r, ridge, x0)
+    def solve_at(r, x0, short=False):
+        rep = _newton_or_kink(data, beta, r, ridge, x0, short)
         info["iterations"] += rep.iterations
         return rep
 
@@ -256,9 +261,26 @@ def _solve_ridge(data, beta, eps, ridge, start):
             raise RobustSolverError("L-BFGS left the domain")
         return solve_at(eps, x0)
 
-    attempts = [("joint", lambda: solve_at(eps, start)),
-                ("ray", lambda: solve_at(eps, ray_start())),
+    def smoothed(steady=True):
+        x0 = ray_start()
+        u0 = -margins(x0, data, beta=beta)
+        eta0 = _profile_eta(u0, data.weight, beta * float(np.linalg.norm(x0)), eps)[0]
+        out = smoothing_path(data, beta, eps, ridge, np.append(x0, eta0), PROFILE_SWITCH,
+                             steady=steady)
+        if out is None:
+            raise RobustSolverError("the smoothing path found no certified kink")
+        th, eta, res, k = out
+        value = w2_value(th, data, beta=beta, radius=eps).value + 0.5 * ridge * float(th @ th)
+        return NewtonReport(x=np.append(th, eta), value=value, grad=np.zeros(data.d + 1),
+                            grad_norm=res, iterations=0, converged=True,
+                            status=f"kink ({k} tie groups)")
+
+    attempts = [("joint", lambda: solve_at(eps, start, short=True)),
+                ("smoothed", smoothed),
                 ("quasi-newton", quasi_newton),
+                ("joint-long", lambda: solve_at(eps, start)),
+                ("ray", lambda: solve_at(eps, ray_start())),
+                ("smoothed-plain", lambda: smoothed(steady=False)),
                 ("continued", lambda: radius_continuation(solve_at, eps, start)),
                 ("ray-continued", lambda: radius_continuation(solve_at, eps, ray_start())),
                 ("descent-ray", lambda: solve_at(eps, descent_start()))]
@@ -290,15 +312,18 @@ def _solve_ridge(data, beta, eps, ridge, start):
     return best, info
 
 
-def _newton_or_kink(data, beta, eps, ridge, x0):
+def _newton_or_kink(data, beta, eps, ridge, x0, short=False):
     """Joint Newton from x0; if it stalls, the kink system (:mod:`._w2kink`) from its
     iterate (an optimum on a kink of V stalls Newton next to it).
 
+    ``short``: only KINK_AFTER joint steps (a quick first try, without the kink system).
     Returns a report on z = (theta, eta), converged only if its exact KKT residual is at
     most PROFILE_SWITCH; a kink solution has status "kink (k tie groups)" and that
     residual as ``grad_norm``.
     """
     rep = _newton_w2(data, beta, eps, ridge, x0, KINK_AFTER)
+    if short and not rep.converged:
+        return rep
     if rep.status == "max_iter":
         kink = _kink(data, beta, eps, ridge, rep)
         if kink is not None:

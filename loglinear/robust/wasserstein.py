@@ -131,7 +131,7 @@ def _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, status, inf
         # the Danskin gradient is one subgradient of many and certifies nothing; the
         # certificate is the smoothing's bound on the objective gap (docs/theory.md §3.7)
         cert, kind = float(info["smoothing_gap_bound"]), "objective-gap"
-    if status == "converged" and cert > CERT_TOL:
+    if status in ("converged", "collapsed") and cert > CERT_TOL:
         status = "inaccurate"
     info = {**info, "certificate_kind": kind}
     return RobustResult(theta=theta, objective=ev.value, dual=ev.dual,
@@ -242,4 +242,5 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
         res = solve_wasserstein(data, beta=beta, radius=eps, p=p, kappa=kappa, bound=bound,
                                 method="cvxpy")
         return replace(res, info={**res.info, "fallback_reason": str(err)})
-    return _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, "converged", info)
+    status = "collapsed" if info.get("collapsed") and not np.any(theta) else "converged"
+    return _finish(theta, data, beta, eps, p, kappa, bound, mu, solver, t0, status, info)
