@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from . import _compat
-from .data import PreferenceData
+from .data import PreferenceData, as_generator
 from .env import LogLinearEnv, mix_rewards
 from .estimation import coverage
 from .fit import FitResult, SeparableDataError, fit_dpo
@@ -24,6 +24,7 @@ _LAZY = {
     "solve_wasserstein": "loglinear.robust",
     "fit_wdpo": "loglinear.approx",
     "fit_kldpo": "loglinear.approx",
+    "read_preferences": "loglinear.io",
 }
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "LogLinearEnv",
     "PreferenceData",
     "SeparableDataError",
+    "as_generator",
     "coverage",
     "fit_dpo",
     "mix_rewards",
@@ -38,9 +40,21 @@ __all__ = [
 ]
 
 
+# subpackages reachable as attributes (``loglinear.robust.solve_kl``) without an import
+_SUBMODULES = ("approx", "inference", "io", "robust", "stats")
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"loglinear.{name}")
     raise AttributeError(f"module 'loglinear' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names too, so that tab completion offers them before their first use
+    return sorted((set(globals()) - {"annotations", "importlib"}) | set(__all__)
+                  | set(_SUBMODULES))

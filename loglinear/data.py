@@ -9,6 +9,21 @@ A dataset is a finite weighted distribution over atoms z_i = (x_i, y_i, o_i):
 
 An empirical sample has q = 1/n; an enumerated population has the exact probabilities.
 Every loss and solver takes weights, so both go through one code path.
+
+Feature scale. The fits and the robust solvers stop on absolute tolerances (on gradients,
+margins and linear-programming residuals), while the parameter scales as 1/|x|: the
+margin beta x.theta is what the model sees. So the scale of the features is part of the
+input's validity: ``PreferenceData`` accepts max_ij |x_ij| in :data:`FEATURE_SCALE_RANGE`
+= [1e-8, 1e12] (or exactly 0, a dataset of ties) and raises otherwise, saying by how much
+to divide. Outside it a solver would fail with an unrelated message (an LP "model error"
+at 1e15, a spurious separable-data error at 1e-100). The upper end is wide because the
+W1 worst case can move atoms far (a worst case is itself a ``PreferenceData``); fits on
+user data are best conditioned with max |x| near 1.
+Dividing x by s multiplies theta by s (and a Wasserstein radius, measured in feature
+units, by 1/s); KL radii and the margins are unchanged.
+
+Randomness: functions that draw take a ``numpy.random.Generator``; :func:`as_generator`
+also accepts an integer seed (or a ``SeedSequence``), which is what a user types.
 """
 
 from __future__ import annotations
@@ -19,7 +34,66 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["PreferenceData", "FEATURE_SCALE_RANGE", "WEIGHT_SUM_TOL", "as_generator",
+           "require_data"]
+
 WEIGHT_SUM_TOL = 1e-9
+FEATURE_SCALE_RANGE = (1e-8, 1e12)
+"""Allowed max |x| of a dataset's features (0 is allowed too); see the module docstring."""
+
+
+def as_generator(seed_or_rng) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a Generator (returned as is), an integer seed
+    (>= 0) or a ``numpy.random.SeedSequence``.
+
+    ``None``, floats, booleans and the legacy ``RandomState`` are refused: a run must be
+    reproducible from what was passed, and the global state is never used.
+    """
+    if isinstance(seed_or_rng, np.random.Generator):
+        return seed_or_rng
+    if isinstance(seed_or_rng, np.random.SeedSequence):
+        return np.random.default_rng(seed_or_rng)
+    if isinstance(seed_or_rng, (int, np.integer)) and not isinstance(seed_or_rng, bool):
+        if seed_or_rng < 0:
+            raise ValueError(f"a seed must be a nonnegative integer, got {seed_or_rng}")
+        return np.random.default_rng(int(seed_or_rng))
+    raise TypeError("expected a numpy.random.Generator or an integer seed (e.g. 0), got "
+                    f"{type(seed_or_rng).__name__}")
+
+
+def require_data(obj, name: str = "data") -> PreferenceData:
+    """Return ``obj`` if it is a :class:`PreferenceData`, else raise a TypeError naming
+    ``name``, the type found and how to build one."""
+    if isinstance(obj, PreferenceData):
+        return obj
+    raise TypeError(f"{name} must be a loglinear.PreferenceData, got {type(obj).__name__}; "
+                    "build one with PreferenceData(x, y, offset=..., weight=...) or "
+                    "PreferenceData.load(path)")
+
+
+def _normalised(weight: np.ndarray) -> np.ndarray:
+    """weight / weight.sum() without overflow: the sum of values near 1e308 is inf, and
+    dividing by it gives zeros, so divide by the largest entry first (exact up to one
+    rounding per entry)."""
+    top = weight.max()
+    scaled = weight / top
+    return scaled / scaled.sum()
+
+
+def _total(weight: np.ndarray) -> float:
+    """The sum of nonnegative weights, inf (without a warning) when it overflows."""
+    top = float(weight.max())
+    return top * float((weight / top).sum()) if top > 0 else 0.0
+
+
+def _check_scale(x: np.ndarray) -> None:
+    scale = float(np.abs(x).max())
+    lo, hi = FEATURE_SCALE_RANGE
+    if scale != 0.0 and not lo <= scale <= hi:
+        raise ValueError(
+            f"features x have max |x| = {scale:.3g}, outside the supported range "
+            f"[{lo:g}, {hi:g}] (the solvers' tolerances are absolute; theta scales as 1/|x|); "
+            f"divide x by {scale:.3g}, which multiplies theta by the same factor")
 
 
 def _as_float_array(name: str, value, ndim: int) -> np.ndarray:
@@ -80,6 +154,7 @@ class PreferenceData:
             raise ValueError("PreferenceData is empty: x has 0 rows; at least one pair is needed")
         if d == 0:
             raise ValueError("x has 0 columns; the feature dimension d must be at least 1")
+        _check_scale(x)
         y = _as_float_array("y", self.y, 1)
         if y.shape != (n,):
             raise ValueError(f"y must have shape ({n},) to match x {x.shape}, got {y.shape}")
@@ -99,12 +174,11 @@ class PreferenceData:
                 raise ValueError(
                     f"weights must be nonnegative, found min {weight.min():.3g}"
                 )
-            total = weight.sum()
-            if total <= 0:
+            if weight.max() <= 0:
                 raise ValueError("weights sum to 0; at least one pair needs positive weight")
             if normalize:
-                weight = weight / total
-            elif abs(total - 1.0) > WEIGHT_SUM_TOL:
+                weight = _normalised(weight)
+            elif abs((total := _total(weight)) - 1.0) > WEIGHT_SUM_TOL:
                 raise ValueError(
                     f"weights sum to {total:.12g}, not 1; pass normalize=True to rescale them"
                 )
@@ -133,6 +207,20 @@ class PreferenceData:
 
     def __repr__(self) -> str:
         return f"PreferenceData(n={self.n}, d={self.d}, label_mean={self.label_mean:.3f})"
+
+    @property
+    def feature_scale(self) -> float:
+        """max_ij |x_ij|, 0 for a dataset of ties (see :data:`FEATURE_SCALE_RANGE`)."""
+        return float(np.abs(self.x).max())
+
+    def scaled(self, factor: float) -> PreferenceData:
+        """The same pairs with features ``factor * x``: the margins of theta / factor are
+        those of theta on this dataset, so a solver may work at unit scale,
+        ``data.scaled(1 / data.feature_scale)``, and divide its theta by the scale."""
+        factor = float(factor)
+        if not (np.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a finite number > 0, got {factor}")
+        return replace(self, x=self.x * factor)
 
     @property
     def label_mean(self) -> float:
@@ -218,7 +306,12 @@ class PreferenceData:
             raise ValueError("concat needs at least one dataset")
         if weights is None:
             weights = np.array([p.n for p in parts], dtype=float)
-        weights = np.asarray(weights, dtype=float) / np.sum(weights)
+        weights = np.asarray(weights, dtype=float)
+        if weights.shape != (len(parts),) or not np.all(np.isfinite(weights)) \
+                or np.any(weights < 0) or weights.max() <= 0:
+            raise ValueError(f"concat weights must be {len(parts)} finite nonnegative numbers "
+                             f"with a positive one, got {weights.tolist()}")
+        weights = _normalised(weights)
         has = all(p.has_actions for p in parts)
         cat = (lambda name: np.concatenate([getattr(p, name) for p in parts]) if has else None)
         return PreferenceData(
@@ -237,11 +330,32 @@ class PreferenceData:
                 out[name] = getattr(self, name)
         return out
 
+    def to_frame(self):
+        """A pandas DataFrame with columns ``x0..x{d-1}``, ``y``, ``offset``, ``weight``
+        (and ``state``, ``a1``, ``a2`` when present): the parquet layout."""
+        import pandas as pd
+
+        cols = {f"x{j}": self.x[:, j] for j in range(self.d)}
+        cols |= {k: v for k, v in self.to_dict().items() if k != "x"}
+        return pd.DataFrame(cols)
+
     def save(self, path) -> Path:
-        """Write the dataset to ``.npz`` (compressed)."""
+        """Write the dataset to ``path`` and return the path written.
+
+        ``.npz`` (compressed numpy) or ``.parquet`` (the columns of :meth:`to_frame`; needs
+        pandas with pyarrow). A path without a suffix gets ``.npz``; any other suffix is
+        refused rather than silently renamed.
+        """
         path = Path(path)
+        if path.suffix == ".parquet":
+            self.to_frame().to_parquet(path, index=False)
+            return path
+        if path.suffix not in (".npz", ""):
+            raise ValueError(f"PreferenceData.save writes .npz or .parquet files, got "
+                             f"{path.name!r} (suffix {path.suffix!r})")
+        path = path.with_suffix(".npz") if path.suffix == "" else path
         np.savez_compressed(path, **self.to_dict())
-        return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
+        return path
 
     @classmethod
     def load(cls, path, *, normalize: bool = True) -> PreferenceData:
@@ -251,6 +365,9 @@ class PreferenceData:
         ``weight``, ``state``, ``a1``, ``a2``.
         """
         path = Path(path)
+        if path.suffix not in (".npz", ".parquet"):
+            raise ValueError(f"PreferenceData.load reads .npz or .parquet files, got "
+                             f"{path.name!r} (suffix {path.suffix!r})")
         if path.suffix == ".parquet":
             import pandas as pd
 
@@ -258,9 +375,15 @@ class PreferenceData:
             xcols = sorted((c for c in df.columns if c.startswith("x") and c[1:].isdigit()),
                            key=lambda c: int(c[1:]))
             if not xcols or "y" not in df:
-                raise ValueError(f"{path}: parquet needs columns x0..x{{d-1}} and y")
+                raise ValueError(f"{path}: parquet needs columns x0..x{{d-1}} and y; found "
+                                 f"{list(df.columns)[:20]}")
             cols = {c: df[c].to_numpy() for c in ("offset", "weight", "state", "a1", "a2")
                     if c in df}
             return cls(df[xcols].to_numpy(), df["y"].to_numpy(), normalize=normalize, **cols)
         with np.load(path) as f:
+            found = set(f.files)
+            allowed = {"x", "y", "offset", "weight", "state", "a1", "a2"}
+            if not {"x", "y"} <= found or not found <= allowed:
+                raise ValueError(f"{path}: expected arrays x, y and optionally offset, weight, "
+                                 f"state, a1, a2; found {sorted(found)}")
             return cls(**{k: f[k] for k in f.files}, normalize=normalize)

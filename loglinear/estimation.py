@@ -10,7 +10,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import logsumexp
 
-from .data import PreferenceData
+from .data import PreferenceData, require_data
 from .losses import dpo_margin_terms, margins
 from .registry import Registry, named_hyperparameter
 
@@ -27,8 +27,10 @@ class Coverage(NamedTuple):
 def coverage(data: PreferenceData) -> Coverage:
     r"""The coverage matrix Sigma_P = E_P[x x^T] of a weighted dataset and lambda_min.
 
-    Assumption 2 of the paper asks lambda_min(Sigma_P) >= lambda > 0.
+    Assumption 2 of the paper asks lambda_min(Sigma_P) >= lambda > 0. Raises TypeError
+    when ``data`` is not a :class:`PreferenceData`.
     """
+    data = require_data(data)
     sigma = (data.x * data.weight[:, None]).T @ data.x
     sigma = 0.5 * (sigma + sigma.T)
     vals, vecs = np.linalg.eigh(sigma)
@@ -36,8 +38,13 @@ def coverage(data: PreferenceData) -> Coverage:
 
 
 def estimation_error(theta_hat, target) -> float:
-    """||theta_hat - target||_2."""
-    return float(np.linalg.norm(np.asarray(theta_hat, float) - np.asarray(target, float)))
+    """||theta_hat - target||_2, computed without overflow (the norm of a vector with
+    entries near 1e200 is finite, but the sum of their squares is not)."""
+    diff = np.asarray(theta_hat, float) - np.asarray(target, float)
+    top = float(np.max(np.abs(diff), initial=0.0))
+    if top == 0.0 or not np.isfinite(top):  # zero, or non-finite input: as np.linalg.norm
+        return float(np.linalg.norm(diff))
+    return top * float(np.linalg.norm(diff / top))
 
 
 # --------------------------------------------------------------------------------------
@@ -349,3 +356,10 @@ def kl_regularised_optimum(env, reward=None) -> float:
         raise ValueError(f"reward must be an (S, A) table, got {r.shape}")
     logref = env.log_policy(env.theta_ref)
     return float(env.state_dist @ (env.beta * logsumexp(logref + r / env.beta, axis=1)))
+
+
+# Kinds whose derivations need more room (IPO, W2 as a joint M-estimator in (w, eta), the
+# official surrogate forms; docs/theory.md §5.8) live in loglinear/_local_extra.py.
+from . import _local_extra  # noqa: E402
+
+_local_extra.register(LOCAL_KINDS, LocalKind, LocalAsymptotics)

@@ -106,15 +106,53 @@ def test_save_load_roundtrip(tmp_path, suffix):
     d = PreferenceData(x, y, offset=np.linspace(0, 1, 5), weight=np.arange(1.0, 6) / 15,
                        state=np.arange(5), a1=np.arange(5), a2=np.zeros(5, int))
     path = tmp_path / f"data{suffix}"
-    if suffix == ".npz":
-        d.save(path)
-    else:
-        import pandas as pd
-
-        cols = {f"x{j}": x[:, j] for j in range(2)} | {
-            "y": y, "offset": d.offset, "weight": d.weight, "state": d.state}
-        pd.DataFrame(cols).to_parquet(path)
+    assert d.save(path) == path and path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     e = PreferenceData.load(path)
     np.testing.assert_array_equal(e.x, d.x)
+    np.testing.assert_array_equal(e.offset, d.offset)
     np.testing.assert_allclose(e.weight, d.weight, rtol=1e-15)
     np.testing.assert_array_equal(e.state, d.state)
+
+
+def test_parquet_is_written_in_the_documented_columns(tmp_path):
+    pd = pytest.importorskip("pandas")
+    x, y = _data(d=3)
+    path = PreferenceData(x, y).save(tmp_path / "out.parquet")
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == ["x0", "x1", "x2", "y", "offset", "weight"]
+    np.testing.assert_array_equal(frame[["x0", "x1", "x2"]].to_numpy(), x)
+    np.testing.assert_array_equal(frame["weight"].to_numpy(), np.full(5, 0.2))
+
+
+def test_save_and_load_refuse_other_suffixes(tmp_path):
+    x, y = _data()
+    d = PreferenceData(x, y)
+    with pytest.raises(ValueError, match=r"writes \.npz or \.parquet.*'\.csv'"):
+        d.save(tmp_path / "out.csv")
+    assert not list(tmp_path.iterdir())
+    assert d.save(tmp_path / "plain") == tmp_path / "plain.npz"   # no suffix: .npz
+    with pytest.raises(ValueError, match=r"reads \.npz or \.parquet"):
+        PreferenceData.load(tmp_path / "out.csv")
+
+
+def test_loading_an_npz_with_other_keys_lists_them(tmp_path):
+    x, y = _data()
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    with pytest.raises(ValueError, match=r"expected arrays x, y.*found \['X', 'y'\]"):
+        PreferenceData.load(tmp_path / "d.npz")
+
+
+def test_scaled_features_leave_the_margins_of_rescaled_parameters_unchanged():
+    from loglinear.losses import margins
+
+    x, y = _data(n=6, d=3)
+    d = PreferenceData(x, y, offset=np.linspace(-1, 1, 6))
+    theta = np.array([0.3, -1.2, 0.8])
+    for factor in (1e-6, 0.5, 1e6):
+        s = d.scaled(factor)
+        assert s.feature_scale == pytest.approx(factor * d.feature_scale, rel=1e-15)
+        np.testing.assert_allclose(margins(theta / factor, s, beta=0.7),
+                                   margins(theta, d, beta=0.7), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="factor"):
+        d.scaled(0.0)

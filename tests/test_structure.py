@@ -17,14 +17,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "loglinear"
 
 LAYERS = [
-    ("foundation", ("loglinear._compat", "loglinear.registry", "loglinear.data")),
+    ("foundation", ("loglinear._compat", "loglinear.registry", "loglinear.data",
+                    "loglinear.io")),
     ("math", ("loglinear.losses", "loglinear.newton", "loglinear.stats")),
-    ("fit", ("loglinear.fit", "loglinear.estimation")),
+    ("fit", ("loglinear.fit", "loglinear.estimation", "loglinear._local_extra")),
     ("env", ("loglinear.env",)),
     ("robust", ("loglinear.robust",)),
     ("approx", ("loglinear.approx",)),
     ("inference", ("loglinear.inference",)),
     ("backend", ("loglinear.torch",)),
+    ("audit", ("loglinear.audit",)),
     ("experiments", ("loglinear.experiments",)),
     ("views", ("loglinear.plots", "loglinear.report")),
     ("commands", ("loglinear.commands", "loglinear.cli", "loglinear.__main__")),

@@ -225,8 +225,6 @@ def run(args) -> int:
         for p in problems:
             print(p, file=sys.stderr)
         return 1 if problems else 0
-    import nbformat
-
     sources = notebook_sources(directory)
     if args.names:
         by_name = {p.stem: p for p in sources}
@@ -235,6 +233,8 @@ def run(args) -> int:
             raise ValueError(f"unknown notebooks {missing}; available: {sorted(by_name)}")
         sources = [by_name[n] for n in args.names]
     overrides = _parse_set(args.set)
+    import nbformat  # the notebooks extra, once the arguments are known to be good
+
     for src in sources:
         nb = execute(src, overrides, timeout=args.timeout)
         print(f"ran {src.name}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import command_line, default_out
+
 NAME = "quickstart"
 HELP = "Fit DPO on a default log-linear environment and report theta*, the estimate and coverage."
 
@@ -14,18 +16,19 @@ HELP = "Fit DPO on a default log-linear environment and report theta*, the estim
 def add_arguments(p) -> None:
     p.add_argument("--n", type=int, default=5000, help="number of sampled pairs")
     p.add_argument("--dim", type=int, default=4, help="feature dimension d")
-    p.add_argument("--states", type=int, default=8)
-    p.add_argument("--actions", type=int, default=6)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--states", type=int, default=8, help="number of states S")
+    p.add_argument("--actions", type=int, default=6, help="actions per state A")
+    p.add_argument("--beta", type=float, default=1.0, help="DPO temperature")
     p.add_argument("--concentration", type=float, default=1.0,
                    help="sampling-policy concentration (0 = uniform, best coverage)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/quickstart",
-                   help="output directory (default: results/quickstart, git-ignored)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the environment and sample")
+    p.add_argument("--out", default=default_out("quickstart"),
+                   help="output directory (git-ignored under results/)")
 
 
 def run(args) -> int:
     from loglinear import LogLinearEnv, coverage, fit_dpo
+    from loglinear.experiments.records import run_metadata
 
     seeds = np.random.SeedSequence(args.seed).spawn(2)
     env_rng, data_rng = (np.random.default_rng(s) for s in seeds)
@@ -52,17 +55,18 @@ def run(args) -> int:
         f"| coverage λ_min(Σ_D), sample | {lam_sample:.4g} |",
         f"| Newton iterations / grad norm | {fit.iterations} / {fit.grad_norm:.2e} |",
         "",
-        "Regenerate: `loglinear quickstart` (options: `loglinear quickstart --help`).",
+        f"Regenerate: `{command_line(args)}` (options: `loglinear quickstart --help`).",
     ]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quickstart.md").write_text(text + "\n")
-    record = {"config": vars(args) | {"_run": None}, "theta_star": star.tolist(),
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    record = {"config": config, "theta_star": star.tolist(),
               "theta_hat": fit.theta.tolist(), "error": err, "lambda_min_population": lam_pop,
-              "lambda_min_sample": lam_sample, "iterations": fit.iterations}
-    record["config"].pop("_run")
+              "lambda_min_sample": lam_sample, "iterations": fit.iterations,
+              "provenance": run_metadata()}
     (out / "quickstart.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwritten to {out / 'quickstart.md'} and {out / 'quickstart.json'}")
     return 0

@@ -1,6 +1,10 @@
-"""``loglinear rates --config FILE --out DIR``: the estimation-rate and coverage study."""
+"""``loglinear rates --config FILE [--out DIR]``: the estimation-rate and coverage study."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import add_progress_argument, add_report_arguments, default_out
 
 NAME = "rates"
 HELP = ("Run (or resume) the estimation-rate study: error of DPO and the robust estimators "
@@ -9,16 +13,18 @@ HELP = ("Run (or resume) the estimation-rate study: error of DPO and the robust 
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="study TOML (e.g. simulations/rates.toml)")
-    p.add_argument("--out", required=True, help="records directory (resumed if it exists)")
+    p.add_argument("--out", default=None,
+                   help="records directory, resumed if it exists (default: results/CONFIG, "
+                        "CONFIG the config file's name without .toml)")
     p.add_argument("--jobs", type=int, default=1,
                    help="local worker processes (joblib); -1 uses every core")
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address tcp://HOST:PORT (runs there instead of locally)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_progress_argument(p)
     p.add_argument("--retry-failed", action="store_true",
                    help="recompute the targets and rows whose status records a failure")
-    p.add_argument("--report", action="store_true",
-                   help="also build the report (loglinear report rates OUT) afterwards")
+    add_report_arguments(p, default=False,
+                         what="the report (as `loglinear report rates OUT`)")
 
 
 def run(args) -> int:
@@ -28,8 +34,9 @@ def run(args) -> int:
     if args.jobs == 0 or args.jobs < -1:
         raise ValueError(f"--jobs must be a positive count or -1, got {args.jobs}")
     config = load_config(RatesConfig, args.config)
-    path = main(config, args.out, jobs=args.jobs, scheduler=args.scheduler,
-                progress=not args.no_progress, retry_failed=args.retry_failed)
+    out = args.out or default_out(Path(args.config).stem)
+    path = main(config, out, jobs=args.jobs, scheduler=args.scheduler,
+                progress=args.progress, retry_failed=args.retry_failed)
     print(f"records written to {path}")
     if args.report:
         from loglinear import report

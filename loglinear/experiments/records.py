@@ -15,9 +15,13 @@ import csv
 import io
 import math
 import os
+import platform
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+METADATA_PACKAGES = ("numpy", "scipy", "cvxpy", "pandas", "torch", "transformers", "trl")
 FLOAT_REPR = repr  # shortest round-trip repr: reread floats are bit-identical
 
 
@@ -186,3 +190,46 @@ def read_table(path, *, text: tuple[str, ...] = ()):
                            dtype={c: str for c in text})
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+
+
+def run_metadata() -> dict:
+    """What produced a run: the loglinear, Python and package versions, the platform, the
+    git commit of the checkout (``None`` outside one; ``git_dirty`` when it has
+    uncommitted changes) and the UTC time. Written into every study's ``config.json``.
+
+    Package versions come from the installed distributions' metadata, so nothing is
+    imported (torch is listed when installed, never loaded); an absent package is left out.
+    """
+    from importlib import metadata
+
+    from loglinear import __version__
+
+    packages = {}
+    for name in METADATA_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    commit, dirty = _git_state(Path(__file__).resolve().parents[2])
+    return {"loglinear": __version__, "python": platform.python_version(),
+            "platform": platform.platform(), "packages": packages, "git_commit": commit,
+            "git_dirty": dirty,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _git_state(root: Path) -> tuple[str | None, bool | None]:
+    """(commit, has uncommitted changes) of the checkout at ``root``; (None, None) when
+    it is not one or git is missing."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
+    if not (root / ".git").exists():
+        return None, None
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, dirty
+

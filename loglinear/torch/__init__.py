@@ -9,18 +9,23 @@ Modules (import them directly; nothing heavy runs at import):
 * :mod:`~loglinear.torch.distributed` — KLDPO weights over the global batch.
 * :mod:`~loglinear.torch.models` — tiny offline models and the SmolLM2 loader.
 * :mod:`~loglinear.torch.loop` — a minimal training loop.
-* :mod:`~loglinear.torch.trl` — ``RobustDPOTrainer`` (imports trl, so it is loaded lazily).
+* :mod:`~loglinear.torch.trl` — ``RobustDPOConfig`` and ``RobustDPOTrainer`` (import trl, so
+  they are loaded lazily).
 """
 
 from __future__ import annotations
 
-__all__ = ["RobustDPOTrainer"]
+__all__ = ["RobustDPOConfig", "RobustDPOTrainer"]
 
 
 def __getattr__(name: str):
     # Lazy so that ``import loglinear.torch`` never imports trl/transformers.
-    if name == "RobustDPOTrainer":
-        from .trl import RobustDPOTrainer
+    if name in __all__:
+        from . import trl
 
-        return RobustDPOTrainer
+        return getattr(trl, name)
     raise AttributeError(f"module 'loglinear.torch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted((set(globals()) - {"annotations"}) | set(__all__))

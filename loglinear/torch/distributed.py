@@ -61,16 +61,24 @@ def all_gather_losses(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     return full, sum(sizes[:rank])
 
 
-def kldpo_coefficients(local_losses: torch.Tensor, *, tau: float, form: str = "paper"
-                       ) -> torch.Tensor:
+def kldpo_coefficients(local_losses: torch.Tensor, *, tau: float, form: str = "paper",
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
     r"""Coefficients c_i (local pairs) of the global KLDPO objective R sum_local c_i l_i.
 
     The returned tensor already includes the factor R (world size), so the local loss to
     backpropagate is ``(c * losses).sum()`` and DDP's gradient averaging yields the global
-    gradient. Detached.
+    gradient. Detached. ``weight`` are optional per-pair weights w of the local pairs
+    (finite, > 0); they are gathered too and enter as base weights q = w / N.
     """
     full, offset = all_gather_losses(local_losses)
-    w = kldpo_weights(full, tau=tau, form=form)
+    q = None
+    if weight is not None:
+        w_local = torch.as_tensor(weight, dtype=full.dtype, device=full.device)
+        if w_local.shape != local_losses.shape:
+            raise ValueError("weight must have the shape of local_losses")
+        w_full, _ = all_gather_losses(w_local)
+        q = w_full / w_full.numel()
+    w = kldpo_weights(full, tau=tau, form=form, weight=q)
     _, size = world()
     return size * w[offset: offset + local_losses.numel()]
 

@@ -59,6 +59,16 @@ def _check_pair(chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         raise ValueError(
             "chosen and rejected log-ratios must be 1-D tensors of the same shape (n,), got "
             f"{tuple(chosen.shape)} and {tuple(rejected.shape)}")
+    for name, t in (("chosen", chosen), ("rejected", rejected)):
+        _check_finite(f"{name} log-ratios", t)
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise on NaN/inf (one device sync): a NaN loss would otherwise train silently."""
+    if not bool(torch.isfinite(t.detach()).all()):
+        bad = int((~torch.isfinite(t.detach())).sum())
+        raise ValueError(f"{name} contain {bad} NaN or infinite values; all must be finite "
+                         "(check the model's dtype and the reference log-probs)")
 
 
 def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, *,
@@ -123,8 +133,12 @@ def _base_weight(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Ten
 
 
 def weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_i q_i l_i (q = 1/n by default); the weights are used as given, not renormalised."""
-    return (_base_weight(losses, weight) * losses).sum()
+    """sum_i q_i l_i (q = 1/n by default); the weights are used as given, not renormalised.
+
+    Raises ValueError on NaN or infinite losses."""
+    q = _base_weight(losses, weight)
+    _check_finite("losses", losses)
+    return (q * losses).sum()
 
 
 def _root_penalty(s: torch.Tensor) -> torch.Tensor:
@@ -152,6 +166,10 @@ def wdpo_penalty(grad_sq_norms: torch.Tensor, *, rho: float, form: str = "paper"
     penalty = WDPO_FORMS.get(form)
     rho = _check_nonneg("rho", rho)
     q = _base_weight(grad_sq_norms, weight)
+    _check_finite("grad_sq_norms", grad_sq_norms)
+    if bool((grad_sq_norms.detach() < 0).any()):
+        raise ValueError("grad_sq_norms are squared norms ||grad_z l_i||^2 and must be >= 0, "
+                         f"found min {float(grad_sq_norms.detach().min()):.3g}")
     return rho * penalty((q * grad_sq_norms).sum())
 
 
@@ -233,6 +251,7 @@ def kldpo_objective(losses: torch.Tensor, *, tau: float, form: str = "paper",
     gradient is the Danskin gradient of tau log sum_i q_i exp(l_i/tau) (docs/theory.md §4.2).
     """
     KLDPO_FORMS.get(form)
+    _check_finite("losses", losses)
     if weights is None:
         weights = kldpo_weights(losses, tau=tau, form=form, weight=weight)
     elif weights.shape != losses.shape:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import PreferenceData
+from ..data import PreferenceData, as_generator
 from ..registry import Registry, named_hyperparameter
 from .losses import dpo_loss, wdpo_penalty
 
@@ -87,8 +87,10 @@ class NeuralPolicy:
     def n_params(self) -> int:
         return int(sum(np.prod(s) for s in self.shapes()))
 
-    def init(self, rng: np.random.Generator, *, scale: float = 1.0) -> np.ndarray:
-        """Random parameters: weights N(0, scale^2/fan_in), biases N(0, 0.1^2 scale^2)."""
+    def init(self, rng: np.random.Generator | int, *, scale: float = 1.0) -> np.ndarray:
+        """Random parameters: weights N(0, scale^2/fan_in), biases N(0, 0.1^2 scale^2).
+        ``rng`` is a Generator or an integer seed."""
+        rng = as_generator(rng)
         parts = []
         for shape in self.shapes():
             sd = scale / np.sqrt(shape[-1]) if len(shape) == 2 else 0.1 * scale

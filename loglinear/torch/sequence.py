@@ -160,14 +160,8 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   response_mask: torch.Tensor, *, inputs_embeds: torch.Tensor | None = None,
-                   average: bool = False) -> torch.Tensor:
-    """Sum (or mean, with ``average``) of response-token log-probs per row, shape (N,).
-
-    Token t is scored by the logits at t-1. Logits are upcast to float32 before the
-    log-softmax (bf16 log-probs of a 50k vocabulary lose several digits).
-    """
+def _forward_logps(model, input_ids, attention_mask, response_mask, inputs_embeds, average):
+    """(N,) response log-probs and (N,) mean logit over the vocabulary and response tokens."""
     if inputs_embeds is None:
         inputs_embeds = embed(model, input_ids)
     out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -183,17 +177,32 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         raise ValueError("non-finite log-probabilities on response tokens; check the model's "
                          "dtype and attention implementation")
     total = tok.sum(-1)
-    if average:
-        return total / mask.sum(-1).clamp(min=1).to(total.dtype)
-    return total
+    count = mask.sum(-1).clamp(min=1).to(total.dtype)
+    with torch.no_grad():  # a logging statistic (TRL's logits/*), never differentiated
+        mean_logit = torch.where(mask, logits.detach().mean(-1), 0.0).sum(-1) / count
+    return (total / count if average else total), mean_logit
+
+
+def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   response_mask: torch.Tensor, *, inputs_embeds: torch.Tensor | None = None,
+                   average: bool = False) -> torch.Tensor:
+    """Sum (or mean, with ``average``) of response-token log-probs per row, shape (N,).
+
+    Token t is scored by the logits at t-1. Logits are upcast to float32 before the
+    log-softmax (bf16 log-probs of a 50k vocabulary lose several digits).
+    """
+    return _forward_logps(model, input_ids, attention_mask, response_mask, inputs_embeds,
+                          average)[0]
 
 
 @dataclass(frozen=True)
 class PairOutput:
-    """Output of :func:`pair_logps`: logps (2B,) and the embeddings used (2B, T, H)."""
+    """Output of :func:`pair_logps`: logps (2B,), the embeddings used (2B, T, H) and the
+    mean logit of each row over the vocabulary and its response tokens (2B,), detached."""
 
     logps: torch.Tensor
     embeddings: torch.Tensor
+    mean_logits: torch.Tensor | None = None
 
 
 def pair_logps(model, batch: PairBatch, *, embeddings_grad: bool = False,
@@ -206,9 +215,9 @@ def pair_logps(model, batch: PairBatch, *, embeddings_grad: bool = False,
     emb = embed(model, batch.input_ids)
     if embeddings_grad and not emb.requires_grad:
         emb = emb.detach().requires_grad_(True)
-    logps = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask,
-                           inputs_embeds=emb, average=average)
-    return PairOutput(logps, emb)
+    logps, mean_logits = _forward_logps(model, batch.input_ids, batch.attention_mask,
+                                        batch.response_mask, emb, average)
+    return PairOutput(logps, emb, mean_logits)
 
 
 @torch.no_grad()

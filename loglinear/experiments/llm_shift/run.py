@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loglinear.experiments.config import to_jsonable, write_resolved
+from loglinear.experiments.config import PROVENANCE_KEY, to_jsonable, write_resolved
 from loglinear.experiments.records import RecordStore
 
 from ...torch.sequence import PairBatch, collate_pairs, reference_logps, sequence_logps
@@ -184,7 +184,7 @@ def _same_config(path: Path, config: ShiftConfig) -> None:
         old = json.loads(path.read_text())
         new = to_jsonable(config)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
-                      and k != "label")
+                      and k not in ("label", PROVENANCE_KEY))
         if diff:
             raise ValueError(f"{path.parent} holds a run with a different config (fields "
                              f"{diff}); use another 'out' directory or delete it")
@@ -274,7 +274,8 @@ def _run(config: ShiftConfig, *, max_seconds: float | None, log) -> dict:
                                   dtype=config.dtype, deadline=deadline)
                     if not stats["done"]:
                         complete = False
-                        log(f"  stopped at step {stats['step']} (time budget); rerun to resume")
+                        log(f"  stopped at step {stats['step']} (time budget); rerun with "
+                            f"the records directory {out} to resume")
                         break
                 rows, kl, new_tokens, samples = _policy_eval(
                     model, tok, eval_prompts, reward, config, seed=eval_seed, ref_fn=ref_fn)
