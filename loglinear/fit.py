@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linprog
 
-from .data import PreferenceData
+from .data import PreferenceData, require_data
 from .losses import _check_beta, dpo_margin_terms, get_loss, margin_line, margins, objective
 from .newton import ball_multiplier_root, newton
 
@@ -69,6 +69,30 @@ class FitResult:
     min_hessian_eig: float = float("nan")
     unique: bool = True
     info: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # one line, no arrays: the full fields stay available as attributes
+        return (f"FitResult({self.loss}, status={self.status!r}, grad_norm="
+                f"{float(self.grad_norm):.2e}, ||theta||={float(np.linalg.norm(self.theta)):.6g}"
+                f", objective={float(self.objective):.6g}, iterations={int(self.iterations)}, "
+                f"seconds={float(self.seconds):.3g})")
+
+    def summary(self) -> str:
+        """A few lines: the loss, the status and its certificate, theta's size, the objective."""
+        lines = [f"FitResult: {self.loss} fit, {self.status} after {int(self.iterations)} "
+                 f"iterations ({float(self.seconds):.3g} s)",
+                 f"  certificate  ||grad|| = {float(self.grad_norm):.2e}",
+                 f"  theta        d = {np.size(self.theta)}, ||theta|| = "
+                 f"{float(np.linalg.norm(self.theta)):.6g}"
+                 + ("" if self.unique else " (not identifiable: singular Hessian)"),
+                 f"  objective    {float(self.objective):.6g}",
+                 f"  min eig(H)   {float(self.min_hessian_eig):.3g}"]
+        if self.bound_multiplier:
+            lines.append(f"  bound        active, multiplier {float(self.bound_multiplier):.4g}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(repr(self) if cycle else self.summary())
 
 
 def separating_direction(data: PreferenceData, *, tol: float = 1e-9) -> np.ndarray | None:
@@ -186,6 +210,7 @@ def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
                theta0: np.ndarray | None = None) -> FitResult:
     """Fit any registered margin loss; see :func:`fit_dpo`."""
     t0 = time.perf_counter()
+    data = require_data(data, "data")
     beta = _check_beta(beta)
     if bound is not None and not (np.isfinite(bound) and bound > 0):
         raise ValueError(f"bound must be a positive finite radius or None, got {bound}")

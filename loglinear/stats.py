@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .data import as_generator
+
 
 class PowerLaw(NamedTuple):
     """y ~ exp(intercept) n^slope, fitted on log-log axes; r2 is the fit's R^2."""
@@ -86,14 +88,15 @@ def _slopes(logn, table_boot):
     return (ly - ly.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
 
 
-def bootstrap_exponent(n, errors, *, rng: np.random.Generator, n_boot: int = 2000,
+def bootstrap_exponent(n, errors, *, rng: np.random.Generator | int, n_boot: int = 2000,
                        level: float = 0.95, stat=rmse) -> ExponentCI:
     """Exponent of ``stat`` (default RMSE over seeds) against n, with a seed bootstrap.
 
     Args:
         n: (N,) sample sizes.
         errors: (N, R) errors, row k for n[k], column r for seed r (NaN = missing).
-        rng: the bootstrap's randomness (same rng state, same interval).
+        rng: the bootstrap's randomness, a Generator or an integer seed (same rng state,
+            same interval).
         n_boot: bootstrap replicates.
         level: confidence level of the percentile interval.
         stat: reduces (..., R) errors over the last axis to a positive scale.
@@ -109,6 +112,7 @@ def bootstrap_exponent(n, errors, *, rng: np.random.Generator, n_boot: int = 200
         raise ValueError("the seed bootstrap needs at least 2 seeds")
     if not 0 < level < 1 or n_boot < 10:
         raise ValueError("need 0 < level < 1 and n_boot >= 10")
+    rng = as_generator(rng)
     point = fit_power_law(n, stat(e)).slope
     idx = rng.integers(0, e.shape[1], size=(n_boot, e.shape[1]))
     boot = stat(e[:, idx].transpose(1, 0, 2))  # (B, N)

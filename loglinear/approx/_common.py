@@ -60,6 +60,41 @@ class ApproxResult:
     history: tuple = ()
     info: dict = field(default_factory=dict)
 
+    def _problem(self) -> str:
+        """``wdpo/paper, rho=0.1``: the surrogate, its form and its hyperparameter under
+        the name it has in the surrogate's signature."""
+        name = HYPER_NAMES.get(self.surrogate, "hyper")
+        return f"{self.surrogate}/{self.form}, {name}={float(self.hyper):.6g}"
+
+    def __repr__(self) -> str:
+        # one line, no arrays: theta, history and info stay available as fields
+        return (f"ApproxResult({self._problem()}, status={self.status!r}, grad_norm="
+                f"{float(self.grad_norm):.2e}, ||theta||={float(np.linalg.norm(self.theta)):.6g}"
+                f", objective={float(self.objective):.6g}, method={self.method!r}, "
+                f"seconds={float(self.seconds):.3g})")
+
+    def summary(self) -> str:
+        """A few lines: the surrogate, the status and its certificate, theta's size, the
+        objective, and the diagnostics in ``info`` that are single numbers."""
+        lines = [f"ApproxResult: {self._problem()}",
+                 f"  status       {self.status} (certificate ||grad|| = "
+                 f"{float(self.grad_norm):.2e}; {self.method}, {int(self.iterations)} "
+                 f"iterations, {float(self.seconds):.3g} s)",
+                 f"  theta        d = {np.size(self.theta)}, ||theta|| = "
+                 f"{float(np.linalg.norm(self.theta)):.6g}",
+                 f"  objective    {float(self.objective):.6g}",
+                 f"  min eig(H)   {float(self.min_hessian_eig):.3g}"]
+        scalars = {k: v for k, v in self.info.items()
+                   if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+        lines += [f"  {k:<12} {float(v):.6g}" for k, v in scalars.items()]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(repr(self) if cycle else self.summary())
+
+
+HYPER_NAMES = {"wdpo": "rho", "kldpo": "tau"}   # ApproxResult.hyper under its own name
+
 
 # ------------------------------------------------------------------ shared pieces
 class DPOPieces(NamedTuple):

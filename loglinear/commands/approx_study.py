@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
                    help="records directory (default: the config's [study] out, else "
                         "results/approx); the report goes beside it")
     add_report_arguments(p, default=True, what="approximations.md beside the records")
-    add_progress_argument(p, help="one line per finished environment")
+    add_progress_argument(p, help="a progress bar over the environments, with count and ETA")
 
 
 def run(args) -> int:

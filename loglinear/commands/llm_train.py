@@ -40,7 +40,9 @@ def run(args) -> int:
     out = resolve_out(args.out, args.config, keys, "llm_train", Path(args.config).stem)
     cfg = load_config(TrainConfig, args.config, out_dir=out, max_steps=args.max_steps,
                       threads=args.threads, progress=args.progress)
-    out = train(cfg)
+    from loglinear.experiments.records import run_metadata
+
+    out = train(cfg, provenance=run_metadata())
     print(f"wrote {out / 'metrics.jsonl'} and {out / 'checkpoint'}")
     return 0
 

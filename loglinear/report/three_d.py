@@ -11,10 +11,12 @@ Figures.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 
+from ..experiments.config import PROVENANCE_KEY
 from ..experiments.three_d import analysis
 from ..experiments.three_d.analysis import FAMILY, load_records, property_onsets
 from ..experiments.three_d.config import ThreeDConfig
@@ -120,7 +122,9 @@ def _fmt_step(v):
 def build(records_dir, out_dir=None) -> Path:
     """Regenerate ``three_d.md`` and its figures from the records in ``records_dir``."""
     records_dir = Path(records_dir)
-    config = ThreeDConfig.from_dict(json.loads((records_dir / "config.json").read_text()))
+    raw = json.loads((records_dir / "config.json").read_text())
+    raw.pop(PROVENANCE_KEY, None)   # what produced the run, beside the config's sections
+    config = ThreeDConfig.from_dict(raw)
     df, variants = analysis.split_runs(load_records(records_dir, variants=True))
     skipped_path = records_dir / "skipped.json"
     skipped = json.loads(skipped_path.read_text()) if skipped_path.exists() else []
@@ -155,7 +159,9 @@ def build(records_dir, out_dir=None) -> Path:
              "KL end": c["kl_end"], "Δ reward vs DPO": c["delta_reward"]}
             for c in analysis.reward_cost(onsets)]
     text = _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig,
-                     cost_fig, rel, records_dir)
+                     cost_fig, rel, records_dir,
+                     None if out_dir is None or out.resolve() == records_dir.parent.resolve()
+                     else out)
     if variants:
         text += _sensitivity(onsets, [property_onsets(v, th) for v in variants],
                              [v["run"].iloc[0] for v in variants], config)
@@ -196,8 +202,19 @@ def _sensitivity(main, variant_onsets, names, config) -> str:
     return "\n".join(lines)
 
 
+def _commands(records_dir, report_out) -> tuple[str, str]:
+    """The commands that rerun the study into ``records_dir`` (named with ``--out``: the
+    command's default is under ``results/``) and that rebuild this report alone."""
+    study = ["loglinear", "three-d", "--config", "simulations/three_d.toml", "--out",
+             str(records_dir)]
+    report = ["loglinear", "report", "three-d", str(records_dir)]
+    if report_out is not None:
+        report += ["--out", str(report_out)]
+    return shlex.join(study), shlex.join(report)
+
+
 def _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig, cost_fig,
-              rel, records_dir) -> str:
+              rel, records_dir, report_out=None) -> str:
     th, toy, tr = config.thresholds, config.toy, config.training
     methods = list(dict.fromkeys(df["method"]))
     ident = analysis.identity_max_error(df)
@@ -210,8 +227,8 @@ def _markdown(config, df, onsets, rows, cost, skipped, runtime, figs, ratio_fig,
         "pair. Here every quantity is exact (no sampling), in the paper's toy rebuilt as a "
         "log-linear policy (`loglinear.experiments.three_d.toy_setting`).",
         "",
-        "Regenerate: `loglinear three-d --config simulations/three_d.toml` (runs and "
-        f"writes `{records_dir}`), or `loglinear report three-d {records_dir}` (report only).",
+        f"Regenerate: `{_commands(records_dir, report_out)[0]}` (runs and writes "
+        f"`{records_dir}`), or `{_commands(records_dir, report_out)[1]}` (report only).",
         "",
         "## Setting",
         f"- {toy.n_states} prompts × {toy.n_actions} responses; under π_ref each prompt has "

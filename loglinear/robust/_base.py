@@ -129,6 +129,55 @@ class RobustResult:
         kwargs["info"] = dict(self.info)
         return _rebuild_result, (kwargs,)
 
+    def _ball(self) -> tuple[str, list[str]]:
+        """The ball's name in :data:`loglinear.robust.BALLS` (``kl``, ``w1``, ``w2``), and
+        the label-flip cost and the bound when they are part of the problem."""
+        extras = [] if self.kind == "kl" or not np.isfinite(self.kappa) else [
+            f"kappa={float(self.kappa):g}"]
+        extras += [] if self.bound is None else [f"bound={float(self.bound):g}"]
+        return ("kl" if self.kind == "kl" else f"w{self.p}"), extras
+
+    def __repr__(self) -> str:
+        # one line, no arrays: theta, the worst case and the data stay available as fields
+        name, extras = self._ball()
+        return (f"RobustResult({', '.join([name, *extras])}, radius={float(self.radius):.6g}, "
+                f"status={self.status!r}, certificate={float(self.certificate):.2e}, "
+                f"||theta||={float(np.linalg.norm(self.theta)):.6g}, "
+                f"objective={float(self.objective):.6g}, solver={self.solver!r}, "
+                f"seconds={float(self.seconds):.3g})")
+
+    def summary(self) -> str:
+        """A few lines: the problem, the status and its certificate, theta's size, the
+        objective with its dual multiplier, and the worst case in brief."""
+        wc = self.worst_case
+        if isinstance(wc, Transport):
+            worst = f"{len(wc.weight)} atoms, transport cost {float(wc.cost):.4g}" + (
+                f", shortfall <= {float(wc.shortfall):.3g}" if wc.shortfall else "")
+        elif wc is None:
+            worst = "none"
+        else:
+            w = np.asarray(wc, dtype=float)
+            worst = f"{w.size} pair weights, max {float(w.max()):.4g}" if w.size else "empty"
+            if w.size and self.data is not None and self.data.n == w.size:
+                q = self.data.weight
+                worst += f" (max p/q {float(np.max(w[q > 0] / q[q > 0])):.4g})"
+        name, extras = self._ball()
+        lines = [f"RobustResult: {name} ball" + (f" ({', '.join(extras)})" if extras else "")
+                 + f", radius {float(self.radius):.6g}, beta {float(self.beta):g}",
+                 f"  status       {self.status} (certificate {float(self.certificate):.2e}; "
+                 f"{self.solver}, {float(self.seconds):.3g} s)",
+                 f"  theta        d = {np.size(self.theta)}, ||theta|| = "
+                 f"{float(np.linalg.norm(self.theta)):.6g}",
+                 f"  objective    {float(self.objective):.6g} (dual {float(self.dual):.6g})",
+                 f"  worst case   {worst}"]
+        if self.bound is not None:
+            lines.append(f"  bound        ||theta|| <= {float(self.bound):g}, multiplier "
+                         f"{float(self.bound_multiplier):.4g}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(repr(self) if cycle else self.summary())
+
     def verify(self, *, rtol: float = VERIFY_RTOL) -> Verification:
         """Re-evaluate the worst case in the primal: it lies in the ball and attains the value.
 

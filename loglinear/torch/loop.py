@@ -37,6 +37,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (the backend may not import
     import tomli as tomllib  # loglinear.experiments, whose loader has the same fallback)
 
+from ..data import as_generator
 from .distributed import kldpo_microstep_coefficients
 from .models import PRETRAINED, byte_tokenizer, load_pretrained, tiny_model
 from .objectives import OBJECTIVES, batch_objective, pair_losses
@@ -69,7 +70,7 @@ class TrainConfig:
 
     model: str = "tiny-gpt2"
     data: str = "toy:64"
-    out_dir: str = "runs/llm_train"
+    out_dir: str = "results/llm_train"
     objective: str = "dpo"
     base_loss: str = "dpo"
     beta: float = 0.1
@@ -148,8 +149,10 @@ def load_config(path: str | os.PathLike, **overrides) -> TrainConfig:
 
 
 # ---------------------------------------------------------------- data and model
-def toy_pairs(n: int, rng: np.random.Generator) -> list[dict[str, str]]:
-    """n synthetic pairs: prompt = random letters; chosen repeats it, rejected reverses it."""
+def toy_pairs(n: int, rng: np.random.Generator | int) -> list[dict[str, str]]:
+    """n synthetic pairs: prompt = random letters; chosen repeats it, rejected reverses it.
+    ``rng`` is a Generator or an integer seed."""
+    rng = as_generator(rng)
     letters = np.array(list("abcdefghij"))
     out = []
     for _ in range(n):
@@ -227,7 +230,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 # ---------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, *, stop_after: int | None = None,
-          pairs: list[dict[str, str]] | None = None, model=None, tokenizer=None) -> Path:
+          pairs: list[dict[str, str]] | None = None, model=None, tokenizer=None,
+          provenance: dict | None = None) -> Path:
     """Train (or resume) according to ``cfg``; returns the output directory.
 
     ``stop_after`` ends the run after that many optimiser steps in total, as if it had been
@@ -235,14 +239,18 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None,
     ``pairs`` (dicts with prompt/chosen/rejected) replaces ``cfg.data``; ``model`` and
     ``tokenizer`` (both or neither) replace ``cfg.model`` — a study can pass its own data
     and an already loaded model. The model is trained in place; the reference is a frozen
-    copy of it as passed.
+    copy of it as passed. ``provenance`` (what produced the run: versions, git commit, as
+    :func:`loglinear.experiments.records.run_metadata` returns it) is stored under the key
+    ``"provenance"`` of ``config.json``, beside the config's fields.
     """
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither")
     torch.set_num_threads(cfg.threads)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    written = dataclasses.asdict(cfg) | ({} if provenance is None else
+                                         {"provenance": dict(provenance)})
+    (out / "config.json").write_text(json.dumps(written, indent=2) + "\n")
     dtype = DTYPES[cfg.dtype]
 
     if model is None:
@@ -307,6 +315,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None,
         record.update({k: float(np.mean([m[k] for m in logs])) for k in logs[0]})
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if cfg.progress:
+            steps.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
         if (step + 1) % cfg.save_every == 0 or step + 1 == end:
             _save_checkpoint(ckpt, step + 1, model, optimizer, scheduler)
     return out

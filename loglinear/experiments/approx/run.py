@@ -203,7 +203,7 @@ def _n_samples(name: str) -> int:
     return 0 if name.endswith("-pop") else int(name.rsplit("-n", 1)[1])
 
 
-def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store):
+def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store, *, warn=print):
     spec = DIVERGENCE_SPECS[div]
     variants = VARIANTS[div]
     beta = config.beta
@@ -220,8 +220,8 @@ def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store):
             exact = spec.solve(data, beta=beta, radius=radius)
         except (RuntimeError, ValueError) as exc:
             # An exact-solver failure is recorded (status, NaN metrics), not papered over.
-            print(f"  warning: exact {div} solve failed for {name} at fraction {frac:g}: "
-                  f"{exc}", flush=True)
+            warn(f"  warning: exact {div} solve failed for {name} at fraction {frac:g}: "
+                 f"{exc}")
             nan = float("nan")
             for vname in variants:
                 store.write({c: nan for c in COLUMNS} | {
@@ -280,7 +280,7 @@ def main(config: ApproxStudyConfig, out=None, *, progress: bool = True) -> Path:
         config: the study (read a TOML file with :func:`.config.load_config`).
         out: the records directory; ``None`` uses ``config.out`` (a given ``out`` replaces
             it in the resolved config written there).
-        progress: print one line per finished environment.
+        progress: show a progress bar over the environments (count, elapsed time, ETA).
     """
     if not isinstance(config, ApproxStudyConfig):
         raise TypeError(f"main takes an ApproxStudyConfig, got {type(config).__name__}; read "
@@ -290,23 +290,21 @@ def main(config: ApproxStudyConfig, out=None, *, progress: bool = True) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(config, out / "config.json")
-    t0 = time.perf_counter()
-    with RecordStore(out / "records.csv", COLUMNS, KEY) as store, \
+    from tqdm.auto import tqdm
+
+    total = len(config.concentrations) * config.replicates * len(config.n_samples)
+    bar = tqdm(total=total, desc="approx-study", unit="env", disable=not progress)
+    with bar, RecordStore(out / "records.csv", COLUMNS, KEY) as store, \
             RecordStore(out / "refit.csv", REFIT_COLUMNS, REFIT_KEY) as refit:
         for name, rep, conc, data in environments(config):
+            bar.set_postfix_str(name)
             try:
                 _refit_rows(name, conc, data, config, refit)
+                for div in config.divergences:
+                    _rows_for(name, rep, conc, data, div, config, store, warn=bar.write)
             except SeparableDataError as exc:
-                print(f"  warning: {name} skipped: {exc}", flush=True)
-                continue
-            for div in config.divergences:
-                try:
-                    _rows_for(name, rep, conc, data, div, config, store)
-                except SeparableDataError as exc:
-                    print(f"  warning: {name} skipped: {exc}", flush=True)
-                    break
-            if progress:
-                print(f"  {name}: done ({time.perf_counter() - t0:.1f} s)", flush=True)
+                bar.write(f"  warning: {name} skipped: {exc}")
+            bar.update()
     return out
 
 

@@ -10,6 +10,7 @@ rho_o), ``"kldpo-official:0.5"`` (kind, form, temperature tau), and parsed by
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -89,7 +90,7 @@ def parse_method(text: str) -> MethodSpec:
     return MethodSpec(text, kind, form, **{HYPERPARAMETER[kind]: value})
 
 
-def _alphas() -> tuple:
+def _alphas() -> tuple[float, ...]:
     return tuple(round(0.1 * i, 10) for i in range(11))
 
 
@@ -133,19 +134,19 @@ class ShiftConfig:
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1
-    seeds: tuple = (0, 1)
+    seeds: tuple[int, ...] = (0, 1)
     data_seed: int = 0
     n_train_prompts: int = 32
     n_eval_prompts: int = 8
     max_new_tokens: int = 16
     temperature: float = 1.0
     gen_batch_size: int = 32
-    emotions: tuple = ("anger", "fear")
+    emotions: tuple[str, ...] = ("anger", "fear")
     alpha_o: float = 0.1
     label_kind: str = "convex"
     reward_scale: float = 10.0
     beta: float = 0.1
-    methods: tuple = ("dpo", "wdpo-paper:1", "kldpo-paper:0.5")
+    methods: tuple[str, ...] = ("dpo", "wdpo-paper:1", "kldpo-paper:0.5")
     lora: bool = True
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -156,8 +157,8 @@ class ShiftConfig:
     checkpoint_every: int = 25
     log_every: int = 1
     eval_samples: int = 2
-    alphas: tuple = field(default_factory=_alphas)
-    kinds: tuple = ("convex", "geometric")
+    alphas: tuple[float, ...] = field(default_factory=_alphas)
+    kinds: tuple[str, ...] = ("convex", "geometric")
     ci_level: float = 0.95
 
     def __post_init__(self):
@@ -179,8 +180,11 @@ class ShiftConfig:
         bad = [k for k, v in ints.items() if not (isinstance(v, int) and v >= 1)]
         if bad:
             raise ValueError(f"these fields must be integers >= 1: {bad}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("seeds must be a nonempty list of distinct integers")
+        if (not self.seeds or len(set(self.seeds)) != len(self.seeds)
+                or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                           and s >= 0 for s in self.seeds)):
+            raise ValueError(f"seeds must be a nonempty list of distinct integers >= 0, got "
+                             f"{list(self.seeds)}")
         if len(self.emotions) != 2 or len(set(self.emotions)) != 2:
             raise ValueError(f"emotions must name two distinct emotions, got {self.emotions}")
         if not 0.0 <= self.alpha_o <= 1.0 or not all(0.0 <= a <= 1.0 for a in self.alphas):

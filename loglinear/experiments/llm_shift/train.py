@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...data import as_generator
 from ...torch.objectives import ObjectiveOutput, batch_objective
 from ...torch.sequence import PairBatch
 
@@ -70,9 +71,11 @@ def add_lora(model, *, r: int, alpha: float, targets: str, seed: int):
         return get_peft_model(model, config)
 
 
-def batch_order(n_pairs: int, *, batch_size: int, epochs: int, rng: np.random.Generator
-                ) -> list[np.ndarray]:
-    """Minibatch index arrays for every step: a fresh permutation each epoch."""
+def batch_order(n_pairs: int, *, batch_size: int, epochs: int,
+                rng: np.random.Generator | int) -> list[np.ndarray]:
+    """Minibatch index arrays for every step: a fresh permutation each epoch. ``rng`` is a
+    Generator or an integer seed."""
+    rng = as_generator(rng)
     steps = []
     for _ in range(epochs):
         perm = rng.permutation(n_pairs)
@@ -102,7 +105,8 @@ def load_trainable(model, state: dict) -> None:
 
 def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size: int,
           epochs: int, seed: int, run_dir, checkpoint_every: int, log_every: int = 1,
-          device: str = "cpu", dtype: str = "float32", deadline: float | None = None) -> dict:
+          device: str = "cpu", dtype: str = "float32", deadline: float | None = None,
+          progress: bool | None = None) -> dict:
     """Train ``model`` (its trainable parameters) on ``pairs``; resumable.
 
     Args:
@@ -110,6 +114,8 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
         method: a :class:`~loglinear.experiments.llm_shift.config.MethodSpec`.
         run_dir: holds ``checkpoint.pt``, ``final.pt`` and ``train_log.csv``.
         deadline: a ``time.time()`` after which the loop checkpoints and stops.
+        progress: a progress bar over the steps with the current loss (on stderr);
+            ``None`` shows it when stderr is a terminal.
     Returns:
         ``{"done": bool, "step": int, "seconds", "pairs", "tokens"}`` (totals over all
         invocations, read back from the log).
@@ -142,6 +148,10 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
     writer = csv.writer(fh, lineterminator="\n")
     if new_log:
         writer.writerow(LOG_COLUMNS)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(steps), initial=start, desc=f"{method.name} {run_dir.name}",
+               unit="step", disable=None if progress is None else not progress)
     model.train()
     step = start
     try:
@@ -167,6 +177,8 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
                                  repr(seconds), batch.n_pairs,
                                  int(batch.attention_mask.sum())])
             fh.flush()
+            bar.update()
+            bar.set_postfix(loss=f"{float(terms.loss.detach()):.4g}", refresh=False)
             if (step + 1) % checkpoint_every == 0 and step + 1 < len(steps):
                 _save_atomic({"params": trainable_state(model),
                               "optimizer": opt.state_dict(), "step": step + 1}, ckpt)
@@ -174,6 +186,7 @@ def train(model, pairs: PairBatch, *, method, beta: float, lr: float, batch_size
             step = len(steps)
     finally:
         fh.close()
+        bar.close()
         model.eval()
     if step >= len(steps):
         _save_atomic({"params": trainable_state(model)}, final)

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...data import PreferenceData
+from ...data import PreferenceData, as_generator
 from ...env import LogLinearEnv
+from ..config import PROVENANCE_KEY
+from ..records import run_metadata
 from .analysis import property_onsets, read_jsonl
 from .config import (
     SCENARIOS,
@@ -51,14 +53,15 @@ __all__ = ["SCENARIOS", "Method", "ThreeDConfig", "Thresholds", "ToyConfig", "Tr
            "toy_setting", "trajectories"]
 
 
-def toy_setting(rng: np.random.Generator, *, scenario: str, n_states: int = 4,
+def toy_setting(rng: np.random.Generator | int, *, scenario: str, n_states: int = 4,
                 n_actions: int = 10, n_on_policy: int = 4, ref_gap: float = 3.0,
                 pairs_per_state: int = 2, sharing: float = 0.0,
                 unseen_reward_scale: float = 0.5, beta: float = 0.5) -> PairSetting:
     """The toy environment and its fixed dataset for one scenario (module docstring).
 
     Args:
-        rng: draws the on-policy set, the pairs and the unseen rewards of each prompt.
+        rng: draws the on-policy set, the pairs and the unseen rewards of each prompt (a
+            Generator or an integer seed).
         scenario: "<chosen>-<rejected>" with each part "on" or "off".
         n_states, n_actions: S prompts and A responses.
         n_on_policy: responses per prompt with reference logit ``ref_gap`` (others 0).
@@ -67,6 +70,7 @@ def toy_setting(rng: np.random.Generator, *, scenario: str, n_states: int = 4,
         unseen_reward_scale: u, rewards of responses in no pair are uniform on [-u, u].
         beta: the environment's temperature (used by ``LogLinearEnv.value``).
     """
+    rng = as_generator(rng)
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
     if not 0.0 <= sharing < 1.0:
@@ -192,11 +196,14 @@ def trajectories(config: ThreeDConfig, *, methods=None, sharing=None, scenarios=
 
 def main(config: ThreeDConfig, out) -> Path:
     """Run the study into the records directory ``out`` (config.json, records.parquet,
-    variants.parquet, skipped.json, runtime.json) and return it. The runner builds no
-    report: ``loglinear three-d`` then calls :func:`loglinear.report.three_d.build`."""
+    variants.parquet, skipped.json, runtime.json) and return it. ``config.json`` holds the
+    config's sections and, under ``"provenance"``, what produced the run
+    (:func:`~loglinear.experiments.records.run_metadata`). The runner builds no report:
+    ``loglinear three-d`` then calls :func:`loglinear.report.three_d.build`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    written = config.to_dict() | {PROVENANCE_KEY: run_metadata()}
+    (out / "config.json").write_text(json.dumps(written, indent=2) + "\n")
     rec_path = out / "records.jsonl"
     rec_path.write_text("")
     for old in ("records.parquet", "variants.parquet"):  # never mix with an earlier run
