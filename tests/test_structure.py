@@ -26,9 +26,9 @@ LAYERS = [
     ("approx", ("loglinear.approx",)),
     ("inference", ("loglinear.inference",)),
     ("backend", ("loglinear.torch",)),
-    ("audit", ("loglinear.audit",)),
     ("experiments", ("loglinear.experiments",)),
     ("views", ("loglinear.plots", "loglinear.report")),
+    ("audit", ("loglinear.audit",)),
     ("commands", ("loglinear.commands", "loglinear.cli", "loglinear.__main__")),
 ]
 FACADES = {"loglinear"}    # the package __init__ re-exports the public API from below
