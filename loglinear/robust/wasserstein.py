@@ -173,7 +173,9 @@ def solve_wasserstein(data: PreferenceData, *, beta: float, radius: float, p: in
           finite kappa: smoothing homotopy (:mod:`loglinear.robust.w1flip`); p = 2:
           joint Newton in (theta, eta) over the exact inner suprema, and where the
           optimum sits on a kink of V (atoms split between two maxima) Newton on the
-          split worst case's KKT system (:mod:`loglinear.robust.w2`; ``info["kink"]``).
+          split worst case's KKT system, its tie set found by a smoothing path where
+          many atoms tie at once (:mod:`loglinear.robust.w2`; ``info["kink"]``,
+          ``info["path"]``).
           ``"auto"`` falls back to cvxpy (p = 1) if the dedicated solver fails.
         * ``"cvxpy"``: the conic reformulation with Clarabel (p = 1 only; the p = 2 dual
           is not DCP).
