@@ -24,7 +24,7 @@ LAYERS = [
     ("env", ("loglinear.env",)),
     ("robust", ("loglinear.robust",)),
     ("approx", ("loglinear.approx",)),
-    ("inference", ("loglinear.inference",)),
+    ("inference", ("loglinear.inference", "loglinear.bounds", "loglinear.remark3")),
     ("backend", ("loglinear.torch",)),
     ("experiments", ("loglinear.experiments",)),
     ("views", ("loglinear.plots", "loglinear.report")),
