@@ -50,18 +50,29 @@ def small_env():
                                beta=1.0, concentration=0.5, ref_scale=0.3)
 
 
+# The environments of the rates study's first release (seed 20260522), frozen here so that
+# regression tests found on them keep their instances when the study's settings change.
+_RATES_V1_SEED = 20260522
+_RATES_V1 = {"uniform": {"concentration": 0.0}, "concentrated": {"concentration": 2.0},
+             "peaked": {"concentration": 4.0},
+             "thin-0.01": {"concentration": 0.0, "spectrum": (1.0, 1.0, 1.0, 0.01)}}
+
+
 def rates_sample(setting: str, n: int | None = None, seed: int = 0):
-    """(sample, population) of a setting of ``simulations/rates.toml``, the sample drawn
-    with the study's documented seed (``None`` when ``n`` is None): real study instances
-    for regression tests."""
-    from pathlib import Path
+    """(sample, population) of a setting of the rates study's first release, the sample
+    drawn with that study's documented seed (``None`` when ``n`` is None): real study
+    instances for regression tests."""
+    import zlib
 
-    from loglinear.experiments.rates import run as rates
+    from loglinear import LogLinearEnv
 
-    cfg = rates.RatesConfig.from_toml(Path(__file__).parents[1] / "simulations" / "rates.toml")
-    env, pop, _, _ = rates.environment(cfg, setting)
+    key = zlib.crc32(setting.encode())
+    rng = np.random.default_rng(np.random.SeedSequence([_RATES_V1_SEED, key, 0]))
+    env = LogLinearEnv.random(rng, n_states=8, n_actions=6, dim=4, beta=1.0,
+                              reward_scale=1.5, ref_scale=0.0, state_dist="uniform",
+                              **_RATES_V1[setting])
+    pop = env.population(centered=True)
     if n is None:
         return None, pop
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, rates._stable(setting), n,
-                                                        seed]))
+    rng = np.random.default_rng(np.random.SeedSequence([_RATES_V1_SEED, key, n, seed]))
     return env.sample_counts(n, rng, centered=True), pop
