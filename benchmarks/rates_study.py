@@ -65,10 +65,12 @@ def throughput(config, rows, jobs):
 
 
 def count_rows(config):
-    """Rows of the whole study: (estimator, schedule) pairs x settings x n x seeds."""
+    """Rows of the whole study: (estimator, schedule) pairs x settings x draws x n x seeds."""
     from loglinear.experiments.rates import run as rates
 
-    return len(rates._combos(config)) * len(config.settings) * len(config.n) * config.seeds
+    draws = getattr(config, "draws", 1)
+    return (len(rates._combos(config)) * len(config.settings) * draws * len(config.n)
+            * config.seeds)
 
 
 def main():

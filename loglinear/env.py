@@ -15,10 +15,48 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import expit, log_softmax, softmax
 
-from .data import PreferenceData
+from .data import PreferenceData, as_generator, require_data
 from .estimation import Coverage, coverage
 
 FEATURE_NORM_TOL = 1e-9
+PROB_SUM_TOL = 1e-9
+
+
+def _finite(name: str, value, shape=None) -> np.ndarray:
+    """``value`` as a float array, checked finite (and of ``shape``), naming ``name``."""
+    arr = np.asarray(value, dtype=float)
+    if shape is not None and arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite entries; all must be finite")
+    return arr
+
+
+def _count(n) -> int:
+    """A positive integer number of pairs; 100.7 is refused rather than truncated."""
+    ok = isinstance(n, (int, np.integer, float, np.floating)) and not isinstance(n, bool)
+    if not ok or not np.isfinite(n) or not float(n).is_integer() or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def _finite_scalar(name: str, value, *, lower: float | None = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+    if not np.isfinite(v) or (lower is not None and v < lower):
+        allowed = "a finite number" if lower is None else f"a finite number >= {lower:g}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return v
+
+
+class PolicyDivergence(NamedTuple):
+    """E_{s ~ mu} KL(pi_p(.|s) || pi_q(.|s)) and E_{s ~ mu} TV(pi_p(.|s), pi_q(.|s))."""
+
+    kl: float
+    tv: float
 
 
 class PolicyValue(NamedTuple):
@@ -78,45 +116,55 @@ class LogLinearEnv:
         S, A, d = psi.shape
         if A < 2:
             raise ValueError(f"need at least 2 actions per state, got {A}")
+        psi = _finite("features", psi)
         norms = np.linalg.norm(psi, axis=-1)
-        if not np.all(np.isfinite(psi)) or norms.max() > 1 + FEATURE_NORM_TOL:
+        if norms.max() > 1 + FEATURE_NORM_TOL:
             raise ValueError(f"feature norms must be finite and <= 1, max is {norms.max():.6g}")
-        mu = np.asarray(self.state_dist, dtype=float)
-        if mu.shape != (S,) or np.any(mu < 0) or abs(mu.sum() - 1) > 1e-9:
-            raise ValueError(f"state_dist must be a probability vector of length {S}")
-        pi_o = np.asarray(self.sampling_policy, dtype=float)
-        if pi_o.shape != (S, A) or np.any(pi_o < 0) or np.max(np.abs(pi_o.sum(1) - 1)) > 1e-9:
-            raise ValueError(f"sampling_policy must be (S, A) = {(S, A)} with rows summing to 1")
-        theta_ref = np.asarray(self.theta_ref, dtype=float)
-        if theta_ref.shape != (d,) or not np.all(np.isfinite(theta_ref)):
-            raise ValueError(f"theta_ref must be a finite vector of shape ({d},)")
-        if not (np.isfinite(self.beta) and self.beta > 0):
+        # NaN passes every comparison, so finiteness is checked first, by name
+        mu = _finite("state_dist", self.state_dist, (S,))
+        if np.any(mu < 0) or abs(mu.sum() - 1) > PROB_SUM_TOL:
+            raise ValueError(f"state_dist must be a probability vector of length {S} "
+                             f"(nonnegative, summing to 1; sums to {mu.sum():.12g})")
+        pi_o = _finite("sampling_policy", self.sampling_policy, (S, A))
+        if np.any(pi_o < 0) or np.max(np.abs(pi_o.sum(1) - 1)) > PROB_SUM_TOL:
+            raise ValueError(f"sampling_policy must be (S, A) = {(S, A)}, nonnegative, with "
+                             "rows summing to 1")
+        theta_ref = _finite("theta_ref", self.theta_ref, (d,))
+        beta = _finite_scalar("beta", self.beta)
+        if not beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if (self.omega is None) == (self.reward_table is None):
             raise ValueError("give exactly one of omega (linear reward) and reward_table")
-        omega = None if self.omega is None else np.asarray(self.omega, dtype=float)
-        if omega is not None and omega.shape != (d,):
-            raise ValueError(f"omega must have shape ({d},), got {omega.shape}")
-        table = None if self.reward_table is None else np.asarray(self.reward_table, float)
-        if table is not None and (table.shape != (S, A) or not np.all(np.isfinite(table))):
-            raise ValueError(f"reward_table must be a finite (S, A) = {(S, A)} array")
+        omega = None if self.omega is None else _finite("omega", self.omega, (d,))
+        table = (None if self.reward_table is None
+                 else _finite("reward_table", self.reward_table, (S, A)))
+        with np.errstate(over="ignore"):
+            if omega is not None and not np.all(np.isfinite(theta_ref + omega / beta)):
+                raise ValueError(f"theta* = theta_ref + omega / beta overflows (beta = {beta:g}, "
+                                 f"max |omega| = {np.abs(omega).max():.3g}); rescale omega")
         for name, arr in (("features", psi), ("state_dist", mu), ("sampling_policy", pi_o),
                           ("theta_ref", theta_ref), ("omega", omega), ("reward_table", table)):
             if arr is not None:
                 arr.setflags(write=False)
             object.__setattr__(self, name, arr)
-        object.__setattr__(self, "beta", float(self.beta))
+        object.__setattr__(self, "beta", beta)
 
     # ------------------------------------------------------------ constructors
     @classmethod
-    def random(cls, rng: np.random.Generator, *, n_states: int = 8, n_actions: int = 6,
+    def random(cls, rng: np.random.Generator | int, *, n_states: int = 8, n_actions: int = 6,
                dim: int = 4, beta: float = 1.0, concentration: float = 0.0,
                spectrum=None, reward_scale: float = 2.0, ref_scale: float = 0.0,
-               state_dist: str = "uniform") -> LogLinearEnv:
+               state_dist: str = "uniform", avoid: float = 0.0, avoid_direction=None
+               ) -> LogLinearEnv:
         """A random environment.
 
+        The draws come in a fixed order (features, state distribution, sampling logits,
+        omega, theta_ref, then the avoided direction when one is drawn), so environments
+        built from the same seed with different ``concentration`` or ``avoid`` share their
+        features, reward and theta* exactly and differ only in how they sample.
+
         Args:
-            rng: the source of randomness.
+            rng: the source of randomness: a Generator or an integer seed.
             n_states, n_actions, dim: S, A, d.
             beta: DPO temperature.
             concentration: gamma >= 0 in pi_o proportional to exp(gamma g(s, a)) with
@@ -127,15 +175,26 @@ class LogLinearEnv:
             reward_scale: ||omega||.
             ref_scale: ||theta_ref|| (0 gives a uniform reference policy).
             state_dist: ``"uniform"`` or ``"dirichlet"``.
+            avoid: gamma >= 0 of :meth:`avoiding` (0: no direction avoided). The data then
+                explore the direction ``avoid_direction`` less as gamma grows, while the
+                features, reward and theta* stay those of ``avoid = 0``.
+            avoid_direction: (d,) the direction v to avoid; by default a uniformly random
+                unit vector, drawn last (and only when ``avoid > 0``).
         """
-        if concentration < 0:
-            raise ValueError(f"concentration must be >= 0, got {concentration}")
+        rng = as_generator(rng)
+        concentration = _finite_scalar("concentration", concentration, lower=0.0)
+        avoid = _finite_scalar("avoid", avoid, lower=0.0)
+        reward_scale = _finite_scalar("reward_scale", reward_scale)
+        ref_scale = _finite_scalar("ref_scale", ref_scale)
         S, A, d = int(n_states), int(n_actions), int(dim)
+        if S < 1 or d < 1:
+            raise ValueError(f"need n_states >= 1 and dim >= 1, got {S} and {d}")
         psi = rng.standard_normal((S, A, d))
         if spectrum is not None:
-            spectrum = np.asarray(spectrum, dtype=float)
-            if spectrum.shape != (d,) or np.any(spectrum < 0):
-                raise ValueError(f"spectrum must be a nonnegative vector of length {d}")
+            spectrum = _finite("spectrum", spectrum, (d,))
+            if np.any(spectrum < 0) or not np.any(spectrum > 0):
+                raise ValueError(f"spectrum must be a nonnegative vector of length {d} with a "
+                                 "positive entry")
             psi = psi * spectrum
         psi /= max(float(np.linalg.norm(psi, axis=-1).max()), 1e-300)
         if state_dist == "uniform":
@@ -147,7 +206,11 @@ class LogLinearEnv:
         pi_o = softmax(concentration * rng.standard_normal((S, A)), axis=1)
         omega = _random_direction(rng, d) * reward_scale
         theta_ref = _random_direction(rng, d) * ref_scale
-        return cls(psi, mu, pi_o, theta_ref, beta, omega=omega)
+        env = cls(psi, mu, pi_o, theta_ref, beta, omega=omega)
+        if avoid == 0.0:
+            return env
+        v = _random_direction(rng, d) if avoid_direction is None else avoid_direction
+        return env.avoiding(v, gamma=avoid)
 
     def with_reward(self, reward) -> LogLinearEnv:
         """A copy with a new reward: a (d,) omega (linear) or an (S, A) table."""
@@ -157,7 +220,39 @@ class LogLinearEnv:
         return replace(self, omega=None, reward_table=reward)
 
     def with_sampling_policy(self, sampling_policy) -> LogLinearEnv:
+        """A copy that samples both responses from the (S, A) ``sampling_policy``; the
+        features, state distribution, reward and theta* are unchanged."""
         return replace(self, sampling_policy=sampling_policy)
+
+    def avoiding(self, direction, *, gamma: float) -> LogLinearEnv:
+        r"""A copy whose sampling policy avoids the feature direction v.
+
+        .. math::
+            \pi_o'(a|s) \propto \pi_o(a|s)\,\exp\!\big(-\gamma\,(\psi(s,a)^\top v)^2/2\big),
+            \qquad v = \text{direction}/\|\text{direction}\|.
+
+        The pairs x = psi(s, a1) - psi(s, a2) then have a smaller component along v, so
+        v . Sigma v and, once it is the smallest, lambda_min(Sigma) fall as gamma grows
+        (coverage through the data): the features, reward and theta* are unchanged, as
+        they would not be under a rescaling of the features (a reparametrisation). For
+        large gamma each state keeps only its actions with the smallest |psi . v|, more
+        pairs are ties (a1 = a2) and the other directions lose coverage too.
+
+        Args:
+            direction: (d,) a nonzero vector v.
+            gamma: the strength, >= 0 (0 returns this environment).
+        """
+        gamma = _finite_scalar("gamma", gamma, lower=0.0)
+        v = _finite("direction", direction, (self.dim,))
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            raise ValueError("direction must be a nonzero vector")
+        if gamma == 0.0:
+            return self
+        c = self.features @ (v / norm)
+        with np.errstate(divide="ignore"):
+            logits = np.log(self.sampling_policy) - 0.5 * gamma * c**2
+        return self.with_sampling_policy(softmax(logits, axis=1))
 
     # ------------------------------------------------------------------ shape
     @property
@@ -193,6 +288,16 @@ class LogLinearEnv:
     def log_policy(self, theta) -> np.ndarray:
         return log_softmax(self.logits(theta), axis=1)
 
+    def divergence(self, theta_p, theta_q) -> PolicyDivergence:
+        """Policy-space distance of pi_{theta_q} from pi_{theta_p}, averaged over mu:
+        E_s KL(pi_p(.|s) || pi_q(.|s)) and E_s TV = E_s (1/2) sum_a |pi_p - pi_q|."""
+        lp, lq = self.log_policy(theta_p), self.log_policy(theta_q)
+        p = np.exp(lp)
+        kl = np.sum(p * (lp - lq), axis=1)
+        tv = 0.5 * np.sum(np.abs(p - np.exp(lq)), axis=1)
+        return PolicyDivergence(max(float(self.state_dist @ kl), 0.0),
+                                float(self.state_dist @ tv))
+
     def theta_star(self) -> np.ndarray:
         """DPO's population optimum: theta_ref + omega / beta for a linear reward,
         otherwise the exact population DPO fit (the best log-linear approximation)."""
@@ -224,16 +329,16 @@ class LogLinearEnv:
         r = self.reward
         return expit(r[:, :, None] - r[:, None, :])
 
-    def sample(self, n: int, rng: np.random.Generator, *, centered: bool = False
+    def sample(self, n: int, rng: np.random.Generator | int, *, centered: bool = False
                ) -> PreferenceData:
         """n i.i.d. pairs: s ~ mu, a1, a2 ~ pi_o(.|s) independently, y ~ Bradley-Terry.
 
         ``centered=True`` gives zero offsets (parameter w = theta - theta_ref);
-        otherwise offsets are the reference log-ratios theta_ref . x.
+        otherwise offsets are the reference log-ratios theta_ref . x. ``rng`` is a Generator
+        or an integer seed.
         """
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"n must be a positive integer, got {n}")
+        rng = as_generator(rng)
+        n = _count(n)
         S, A = self.n_states, self.n_actions
         s = rng.choice(S, size=n, p=self.state_dist)
         cdf = np.cumsum(self.sampling_policy, axis=1)
@@ -261,16 +366,15 @@ class LogLinearEnv:
         y = (k == 0).astype(float)
         return self._pairs(s, a1, a2, y, prob[s, a1, a2, k], centered, normalize=True)
 
-    def sample_counts(self, n: int, rng: np.random.Generator, *, centered: bool = False
+    def sample_counts(self, n: int, rng: np.random.Generator | int, *, centered: bool = False
                       ) -> PreferenceData:
         """n i.i.d. pairs in compressed form: multinomial counts over the population atoms.
 
         Equal in distribution to ``sample(n, rng).compress()`` (with ties kept), at a
         cost independent of n.
         """
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"n must be a positive integer, got {n}")
+        rng = as_generator(rng)
+        n = _count(n)
         pop = self.population(centered=centered)
         counts = rng.multinomial(n, pop.weight)
         return pop.subset(counts > 0).with_weight(counts[counts > 0] / n)
@@ -278,7 +382,7 @@ class LogLinearEnv:
     def coverage(self, data: PreferenceData | None = None) -> Coverage:
         """Sigma = E[x x^T] and its smallest eigenvalue, for the population (default,
         ties included, as sampled) or for ``data``."""
-        return coverage(self.population() if data is None else data)
+        return coverage(self.population() if data is None else require_data(data))
 
 
 def _random_direction(rng: np.random.Generator, d: int) -> np.ndarray:

@@ -248,6 +248,9 @@ def fit_margin(data: PreferenceData, *, beta: float, loss: str = "dpo",
     else:
         theta, mult, gnorm, inner = _fit_on_sphere(data, beta, loss, bound, gtol, max_iter)
         iters += inner
+        if not gnorm <= gtol:       # converged only with the KKT certificate
+            raise FitError(f"the fit on the ball ||theta|| <= {bound:g} did not reach its "
+                           f"tolerance: KKT residual {gnorm:.3g} > gtol {gtol:g}")
         status = "converged"
     if mult == 0.0 and rep is not None and rep.hess is not None:
         value, hess = rep.value, rep.hess

@@ -85,7 +85,8 @@ source = next((p for p in candidates if (p / "records.csv").exists()
 if source is not None:
     print(f"reading precomputed records from {source}")
     records = read_records(source / "records.csv")
-    targets = read_records(source / "targets.csv", dtype={"param": str}, keep_default_na=False)
+    targets = read_records(source / "targets.csv", dtype={"hyperparameter": str},
+                           keep_default_na=False)
     if (source / "config.json").exists():  # the study's own B and beta for the theory
         stored = json.loads((source / "config.json").read_text())
         BOUND = float(stored.get("bound", BOUND))
@@ -105,7 +106,7 @@ else:
     print(f"computing {len(settings)} settings x {len(N_VALUES)} n x {SEEDS} seeds")
     with tempfile.TemporaryDirectory(prefix="loglinear-lambda-") as tmp:
         records = read_records(rates.main(config, tmp, progress=False) / "records.csv")
-        targets = read_records(Path(tmp) / "targets.csv", dtype={"param": str},
+        targets = read_records(Path(tmp) / "targets.csv", dtype={"hyperparameter": str},
                                keep_default_na=False)
 
 summary = pd.DataFrame(explore.summarize_rates(records))
@@ -140,12 +141,13 @@ show(views.plot_prediction_scatter(summary, title="Measured RMSE against √(tr 
      "prediction_scatter")
 
 # %%
-tr = targets[(targets.param != "collapse") & (targets.status == "ok")].copy()
+tr = targets[(targets.hyperparameter != "collapse") & (targets.status == "ok")].copy()
 # the targets of the schedule shown above only (a shrinking schedule has one per n)
 shown = records[records.schedule.isin([SCHEDULE, "none"])]
-keep = {(r.setting, r.estimator, "" if pd.isna(r.param) else repr(float(r.param)))
-        for r in shown[["setting", "estimator", "param"]].drop_duplicates().itertuples()}
-tr = tr[[k in keep for k in zip(tr.setting, tr.estimator, tr.param)]]
+keep = {(r.setting, r.estimator,
+         "" if pd.isna(r.hyperparameter) else repr(float(r.hyperparameter)))
+        for r in shown[["setting", "estimator", "hyperparameter"]].drop_duplicates().itertuples()}
+tr = tr[[k in keep for k in zip(tr.setting, tr.estimator, tr.hyperparameter)]]
 lam_of = summary.groupby("setting").lambda_min.first()
 tr["lambda_min"] = tr.setting.map(lam_of)
 tr = tr[np.isfinite(tr.tr_hinv.astype(float)) & tr.lambda_min.notna()]
@@ -185,7 +187,7 @@ def bound_curves(setting):
         ns, beta=BETA, bound=BOUND, dim=d) / np.sqrt(lam),
         "Thm 1 (WDPO, W₁, W₂)": estimation.theorem1_bound(ns, beta=BETA, bound=BOUND, lam=lam)}
     kl_t = targets[(targets.setting == setting) & (targets.estimator == "kl")
-                   & (targets.param != "collapse")]
+                   & (targets.hyperparameter != "collapse")]
     if len(kl_t) and np.isfinite(float(kl_t.dual.iloc[0])) and float(kl_t.dual.iloc[0]) > 0:
         dual = float(kl_t.dual.iloc[0])
         curves[f"Thm 2 (KL, λ* = {dual:.3g})"] = estimation.theorem2_bound(

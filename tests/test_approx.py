@@ -449,3 +449,203 @@ def test_tau_log_mean_exp_is_accurate_for_every_tau(tau):
     l = rng.exponential(size=16)
     ref = _decimal_tau_log_mean_exp(l, q, tau)
     assert abs(_tau_log_mean_exp(l, q, tau) - ref) <= 4e-16 * max(1.0, abs(ref))
+
+
+# ------------------------------------------------ separability, the ball, certificates
+def _positive_rows(n=20, d=3, seed=0):
+    """n preferred rows with positive features: z_i . (1, .., 1) > 0 for every pair."""
+    x = np.random.default_rng(seed).random((n, d))
+    return PreferenceData(x, np.ones(n), np.zeros(n))
+
+
+SURROGATE_FITS = {
+    "kldpo": lambda data, **kw: fit_kldpo(data, beta=1.0, tau=0.5, **kw),
+    "wdpo-paper": lambda data, **kw: fit_wdpo(data, beta=1.0, rho=0.3, **kw),
+    "wdpo-official": lambda data, **kw: fit_wdpo(data, beta=1.0, rho=0.3, form="official",
+                                                 **kw),
+}
+SURROGATE_VALUES = {
+    "kldpo": lambda th, data: kldpo_objective(th, data, beta=1.0, tau=0.5),
+    "wdpo-paper": lambda th, data: wdpo_objective(th, data, beta=1.0, rho=0.3),
+    "wdpo-official": lambda th, data: wdpo_objective(th, data, beta=1.0, rho=0.3,
+                                                     form="official"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATE_FITS))
+def test_surrogates_refuse_separable_data_like_fit_dpo(name):
+    """20 preferred rows with positive features: no finite minimiser. fit_dpo raises; so
+    do the surrogates (they "converged" at ||theta|| ~ 80 before, on a vanishing
+    gradient), naming the same separating direction."""
+    from loglinear.fit import SeparableDataError
+
+    data = _positive_rows()
+    with pytest.raises(SeparableDataError) as dpo:
+        fit_dpo(data, beta=1.0)
+    with pytest.raises(SeparableDataError, match="separable.*pass bound=B") as exc:
+        SURROGATE_FITS[name](data)
+    assert np.all(data.z @ exc.value.direction > 0)   # it does separate every pair
+    np.testing.assert_allclose(exc.value.direction, dpo.value.direction, atol=1e-9)
+
+
+@pytest.mark.parametrize("bound", [0.5, 2.0])
+@pytest.mark.parametrize("name", sorted(SURROGATE_FITS))
+def test_surrogates_on_the_ball_satisfy_kkt_and_match_slsqp(name, bound):
+    """On separable data with a bound the fit lies on the sphere with a KKT multiplier
+    mu >= 0 (grad f + mu theta = 0, checked with the objective's own gradient), and no
+    point of the ball that SLSQP finds from several starts does better."""
+    from scipy.optimize import minimize
+
+    data = _positive_rows()
+    res = SURROGATE_FITS[name](data, bound=bound)
+    value = SURROGATE_VALUES[name]
+    assert res.converged and np.linalg.norm(res.theta) == pytest.approx(bound, rel=1e-12)
+    g = value(res.theta, data)[1]
+    mu = res.info["bound_multiplier"]
+    assert mu > 0
+    np.testing.assert_allclose(g + mu * res.theta, 0.0, atol=1e-9)
+    ball = [{"type": "ineq", "fun": lambda t: bound**2 - t @ t}]
+    for seed in range(3):
+        x0 = np.random.default_rng(seed).uniform(-0.2, 0.2, data.d)
+        ref = minimize(lambda t: value(t, data)[0], x0, constraints=ball, method="SLSQP",
+                       options={"ftol": 1e-15, "maxiter": 500})
+        assert res.objective <= ref.fun + 1e-12
+
+
+def test_bound_that_does_not_bind_changes_nothing():
+    data = _bt_population()[1]
+    for fit in (lambda **kw: fit_kldpo(data, beta=1.0, tau=0.7, **kw),
+                lambda **kw: fit_wdpo(data, beta=1.0, rho=0.05, **kw)):
+        free, held = fit(), fit(bound=100.0)
+        np.testing.assert_allclose(held.theta, free.theta, atol=NEWTON_THETA_TOL)
+        assert held.info["bound_multiplier"] == 0.0
+
+
+def test_wdpo_with_ties_has_a_minimiser_on_separable_data():
+    """A tie (x = 0) keeps sigma(-m) = 1/2 along every direction, so the penalty grows like
+    ||theta|| and WDPO (rho > 0) has a finite minimiser although the data are separable
+    (where DPO has none): it is fitted, with a gradient that central differences confirm."""
+    from loglinear.fit import SeparableDataError
+
+    base = _positive_rows(n=12)
+    data = PreferenceData(np.vstack([base.x, np.zeros((3, 3))]), np.ones(15), np.zeros(15))
+    with pytest.raises(SeparableDataError):
+        fit_dpo(data, beta=1.0)
+    res = fit_wdpo(data, beta=1.0, rho=0.3)
+    f = lambda th: wdpo_objective(th, data, beta=1.0, rho=0.3)[0]
+    assert res.converged and np.isfinite(res.theta).all()
+    _close(_fd_grad(f, res.theta), 0.0, atol=1e-6)
+    # ... and it is a minimum along the separating direction: the value rises beyond it
+    v = np.ones(3) / np.sqrt(3)
+    assert f(res.theta + 5 * v) > res.objective and f(res.theta * 3) > res.objective
+
+
+def test_bound_is_checked_and_only_for_the_paper_newton_kldpo():
+    data = _bt_population()[1]
+    for bad in (0.0, -1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="bound must be a positive finite radius"):
+            fit_kldpo(data, beta=1.0, tau=1.0, bound=bad)
+        with pytest.raises(ValueError, match="bound must be a positive finite radius"):
+            fit_wdpo(data, beta=1.0, rho=0.1, bound=bad)
+    with pytest.raises(ValueError, match="form='paper' and method='newton'"):
+        fit_kldpo(data, beta=1.0, tau=1.0, form="official", bound=2.0)
+    with pytest.raises(ValueError, match="form='paper' and method='newton'"):
+        fit_kldpo(data, beta=1.0, tau=1.0, method="gradient", bound=2.0)
+
+
+def _mp_kldpo_grad(theta, data, beta, tau):
+    r"""Naive reference: sum_i P_i grad l_i with P_i ~ q_i e^{l_i/tau}, in mpmath with
+    enough digits that l_i/tau keeps the differences between the losses (about
+    50 + |log10 tau| digits)."""
+    import mpmath as mp
+
+    with mp.workdps(60 + int(abs(np.log10(tau)))):
+        th = [mp.mpf(float(t)) for t in theta]
+        m = [mp.mpf(float(s)) * beta * mp.fsum(mp.mpf(float(a)) * t for a, t in zip(row, th))
+             for s, row in zip(data.sign, data.x)]
+        l = [mp.log(1 + mp.exp(-mi)) for mi in m]
+        top = max(l)
+        w = [mp.mpf(float(q)) * mp.exp((li - top) / tau) for q, li in zip(data.weight, l)]
+        total = mp.fsum(w)
+        g = [mp.mpf(0)] * data.d
+        for wi, mi, s, row in zip(w, m, data.sign, data.x):
+            c = -mp.mpf(float(s)) * beta / (1 + mp.exp(mi)) * wi / total
+            g = [gj + c * float(a) for gj, a in zip(g, row)]
+        return float(mp.sqrt(mp.fsum(gj**2 for gj in g)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=preference_data(n_max=8, d_max=3),
+       tau=st.sampled_from([1e-300, 1e-20, 1e-6, 0.3, 1.0, 1e3]),
+       beta=st.sampled_from([0.1, 1.0, 1e3]))
+def test_kldpo_never_reports_converged_above_its_tolerance(data, tau, beta):
+    """Random problems with tau -> 0 and huge beta: a converged fit has a gradient at most
+    gtol = 1e-10 by the naive high-precision reference (before, tau = 1e-20 "converged"
+    with gradient 1.96); otherwise the fit says it failed (FitError)."""
+    from loglinear.fit import FitError
+
+    try:
+        res = fit_kldpo(data, beta=beta, tau=tau)
+    except FitError:
+        return
+    assert res.converged and res.grad_norm <= 1e-10
+    assert _mp_kldpo_grad(res.theta, data, beta, tau) <= 1e-10 * (1 + 1e-6) + 1e-15
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=preference_data(n_max=8, d_max=3), rho=st.sampled_from([0.0, 0.05, 0.5, 5.0]),
+       beta=st.sampled_from([0.1, 1.0, 1e3]), form=st.sampled_from(["paper", "official"]))
+def test_wdpo_never_reports_converged_above_its_tolerance(data, rho, beta, form):
+    """The same for WDPO: a converged fit has a gradient (central differences of the
+    objective) within gtol = 1e-9 plus the differencing error, or sits at the kink with
+    its subgradient condition; a failure is a FitError, never a quiet 'converged'."""
+    from loglinear.fit import FitError
+
+    try:
+        res = fit_wdpo(data, beta=beta, rho=rho, form=form)
+    except FitError:
+        return
+    assert res.converged
+    if res.status == "kink":
+        g0 = wdpo_objective(np.zeros(data.d), data, beta=beta, rho=rho, form=form)[1]
+        assert np.linalg.norm(g0) <= rho * beta * w1_rescaling(np.zeros(data.d), data,
+                                                                 beta=beta)
+        return
+    assert res.grad_norm <= 1e-9
+    g = wdpo_objective(res.theta, data, beta=beta, rho=rho, form=form)[1]
+    assert np.linalg.norm(g) <= 1e-9
+    f = lambda th: wdpo_objective(th, data, beta=beta, rho=rho, form=form)[0]
+    h = 1e-6 / beta
+    fd = np.array([(f(res.theta + h * e) - f(res.theta - h * e)) / (2 * h)
+                   for e in np.eye(data.d)])
+    assert np.linalg.norm(fd) <= 1e-9 + 1e-6 * (1 + beta * np.linalg.norm(res.theta))
+
+
+def test_kldpo_small_tau_is_the_exponential_loss_limit():
+    r"""As tau -> 0, theta_tau / tau -> u* = argmin log sum_i q_i e^{-m_i(u)/2} (the
+    leading term of (F_tau(tau u) - log 2)/tau), an independent convex problem solved here
+    by scipy's trust-region Newton; tau = 1e-20 and 1e-300 certify a gradient below 1e-10,
+    which the float formula with weights from l/tau could not (tau = 1e-20 reported
+    gradient 1.96)."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    data = _bt_population()[1]
+    z = 0.5 * data.sign[:, None] * data.x
+
+    def expo(u):      # value, gradient, Hessian of log sum_i q_i e^{-z_i . u}
+        a = np.log(data.weight) - z @ u
+        p = np.exp(a - logsumexp(a))
+        g = -z.T @ p
+        return logsumexp(a), g, (z * p[:, None]).T @ z - np.outer(g, g)
+
+    u_star = minimize(lambda u: expo(u)[0], np.zeros(data.d), jac=lambda u: expo(u)[1],
+                      hess=lambda u: expo(u)[2], method="trust-exact",
+                      options={"gtol": 1e-13}).x
+    for tau in (1e-20, 1e-300):
+        res = fit_kldpo(data, beta=1.0, tau=tau)
+        assert res.converged and res.grad_norm <= 1e-10
+        np.testing.assert_allclose(res.theta / tau, u_star, atol=1e-6)
+        assert res.min_hessian_eig > 0
+    mid = fit_kldpo(data, beta=1.0, tau=1e-4)
+    np.testing.assert_allclose(mid.theta / 1e-4, u_star, atol=1e-3)   # O(tau) from the limit

@@ -45,9 +45,10 @@ def test_study_writes_records_resumes_and_reports(tmp_path):
     md = build(out)
     text = md.read_text()
     assert md.name == "approximations.md" and "## Conclusions" in text
-    assert (tmp_path / "approximations" / "figures" / "w2_theta_err.png").exists()
+    assert (tmp_path / "approximations" / "figures" / "w2_rel_err.png").exists()
+    assert "## Changes since the previous version" in text
     # the analysis, not the view, wrote the exponents beside the records
-    exps = fit_exponents(df, max_fraction=cfg.exponent_max_fraction)
+    exps = fit_exponents(df, max_fraction=cfg.exponent_max_fraction, metric="sigma_err")
     pd.testing.assert_frame_equal(pd.read_csv(out / "exponents.csv"), exps, check_dtype=False)
 
 
@@ -58,7 +59,7 @@ def test_analysis_tables_read_back_exactly(tmp_path):
     analysis.write_tables(out)
     back = analysis.read_tables(out)
     records = pd.read_csv(out / "records.csv")
-    exps = analysis.fit_exponents(records, max_fraction=0.2)
+    exps = analysis.fit_exponents(records, max_fraction=0.2, metric="sigma_err")
     pd.testing.assert_frame_equal(back.summary, analysis.summary_table(records, exps),
                                   check_dtype=False, check_exact=True)
     pd.testing.assert_frame_equal(back.curves, analysis.curves(records), check_dtype=False,
@@ -117,3 +118,48 @@ def test_config_validation_and_toml(tmp_path):
         load_config(bad)
     cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "approx.toml")
     assert cfg.divergences == ("kl", "w1", "w2")
+
+
+def test_sigma_norm_errors_match_a_direct_computation(tmp_path):
+    """sigma_err = ||theta_s - theta_e||_Sigma with Sigma = E_q[x x^T] of the data, and
+    rel_err divides by ||theta_DPO||_Sigma: recomputed from an independent fit."""
+    from loglinear.estimation import coverage
+    from loglinear.experiments.approx.analysis import with_metrics
+    from loglinear.experiments.approx.run import environments
+    from loglinear.fit import fit_dpo
+    from loglinear.robust import solve_wasserstein
+
+    cfg = _tiny(tmp_path, divergences=("w2",))
+    out = main(cfg, progress=False)
+    df = with_metrics(pd.read_csv(out / "records.csv"))
+    name, _, _, data = next(environments(cfg))
+    sigma = coverage(data).sigma
+    dpo = fit_dpo(data, beta=cfg.beta).theta
+    row = df[(df.env == name) & (df.variant == "dpo") & np.isclose(df.fraction, 0.5)].iloc[0]
+    exact = solve_wasserstein(data, beta=cfg.beta, radius=row.radius, p=2).theta
+    diff = dpo - exact
+    assert row.sigma_err == pytest.approx(np.sqrt(diff @ sigma @ diff), rel=1e-6)
+    assert row.dpo_sigma_norm == pytest.approx(np.sqrt(dpo @ sigma @ dpo), rel=1e-9)
+    assert row.rel_err == pytest.approx(row.sigma_err / row.dpo_sigma_norm, rel=1e-12)
+    # DPO's excess loss over itself is the unit of subopt_ratio
+    assert row.subopt_ratio == pytest.approx(1.0, rel=1e-12)
+
+
+def test_curves_name_a_hidden_curve_and_the_band_is_the_range():
+    from loglinear.experiments.approx.analysis import curves
+
+    f = np.array([0.1, 0.5])
+    rows = []
+    for env, scale in (("e0", 1.0), ("e1", 3.0)):
+        for var, mult in (("a", 1.0), ("b", 1.005), ("c", 10.0)):
+            for fr in f:
+                rows.append(dict(env=env, divergence="w2", variant=var, fraction=fr,
+                                 sigma_err=scale * mult * fr, dpo_sigma_norm=1.0,
+                                 subopt=mult * fr, subopt_dpo=fr))
+    cur = curves(pd.DataFrame(rows))
+    rel = cur[(cur.metric == "rel_err") & (cur.fraction == 0.5)].set_index("variant")
+    # median over the two environments, band = min..max
+    assert rel.loc["a", "median"] == pytest.approx(2.0 * 0.5)
+    assert (rel.loc["a", "min"], rel.loc["a", "max"]) == pytest.approx((0.5, 1.5))
+    # b lies within 2% of a at every radius: named as hidden; c is not
+    assert rel.loc["a", "hidden_by"] == "b" and pd.isna(rel.loc["c", "hidden_by"])

@@ -117,3 +117,23 @@ def test_bad_bound_rejected():
     data = PreferenceData(np.eye(2), np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="bound"):
         fit_dpo(data, beta=1.0, bound=-1.0)
+
+
+def test_a_fit_on_the_ball_is_converged_only_with_its_kkt_certificate():
+    """Separable data on the ball: the KKT residual ||grad L + mu theta|| is the
+    certificate; asking for a tolerance below float resolution must fail loudly, not report
+    "converged" (reference: the residual recomputed from the returned theta)."""
+    from loglinear.fit import FitError
+    from loglinear.losses import objective
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 3))
+    y = (x @ np.array([1.0, -2.0, 0.5]) > 0).astype(float)
+    data = PreferenceData(x, y)
+    res = fit_dpo(data, beta=1.0, bound=2.0)
+    g = objective(res.theta, data, beta=1.0, hessian=False).grad
+    assert res.status == "converged"
+    assert np.linalg.norm(g + res.bound_multiplier * res.theta) <= 1e-10
+    assert res.grad_norm <= 1e-10 and abs(np.linalg.norm(res.theta) - 2.0) < 1e-12
+    with pytest.raises(FitError, match="KKT residual"):
+        fit_dpo(data, beta=1.0, bound=2.0, gtol=1e-30)

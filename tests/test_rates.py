@@ -1,8 +1,11 @@
 """Contracts of the rates runner: exact targets, determinism, resume after a kill,
-joblib and Dask agreement, count compression."""
+joblib and Dask agreement, count compression, one Theta for every estimator, statuses that
+are never "ok" without a certificate, environment draws, coverage through the sampling,
+policy-space errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,7 +103,8 @@ def test_records_complete_and_targets_exact(tmp_path):
     # each row's error is recomputable from an independent draw with the documented seed
     row = df[(df.setting == "peaked") & (df.n == 400) & (df.seed == 2)].iloc[0]
     env, pop, w_star, _ = rates.environment(cfg, "peaked")
-    rng = np.random.default_rng(np.random.SeedSequence([11, rates._stable("peaked"), 400, 2]))
+    rng = np.random.default_rng(np.random.SeedSequence([11, rates._stable("peaked"), 0, 400,
+                                                        2]))
     data = env.sample_counts(400, rng, centered=True)
     w = fit_dpo(data, beta=env.beta, bound=5.0).theta
     assert row.error == pytest.approx(np.linalg.norm(w - w_star), abs=1e-12)
@@ -350,3 +354,215 @@ def test_inaccurate_robust_solve_is_a_recorded_failure():
                           certificate=1.8e-3, info={"iterations": 75})
     with pytest.raises(RobustSolverError, match=r"inaccurate \(KKT residual 0.0018\)"):
         _accurate_theta(bad)
+
+
+# ------------------------------------------------- one Theta, certified rows, draws
+ALL_ESTIMATORS = ("dpo", "kl", "w1", "w2", "wdpo", "kldpo")
+
+
+def _full_config(**kw):
+    """Every estimator, two draws, a poorly covered setting whose small samples are
+    separable (few atoms at n = 30), and an avoided-direction setting on the features of
+    the uniform one."""
+    env = dict(n_states=3, n_actions=3, dim=2, reward_scale=1.0)
+    settings = (EnvSpec("flat", **env), EnvSpec("peaked", concentration=3.0, **env),
+                EnvSpec("avoid", geometry="flat", avoid=300.0, **env))
+    base = dict(name="all", seed=5, n=(30, 3000), seeds=2, draws=2, settings=settings,
+                estimators=ALL_ESTIMATORS, bound=2.0,
+                schedules=(Schedule("fixed", collapse_fraction=0.3, scale={"kldpo": 1.0}),))
+    return RatesConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    cfg = _full_config()
+    rates.main(cfg, out, progress=False)
+    return cfg, out, read_records(out / "records.csv")
+
+
+def test_every_estimator_receives_the_same_theta(tmp_path, monkeypatch):
+    """Spies on every registry entry and on the solvers behind them: each fit, on samples
+    and on populations (targets), is called with bound = config.bound, and each solver
+    (fit_dpo, solve_kl, solve_wasserstein, fit_wdpo, fit_kldpo) receives that bound, so
+    no estimator is fitted on another Theta (WDPO and KLDPO once ignored it)."""
+    from dataclasses import replace
+
+    from loglinear.experiments import estimators as module
+    from loglinear.experiments.estimators import ESTIMATORS
+
+    calls, solved = [], []
+
+    def spy(est):
+        def fit(data, *, beta, param, bound):
+            calls.append((est.name, bound))
+            return est.fit(data, beta=beta, param=param, bound=bound)
+        return replace(est, fit=fit)
+
+    def solver_spy(name, solver):
+        def solve(*args, **kw):
+            solved.append((name, kw.get("bound", "missing")))
+            return solver(*args, **kw)
+        return solve
+
+    for name in ALL_ESTIMATORS:
+        monkeypatch.setitem(ESTIMATORS._items, name, spy(ESTIMATORS[name]))
+    for name in ("fit_dpo", "solve_kl", "solve_wasserstein", "fit_wdpo", "fit_kldpo"):
+        monkeypatch.setattr(module, name, solver_spy(name, getattr(module, name)))
+    cfg = _full_config(seeds=1, draws=1, bound=2.5)
+    rates.main(cfg, tmp_path, progress=False)
+    assert {e for e, _ in calls} == set(ALL_ESTIMATORS)
+    assert {b for _, b in calls} == {2.5}
+    assert {s for s, _ in solved} == {"fit_dpo", "solve_kl", "solve_wasserstein", "fit_wdpo",
+                                      "fit_kldpo"}
+    assert {b for _, b in solved} == {2.5}
+    rows = read_records(tmp_path / "records.csv")
+    # DPO's target is a closed form; every other (estimator, target) fit went through a spy
+    assert len(calls) == len(solved) == len(rows) + (len(ALL_ESTIMATORS) - 1) * 3
+
+
+def test_no_ok_row_outside_theta_or_without_certificate(full_run):
+    cfg, out, df = full_run
+    ok = df[df.status == "ok"]
+    assert len(ok) == len(df)        # nothing fails on this small design ...
+    assert (ok.norm_hat <= cfg.bound * (1 + 1e-9)).all()
+    assert ok.certificate.notna().all() and (ok.certificate <= 1e-6).all()
+    # ... the separable samples are fitted on the sphere, by every estimator alike
+    sep = df[df.separable.astype(bool)]
+    assert len(sep) > 0 and set(sep.estimator) == set(ALL_ESTIMATORS)
+    on_sphere = sep[sep.on_boundary.astype(bool)]
+    np.testing.assert_allclose(on_sphere.norm_hat, cfg.bound, rtol=1e-9)
+    assert sep[sep.estimator == "dpo"].on_boundary.astype(bool).all()
+    on = df.on_boundary.astype(bool)
+    np.testing.assert_array_equal(on, df.norm_hat >= cfg.bound * (1 - 1e-9))
+    tgt = read_records(out / "targets.csv", dtype={"hyperparameter": str},
+                       keep_default_na=False)
+    assert set(tgt.status) == {"ok"} and not tgt.on_boundary.astype(bool).any()
+
+
+def test_failures_are_recorded_with_their_reason(tmp_path, monkeypatch):
+    """A separable sample without a bound, an uncertified fit and an estimate outside Theta
+    are never 'ok': status 'separable' / 'failed: ...', the reason in 'failure', errors NaN."""
+    from dataclasses import replace
+
+    from loglinear.experiments.estimators import ESTIMATORS, Estimator, EstimatorFit, _w_star
+    from loglinear.fit import SeparableDataError
+
+    def separable(data, *, beta, param, bound):
+        raise SeparableDataError(np.ones(2), "the data are separable: stand-in")
+
+    def uncertified(data, *, beta, param, bound):
+        return EstimatorFit(np.zeros(2), "max_iter", 3e-3)
+
+    def outside(data, *, beta, param, bound):
+        return EstimatorFit(np.full(2, bound), "converged", 1e-12)
+
+    for name, fit, closed in (("sep", separable, _w_star), ("unc", uncertified, None),
+                              ("out", outside, None)):
+        monkeypatch.setitem(ESTIMATORS._items, name, Estimator(
+            name, fit, None, False, "dpo", "prop1", population_optimum=closed))
+    cfg = replace(_config(seeds=1), estimators=("dpo", "sep", "unc", "out"))
+    rates.main(cfg, tmp_path, progress=False)
+    df = read_records(tmp_path / "records.csv").set_index("estimator")
+    tgt = read_records(tmp_path / "targets.csv", dtype={"hyperparameter": str},
+                       keep_default_na=False).set_index("estimator")
+    assert tgt.loc["unc", "status"].str.startswith("failed: uncertified: max_iter").all()
+    assert tgt.loc["unc", "failure"].str.contains(r"certificate 0\.003").all()
+    assert tgt.loc["out", "status"].str.startswith("failed: outside Theta").all()
+    assert (df.loc["dpo", "status"] == "ok").all()
+    sep = df.loc["sep"]
+    assert set(sep.status) == {"separable"}
+    assert sep.failure.str.contains("SeparableDataError: the data are separable").all()
+    assert sep.error.isna().all() and sep.policy_kl.isna().all()
+    assert "unc" not in df.index and "out" not in df.index   # their targets failed
+
+
+def test_draws_are_distinct_environments_and_extend_like_seeds(tmp_path, full_run):
+    cfg, out, df = full_run
+    assert set(df.draw) == {0, 1}
+    assert len(df) == 3 * 2 * 2 * 2 * 6      # settings x draws x n x seeds x estimators
+    assert not df.duplicated(rates.ROW_KEY).any()
+    e0, e1 = rates.environment(cfg, "flat", 0)[0], rates.environment(cfg, "flat", 1)[0]
+    assert not np.allclose(e0.features, e1.features)
+    # draw d of a setting is SeedSequence([seed, crc32(geometry), d, env_seed])
+    rng = np.random.default_rng(np.random.SeedSequence([5, rates._stable("flat"), 1, 0]))
+    np.testing.assert_array_equal(cfg.settings[0].make(rng).features, e1.features)
+    one = _full_config(draws=1)
+    rates.main(one, tmp_path, progress=False)
+    rates.main(cfg, tmp_path, progress=False)      # adding a draw keeps the old rows
+    pd.testing.assert_frame_equal(_frame(tmp_path / "records.csv"), _frame(out / "records.csv"))
+
+
+def test_coverage_settings_share_the_geometry_and_differ_in_sampling(full_run):
+    """'avoid' samples the features of 'flat' away from a direction: in every draw the two
+    share features, reward, theta* and mu exactly, and 'avoid' covers less."""
+    cfg, _, df = full_run
+    for d in range(cfg.draws):
+        flat, pop_f, w_f, lam_f = rates.environment(cfg, "flat", d)
+        avoid, pop_a, w_a, lam_a = rates.environment(cfg, "avoid", d)
+        for name in ("features", "omega", "state_dist", "theta_ref"):
+            np.testing.assert_array_equal(getattr(avoid, name), getattr(flat, name))
+        np.testing.assert_array_equal(w_a, w_f)
+        assert not np.allclose(avoid.sampling_policy, flat.sampling_policy)
+        assert lam_a < lam_f
+    got = df.groupby(["setting", "draw"]).lambda_min.first()
+    assert (got.xs("avoid") < got.xs("flat")).all()
+    assert (df[df.setting == "avoid"].avoid == 300.0).all()
+
+
+def test_policy_errors_recomputed_from_the_row(full_run):
+    """policy_kl / policy_tv (against the row's own target) and *_star (against pi*) from
+    an independent refit of the documented sample and direct sums over (s, a)."""
+    from loglinear.experiments.estimators import get_estimator
+
+    cfg, out, df = full_run
+    tgt = read_records(out / "targets.csv", dtype={"hyperparameter": str},
+                       keep_default_na=False)
+    row = df[(df.setting == "peaked") & (df.draw == 1) & (df.n == 3000) & (df.seed == 1)
+             & (df.estimator == "kl")].iloc[0]
+    env, _, w_star, _ = rates.environment(cfg, "peaked", 1)
+    rng = np.random.default_rng(np.random.SeedSequence([5, rates._stable("peaked"), 1, 3000,
+                                                        1]))
+    data = env.sample_counts(3000, rng, centered=True)
+    w = get_estimator("kl").solve(data, beta=env.beta, param=row.hyperparameter,
+                                  bound=cfg.bound).theta
+    t = tgt[(tgt.setting == "peaked") & (tgt.draw == 1) & (tgt.estimator == "kl")
+            & (tgt.hyperparameter == repr(float(row.hyperparameter)))].iloc[0]
+    target = np.array(json.loads(t.theta))
+
+    def direct(a, b):
+        p, q = env.policy(a), env.policy(b)
+        kl = float(env.state_dist @ np.sum(p * np.log(p / q), axis=1))
+        return kl, float(env.state_dist @ (0.5 * np.abs(p - q).sum(axis=1)))
+
+    assert row.error == pytest.approx(np.linalg.norm(w - target), abs=1e-12)
+    np.testing.assert_allclose([row.policy_kl, row.policy_tv], direct(target, w), rtol=1e-9)
+    np.testing.assert_allclose([row.policy_kl_star, row.policy_tv_star], direct(w_star, w),
+                               rtol=1e-9)
+    dpo = df[df.estimator == "dpo"]      # DPO's target is w*: both columns agree
+    np.testing.assert_array_equal(dpo.policy_kl, dpo.policy_kl_star)
+
+
+def test_smoke_config_is_deterministic(tmp_path):
+    """simulations/rates_quick.toml (cut to one seed and two sizes), serial and with two
+    workers: identical records but for the timing column."""
+    cfg = load_config(RatesConfig, Path(__file__).parents[1] / "simulations" /
+                      "rates_quick.toml", seeds=1, n=[100, 10000])
+    assert cfg.draws >= 2 and len(cfg.estimators) == 6
+    rates.main(cfg, tmp_path / "a", progress=False)
+    rates.main(cfg, tmp_path / "b", jobs=2, progress=False)
+    a, b = _frame(tmp_path / "a/records.csv"), _frame(tmp_path / "b/records.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a.status) == {"ok"} and len(a) == 3 * 2 * 2 * 12   # 12 fits per sample
+
+
+def test_full_config_meets_the_design():
+    """The full study: one Theta with B = 2 ||w*||, at least 5 draws, no reparametrised
+    (spectrum) setting, and the avoided-direction settings on the uniform geometry."""
+    cfg = load_config(RatesConfig, Path(__file__).parents[1] / "simulations" / "rates.toml")
+    assert cfg.draws >= 5 and cfg.draws * cfg.seeds >= 100
+    norms = {s.reward_scale / s.beta for s in cfg.settings}
+    assert norms == {1.5} and cfg.bound == 2 * 1.5
+    assert all(s.spectrum is None for s in cfg.settings)
+    avoid = [s for s in cfg.settings if s.avoid > 0]
+    assert avoid and all(s.geometry_name == "uniform" for s in avoid)

@@ -8,14 +8,20 @@ the official form's stationarity residual, and the Newton solvers of both forms;
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.optimize import root
 from scipy.special import logsumexp
 
-from ..fit import FitError, SeparableDataError, separating_direction
+from ..fit import FitError, separating_direction
 from ..losses import dpo_margin_terms, margin_line
 from ..newton import newton
+from ._ball import fit_on_sphere, separable_error, suspicious
 from ._common import DPO_HESSIAN_CURVATURE, DPOPieces, _pieces
+
+LOG2 = float(np.log(2.0))
+SMALL_TAU = 1e-3   # below this the paper Newton starts from theta = tau theta0
 
 
 # ------------------------------------------------------------------ the weights
@@ -61,7 +67,11 @@ def _tau_log_mean_exp(l, q, tau):
 def _kldpo_terms(theta, data, beta, tau, hessian):
     r"""F = tau log sum q e^{l/tau}, grad = sum P grad l, hess = sum P H_i + Cov_P(grad l)/tau."""
     p = _pieces(theta, data, beta)
-    P = _weights_paper(p.loss, data.weight, tau, None)
+    # P from (l - log 2)/tau: the same softmax, but l/tau would round away the differences
+    # between the losses once tau is small (l ~ log 2 near theta = 0)
+    with np.errstate(divide="ignore"):
+        logits = np.log(data.weight) + _loss_above_log2(p.m, p.loss) / tau
+    P = np.exp(logits - logsumexp(logits))
     value = _tau_log_mean_exp(p.loss, data.weight, tau)
     gi = p.coef[:, None] * data.x
     grad = gi.T @ P
@@ -90,19 +100,115 @@ def _kldpo_line(data, beta, tau):
     return line
 
 
-def _newton_paper(data, beta, tau, cap, theta0, gtol, max_iter):
-    fun = lambda th, h: _kldpo_terms(th, data, beta, tau, h)
-    rep = newton(fun, theta0, gtol=gtol, max_iter=max_iter, line=_kldpo_line(data, beta, tau))
-    if not rep.converged:
-        direction = separating_direction(data)
-        if direction is not None:
-            raise SeparableDataError(
-                direction, "the data are separable: tau log sum q e^{l/tau} decreases without "
-                f"bound along {np.round(direction, 4).tolist()}; KLDPO has no finite minimiser")
+def _loss_above_log2(m, loss):
+    r"""l(m) - log 2 without cancellation near m = 0: log1p(expm1(-m)/2) there, where
+    l - log 2 ~ -m/2 would otherwise be lost in the rounding of log 2."""
+    with np.errstate(over="ignore"):
+        near = np.log1p(np.expm1(np.minimum(-m, 1.0)) / 2.0)
+    return np.where(m > -1.0, near, loss - LOG2)
+
+
+def _scaled_terms(u, data, beta, tau, hessian):
+    r""":math:`G(u) = \log\sum_i q_i e^{(l_i(\tau u) - \log 2)/\tau}` (tau < 1).
+
+    G(u) = (F_tau(tau u) - log 2) / tau, so grad_u G = grad_theta F_tau and
+    hess_u G = tau hess_theta F_tau = tau sum P H_i + Cov_P(grad l): bounded as tau -> 0,
+    where F_tau's own Hessian (Cov / tau) and its variation (tau G, below the rounding of
+    log 2) are not representable. As tau -> 0, G tends to the exponential loss
+    log sum_i q_i e^{-m_i(u)/2} and theta_tau = tau u* to first order.
+    """
+    p = _pieces(tau * np.asarray(u, dtype=float), data, beta)
+    with np.errstate(divide="ignore"):
+        logits = np.log(data.weight) + _loss_above_log2(p.m, p.loss) / tau
+    value = float(logsumexp(logits))
+    P = np.exp(logits - value)
+    gi = p.coef[:, None] * data.x
+    grad = gi.T @ P
+    hess = None
+    if hessian:
+        hess = tau * (data.x * (P * beta**2 * p.curvature)[:, None]).T @ data.x
+        hess += (gi * P[:, None]).T @ gi - np.outer(grad, grad)
+    return value, grad, hess
+
+
+def _scaled_line(data, beta, tau):
+    def line(u, step):
+        base, dm = margin_line(tau * u, tau * step, data, beta=beta)
+        with np.errstate(divide="ignore"):
+            logq = np.log(data.weight)
+
+        def f(t):
+            m = base + t * dm
+            return float(logsumexp(logq + _loss_above_log2(m, dpo_margin_terms(m)[0]) / tau))
+        return f
+    return line
+
+
+class Separation(NamedTuple):
+    """What is known of the data's separability before a fit: ``direction`` (a separating
+    direction, or None), ``settled`` (the LP has been run, or fit_dpo has decided)."""
+
+    direction: np.ndarray | None
+    settled: bool
+
+
+UNKNOWN = Separation(None, False)   # nothing known yet: fit_dpo's lazy rule decides
+KLDPO_WHAT = "KLDPO objective tau log sum_i q_i e^{l_i/tau}"
+
+
+def _paper_problem(data, beta, tau):
+    """(fun, line, scale): F_tau in theta = scale * u; scale = tau below 1 (see
+    :func:`_scaled_terms`), else 1 and F_tau itself."""
+    if tau < 1.0:
+        return (lambda u, h: _scaled_terms(u, data, beta, tau, h),
+                _scaled_line(data, beta, tau), tau)
+    return (lambda th, h: _kldpo_terms(th, data, beta, tau, h),
+            _kldpo_line(data, beta, tau), 1.0)
+
+
+def _newton_paper(data, beta, tau, cap, theta0, gtol, max_iter, *, bound=None,
+                  separation=UNKNOWN, info=None):
+    r"""Newton on the convex F_tau, on the ball ||theta|| <= bound when that binds.
+
+    Converged only with ||grad F_tau|| (the KKT residual on the ball) at most ``gtol``;
+    otherwise ``FitError``. Separability is decided as ``fit_dpo`` decides it
+    (``separation`` carries what is already known); without a bound it raises
+    ``SeparableDataError``. Below tau = 1 Newton runs in u = theta / tau
+    (:func:`_scaled_terms`), from u0 = theta0 / tau, or from u0 = theta0 (theta = tau
+    theta0, the small-tau asymptote when theta0 is the DPO fit) where tau < 1e-3.
+    """
+    fun, line, s = _paper_problem(data, beta, tau)
+    theta0 = np.asarray(theta0, dtype=float)
+    u0 = theta0 / s if s >= SMALL_TAU else theta0
+    direction, settled = separation
+    mult, rep = 0.0, None
+    if direction is None:
+        rep = newton(fun, u0, gtol=gtol, ctol=gtol, max_iter=max_iter, line=line)
+        if not settled and suspicious(data, s * rep.x, beta=beta, converged=rep.converged):
+            direction = separating_direction(data)
+    if direction is not None and bound is None:
+        raise separable_error(direction, KLDPO_WHAT)
+    if rep is not None and rep.converged and direction is None and (
+            bound is None or s * np.linalg.norm(rep.x) <= bound):
+        u, value, gnorm, iters = rep.x, rep.value, rep.grad_norm, rep.iterations
+    elif bound is None:
         raise FitError(f"KLDPO Newton did not converge ({rep.status}, grad norm "
                        f"{rep.grad_norm:.3g} after {rep.iterations} iterations)")
-    eig = float(np.linalg.eigvalsh(fun(rep.x, True)[2])[0])
-    return rep.x, rep.value, rep.grad_norm, rep.iterations, "converged", eig, ()
+    else:
+        start = np.zeros_like(u0) if rep is None or not rep.converged else rep.x
+        ball = fit_on_sphere(fun, start, bound=bound / s, gtol=gtol, max_iter=max_iter,
+                             line=line)
+        if ball.status != "converged":
+            raise FitError(f"KLDPO on the ball ||theta|| <= {bound:g} did not converge: "
+                           f"{ball.status}")
+        u, value, gnorm, mult = ball.theta, ball.value, ball.residual, ball.multiplier / s
+        iters = ball.iterations + (0 if rep is None else rep.iterations)
+    if info is not None:
+        info["bound_multiplier"] = mult
+    eig = float(np.linalg.eigvalsh(fun(u, True)[2])[0]) / s
+    if s < 1.0:
+        value = LOG2 + s * value
+    return s * u, value, gnorm, iters, "converged", eig, ()
 
 
 def _implied_radius_at(theta, data, beta, tau) -> float:
@@ -143,10 +249,14 @@ def _official_residual(theta, data, beta, tau, cap, jac):
     return F, J
 
 
-def _newton_official(data, beta, tau, cap, theta0, gtol, max_iter):
+def _newton_official(data, beta, tau, cap, theta0, gtol, max_iter, *, bound=None,
+                     separation=UNKNOWN, info=None):
     """Root of sum_i W_i(theta) grad l_i(theta) = 0 (no potential exists once a cap binds):
-    Powell's hybrid method from the paper-form solution, then Newton polishing."""
-    start = _newton_paper(data, beta, tau, cap, theta0, gtol, max_iter)[0]
+    Powell's hybrid method from the paper-form solution, then Newton polishing. There is
+    no potential to minimise on a ball, so ``bound`` must be None (checked by the caller).
+    Converged only with ||residual|| <= gtol."""
+    start = _newton_paper(data, beta, tau, cap, theta0, gtol, max_iter,
+                          separation=separation)[0]
     sol = root(lambda th: _official_residual(th, data, beta, tau, cap, True), start,
                jac=True, method="hybr", options={"xtol": 1e-13})
     theta, iters = sol.x, int(sol.nfev)
@@ -158,6 +268,6 @@ def _newton_official(data, beta, tau, cap, theta0, gtol, max_iter):
         iters += 1
     F, _ = _official_residual(theta, data, beta, tau, cap, False)
     gnorm = float(np.linalg.norm(F))
-    status = "converged" if gnorm <= max(gtol, 1e-9) else "max_iter"
+    status = "converged" if gnorm <= gtol else "max_iter"
     value = _official_value_grad(theta, data, beta, tau, cap)[0]
     return theta, value, gnorm, iters, status, float("nan"), ()

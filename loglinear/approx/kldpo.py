@@ -25,11 +25,14 @@ from typing import Callable
 import numpy as np
 
 from ..data import PreferenceData
-from ..fit import FitError, SeparableDataError, fit_dpo
+from ..fit import EAGER_LP, FitError, SeparableDataError, fit_dpo, separating_direction
 from ..losses import _check_beta, _check_theta
 from ..registry import Registry
+from ._ball import check_bound, separable_error, suspicious
 from ._common import OFFICIAL_CAP, STALL_NORM, ApproxResult, _check_positive, _pieces
 from ._kldpo import (
+    KLDPO_WHAT,
+    Separation,
     _dweights_official,
     _dweights_paper,
     _implied_radius_at,
@@ -166,11 +169,14 @@ def refit_contraction(theta, data: PreferenceData, *, beta: float, tau: float,
 
 
 # ------------------------------------------------------------------ the optimisers
-def _run_newton(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info):
-    return spec.newton(data, beta, tau, cap, theta0, gtol, max_iter)
+def _run_newton(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info, bound,
+                separation):
+    return spec.newton(data, beta, tau, cap, theta0, gtol, max_iter, bound=bound,
+                       separation=separation, info=info)
 
 
-def _run_gradient(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info):
+def _run_gradient(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info, bound,
+                  separation):
     r"""Algorithm 2: theta <- theta - eta sum_i W_i(theta) grad l_i(theta), weights recomputed.
 
     For the paper form this is gradient descent on F_tau, which is L-smooth with
@@ -200,7 +206,8 @@ def _run_gradient(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info
             tuple(hist))
 
 
-def _run_refit(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info, xtol=1e-10):
+def _run_refit(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info, bound,
+               separation, xtol=1e-10):
     """Refit DPO with the weights frozen at the current theta, then reweight; repeat.
     Warns (``RuntimeWarning``) when :func:`refit_contraction` >= 1 at the solution."""
     fixed = fit_kldpo(data, beta=beta, tau=tau, form=spec.name, cap=cap).theta
@@ -256,20 +263,29 @@ KLDPO_METHODS: Registry[KLDPOMethod] = Registry("KLDPO method", {
 
 def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "paper",
               method: str = "newton", cap: float = OFFICIAL_CAP, step: float | None = None,
-              gtol: float | None = None, max_iter: int | None = None, theta0=None
-              ) -> ApproxResult:
+              gtol: float | None = None, max_iter: int | None = None, theta0=None,
+              bound: float | None = None) -> ApproxResult:
     r"""Fit KLDPO: the fixed point of "reweight by :math:`e^{l/\tau}`, then step".
 
     Methods (:data:`KLDPO_METHODS`):
 
     * ``"newton"`` (default): paper form, Newton on the convex
       :math:`F_\tau = \tau\log\sum_i q_i e^{l_i/\tau}` (whose stationary points are the
-      iteration's fixed points); official form, the root of
-      :math:`\sum_i W_i(\theta)\nabla l_i = 0` (no potential exists once the cap binds).
+      iteration's fixed points), optionally on the ball :math:`\|\theta\| \le B`; below
+      tau = 1 it runs in :math:`u = \theta/\tau`, where the objective stays representable
+      as tau -> 0 (it tends to an exponential loss and :math:`\theta_\tau \approx \tau u^*`).
+      Official form, the root of :math:`\sum_i W_i(\theta)\nabla l_i = 0` (no potential
+      exists once the cap binds).
     * ``"gradient"``: Algorithm 2 as written, gradient steps with weights recomputed every
       step; step ``eta = 1/L``, :math:`L = \beta^2\max\|x\|^2(1/4 + 1/\tau)` unless ``step``.
     * ``"refit"``: refit DPO with frozen weights, then reweight. Converges only when
       :func:`refit_contraction` < 1 at the solution; a ``RuntimeWarning`` says so otherwise.
+
+    ``converged`` is True only when the certificate ``grad_norm`` (the norm of the
+    reweighted gradient, or on the ball the KKT residual
+    :math:`\|\nabla F_\tau + \mu\theta\|`) is at most ``gtol``. Separable data (no finite
+    minimiser, docs/theory.md §2.2) are detected as :func:`loglinear.fit.fit_dpo` detects
+    them.
 
     Args:
         data: weighted preference data.
@@ -282,13 +298,15 @@ def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "pap
         gtol: gradient tolerance (default 1e-10 Newton, 1e-8 gradient/refit).
         max_iter: iteration cap (defaults: 200 Newton, 100000 gradient, 200 refit).
         theta0: starting point (default: the DPO fit, or 0 where DPO has no minimiser).
+        bound: optional radius B of the ball :math:`\|\theta\| \le B` (paper form,
+            ``method="newton"``); ``info["bound_multiplier"]`` is its multiplier.
 
     Returns:
         :class:`ApproxResult`; ``info`` holds ``implied_radius`` (paper form) and, for
         ``"refit"``, the ``contraction`` factor at the solution.
 
     Raises:
-        SeparableDataError: separable data (no finite minimiser).
+        SeparableDataError: separable data (no finite minimiser) and no bound.
         FitError: Newton did not converge.
     """
     t0 = time.perf_counter()
@@ -297,19 +315,42 @@ def fit_kldpo(data: PreferenceData, *, beta: float, tau: float, form: str = "pap
     cap = _check_positive("cap", cap)
     spec = KLDPO_FORMS.get(form)
     how = KLDPO_METHODS.get(method)
+    bound = check_bound(bound)
+    if bound is not None and not (spec.exact_kl and how.name == "newton"):
+        raise ValueError(f"bound needs form='paper' and method='newton', got form={form!r}, "
+                         f"method={method!r}: only the paper form has a potential to "
+                         "minimise on the ball")
     if step is not None:
         _check_positive("step", step)
+    separation = Separation(None, False)
     if theta0 is None:
+        # fit_dpo settles separability by its own rule, which is the KLDPO one: F_tau and
+        # the DPO loss have no finite minimiser on the same data (docs/theory.md §2.2)
         try:
             theta0 = fit_dpo(data, beta=beta).theta
-        except (SeparableDataError, FitError):
+            separation = Separation(None, True)
+        except SeparableDataError as exc:
+            theta0, separation = np.zeros(data.d), Separation(exc.direction, True)
+        except FitError:
             theta0 = np.zeros(data.d)
+    if not separation.settled and data.n * data.d <= EAGER_LP:
+        separation = Separation(separating_direction(data), True)
+    if separation.direction is not None and bound is None:
+        raise separable_error(separation.direction, KLDPO_WHAT)
     theta0 = _check_theta(theta0, data.d)
     info: dict = {}
     gtol = how.gtol if gtol is None else gtol
     max_iter = how.max_iter if max_iter is None else max_iter
-    out = how.run(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info)
+    out = how.run(data, beta, tau, spec, cap, theta0, gtol, max_iter, step, info, bound,
+                  separation)
     theta, value, gnorm, iters, status, eig, hist = out
+    if bound is None and not separation.settled and suspicious(
+            data, theta, beta=beta, converged=status == "converged"):
+        direction = separating_direction(data)
+        if direction is not None:
+            raise separable_error(direction, KLDPO_WHAT)
+    if status == "converged" and not gnorm <= gtol:
+        status = "stalled"   # a step or move test stopped it, not the certificate
     if spec.exact_kl and status == "converged":
         info["implied_radius"] = _implied_radius_at(theta, data, beta, tau)
     return ApproxResult(theta, float(value), int(iters), status, status == "converged",

@@ -31,10 +31,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from ..data import PreferenceData
-from ..fit import FitError, SeparableDataError, fit_dpo
+from ..fit import FitError, SeparableDataError, fit_dpo, separating_direction
 from ..losses import _check_beta, _check_theta, dpo_margin_terms, margin_line
 from ..newton import newton
 from ..registry import Registry
+from ._ball import check_bound, fit_on_sphere, separable_error, strictly_separating_direction
 from ._common import KINK_TOL, ApproxResult, _check_positive, _dpo_terms, _pieces
 
 
@@ -172,40 +173,90 @@ def _wdpo_line(data, beta, rho, form):
     return line
 
 
+WDPO_WHAT = "WDPO objective L + rho Pi"
+KINK_CHECK = 20   # Newton iterations between checks that a start has fallen into the kink
+
+
+def _newton_start(fun, x0, *, gtol, max_iter, line):
+    """Newton from one start, given up once it sits in the kink theta = 0 (where the
+    paper penalty is not differentiable and Newton only wanders at ||theta|| ~ 1e-15;
+    the kink is a candidate of its own). Newton keeps no state but x, so running it in
+    stretches of KINK_CHECK iterations changes nothing else."""
+    x, done = np.asarray(x0, dtype=float), 0
+    while True:
+        rep = newton(fun, x, gtol=gtol, ctol=gtol, max_iter=min(KINK_CHECK, max_iter - done),
+                     line=line)
+        done += rep.iterations
+        if rep.status != "max_iter" or done >= max_iter or np.linalg.norm(rep.x) <= KINK_TOL:
+            return rep, done
+        x = rep.x
+
+
+def _separation(data, beta, rho):
+    """(start, direction): the DPO fit as a start (or a point near 0), and a direction
+    along which the WDPO objective has no finite minimiser (or None).
+
+    fit_dpo settles whether the data are (quasi-)separable. At rho = 0 that is the
+    answer. For rho > 0 the penalty grows like ||theta|| along any direction that leaves
+    some weighted pair's margin unchanged (a tie, x = 0, always does), so only *strict*
+    separation (every margin growing) leaves no finite minimiser.
+    """
+    try:
+        return ("dpo", fit_dpo(data, beta=beta).theta), None
+    except SeparableDataError as exc:
+        direction = exc.direction if rho == 0 else strictly_separating_direction(data)
+    except FitError:
+        direction = (separating_direction(data) if rho == 0
+                     else strictly_separating_direction(data))
+    return ("zero+", np.full(data.d, 1e-3)), direction
+
+
 def fit_wdpo(data: PreferenceData, *, beta: float, rho: float, form: str = "paper",
-             gtol: float = 1e-9, max_iter: int = 200, theta0=None) -> ApproxResult:
-    r"""Minimise the WDPO surrogate :math:`L(\theta) + \rho\,\Pi_{form}(\theta)`.
+             gtol: float = 1e-9, max_iter: int = 200, theta0=None,
+             bound: float | None = None) -> ApproxResult:
+    r"""Minimise the WDPO surrogate :math:`L(\theta) + \rho\,\Pi_{form}(\theta)`, on the
+    ball :math:`\|\theta\| \le B` when ``bound`` is given.
 
     The objective is smooth (except the paper form at theta = 0) but not convex in
     general, so Newton's method (exact Hessian, regularised where indefinite, Armijo
     steps) runs from the DPO fit, from ``theta0`` if given and, for the paper form, the
     kink theta = 0 is a candidate, accepted when its subgradient condition
-    :math:`\|\nabla L(0)\| \le \rho\,\beta R(0)` holds. The lowest objective wins.
+    :math:`\|\nabla L(0)\| \le \rho\,\beta R(0)` holds. With a bound, the starts that
+    end outside the ball (or diverge) are replaced by the KKT point on the sphere
+    :math:`\|\theta\| = B` (``info["bound_multiplier"]`` > 0). The lowest objective wins;
+    a candidate counts only with its certificate (gradient norm, KKT residual on the
+    sphere) at most ``gtol``.
+
+    No finite minimiser exists when the data are strictly separable (every margin grows
+    along some direction; at rho = 0, as for DPO, when they are separable at all): then
+    :class:`~loglinear.fit.SeparableDataError` unless a bound is given.
 
     Args:
         data: weighted preference data.
         beta: DPO temperature (> 0).
         rho: penalty weight (>= 0); rho = 0 is DPO.
         form: ``"paper"`` or ``"official"`` (see module docstring).
-        gtol: gradient-norm tolerance.
+        gtol: gradient-norm tolerance (the certificate).
         max_iter: Newton iterations per start.
         theta0: optional extra starting point.
+        bound: optional radius B of the ball.
 
     Returns:
         :class:`ApproxResult` (``min_hessian_eig`` certifies a strict local minimum).
 
     Raises:
+        SeparableDataError: no finite minimiser and no bound.
         FitError: no start converged.
     """
     t0 = time.perf_counter()
     beta = _check_beta(beta)
     rho = _check_positive("rho", rho, allow_zero=True)
+    bound = check_bound(bound)
     spec = WDPO_FORMS.get(form)
-    starts = []
-    try:
-        starts.append(("dpo", fit_dpo(data, beta=beta).theta))
-    except (SeparableDataError, FitError):
-        starts.append(("zero+", np.full(data.d, 1e-3)))
+    first, direction = _separation(data, beta, rho)
+    if direction is not None and bound is None:
+        raise separable_error(direction, WDPO_WHAT)
+    starts = [first]
     if theta0 is not None:
         starts.append(("theta0", _check_theta(theta0, data.d)))
     fun = lambda th, h: _wdpo_terms(th, data, beta, rho, form, h)
@@ -217,33 +268,45 @@ def fit_wdpo(data: PreferenceData, *, beta: float, rho: float, form: str = "pape
     if np.linalg.norm(g0) > 0:
         u = -g0 / np.linalg.norm(g0)
         scale = max(1.0, max(float(np.linalg.norm(x)) for _, x in starts))
+        if bound is not None:
+            scale = min(scale, bound / 2.0)
         ray = minimize_scalar(line(np.zeros(data.d), u), bounds=(0.0, 2.0 * scale),
                               method="bounded", options={"xatol": 1e-10 * scale})
         if ray.x > KINK_TOL:
             starts.append(("ray", ray.x * u))
     best, iters, tried = None, 0, {}
+    outside = direction is not None
     for name, x0 in starts:
-        rep = newton(fun, x0, gtol=gtol, max_iter=max_iter, line=line)
-        iters += rep.iterations
+        rep, used = _newton_start(fun, x0, gtol=gtol, max_iter=max_iter, line=line)
+        iters += used
         tried[name] = (rep.status, rep.value)
-        if rep.converged and np.linalg.norm(rep.x) > KINK_TOL and (
+        inside = bound is None or np.linalg.norm(rep.x) <= bound
+        # the sphere is a candidate when a start leaves the ball (or runs off), not when
+        # it stalls inside it (next to the kink)
+        outside |= not inside or rep.status in ("diverging", "non_finite")
+        if rep.converged and inside and np.linalg.norm(rep.x) > KINK_TOL and (
                 best is None or rep.value < best[1]):
-            best = (rep.x, rep.value, rep.grad_norm, "converged")
+            best = (rep.x, rep.value, rep.grad_norm, "converged", 0.0)
+    if bound is not None and outside:
+        ball = fit_on_sphere(fun, np.zeros(data.d), bound=bound, gtol=gtol,
+                             max_iter=max_iter, line=line)
+        iters += ball.iterations
+        tried["sphere"] = (ball.status, ball.value)
+        if ball.status == "converged" and (best is None or ball.value < best[1]):
+            best = (ball.theta, ball.value, ball.residual, "converged", ball.multiplier)
     if spec.kink:
         v0, g0, _ = _dpo_terms(np.zeros(data.d), data, beta, False)
         gap = float(np.linalg.norm(g0)) - rho * beta * w1_rescaling(np.zeros(data.d), data,
                                                                     beta=beta)
         tried["kink"] = (gap <= 0, v0)
         if gap <= 0 and (best is None or v0 <= best[1]):
-            best = (np.zeros(data.d), v0, max(gap, 0.0), "kink")
+            best = (np.zeros(data.d), v0, max(gap, 0.0), "kink", 0.0)
     if best is None:
         raise FitError(f"WDPO ({form}, rho={rho}) did not converge from any start: {tried}")
-    theta, value, gnorm, status = best
+    theta, value, gnorm, status, mult = best
     eig = float("nan")
     if status == "converged":
         eig = float(np.linalg.eigvalsh(fun(theta, True)[2])[0])
     return ApproxResult(theta, float(value), iters, status, True, float(gnorm),
                         time.perf_counter() - t0, "wdpo", form, "newton", rho, eig,
-                        info={"starts": tried})
-
-
+                        info={"starts": tried, "bound_multiplier": mult})

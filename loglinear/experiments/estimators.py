@@ -1,7 +1,9 @@
 """The one registry of estimators used by the study runners: name -> how to fit it.
 
-Every entry maps (data, beta, hyperparameter) to the centered parameter w = theta -
-theta_ref. Runners look estimators up in :data:`ESTIMATORS` and never branch on their
+Every entry maps (data, beta, hyperparameter, bound) to the centered parameter w = theta -
+theta_ref fitted on the ball ||w|| <= bound, with its certificate (:class:`EstimatorFit`):
+runners pass one bound to every estimator, and record a fit as a result only when it is
+certified. Runners look estimators up in :data:`ESTIMATORS` and never branch on their
 names: what differs between estimators (the fit, the exact target, the dual variable, the
 collapse radius, the bound that applies) is a field of the entry.
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -33,6 +35,28 @@ from ..robust import (
     solve_kl,
     solve_wasserstein,
 )
+from ..robust._base import CERT_TOL
+
+CERTIFIED = ("converged", "collapsed", "nominal", "kink")   # statuses with a certificate
+
+
+class EstimatorFit(NamedTuple):
+    """What an estimator's fit returns: the estimate and whether it is certified.
+
+    Attributes:
+        theta: (d,) the centered estimate w.
+        status: ``"converged"`` (or another of :data:`CERTIFIED`) when the solver's
+            certificate met its tolerance; otherwise the solver's own status.
+        certificate: the gradient norm or KKT residual (NaN where the solver reports none).
+    """
+
+    theta: np.ndarray
+    status: str
+    certificate: float
+
+    @property
+    def certified(self) -> bool:
+        return self.status in CERTIFIED
 
 
 @dataclass(frozen=True)
@@ -41,7 +65,10 @@ class Estimator:
 
     Attributes:
         name: registry key (also the ``estimator`` column of the records).
-        fit: ``fit(data, *, beta, param, bound) -> w`` (d,), raising on failure.
+        fit: ``fit(data, *, beta, param, bound) -> EstimatorFit`` (or the (d,) estimate w
+            alone, taken as certified), fitted on the ball ||w|| <= bound (None:
+            unconstrained); raises ``SeparableDataError`` where no finite minimiser
+            exists and no bound is given.
         param: name of the hyperparameter (``None`` for DPO).
         inverse: True when the hyperparameter is a temperature (grows as the ball shrinks).
         local_kind: the kind passed to :func:`loglinear.estimation.local_asymptotics`
@@ -80,13 +107,34 @@ class Estimator:
         sign = 1.0 if self.inverse else -1.0
         return float(base) * (float(n) / float(reference_n)) ** (sign * float(exponent))
 
+    def solve(self, data: PreferenceData, *, beta: float, param, bound: float | None
+              ) -> EstimatorFit:
+        """``fit`` with its outcome as an :class:`EstimatorFit` (a bare array counts as
+        certified, with no certificate)."""
+        out = self.fit(data, beta=beta, param=param, bound=bound)
+        if isinstance(out, EstimatorFit):
+            return out
+        return EstimatorFit(np.asarray(out, float), "converged", float("nan"))
+
+    def target_fit(self, env, pop: PreferenceData, *, beta: float, param,
+                   bound: float | None) -> EstimatorFit:
+        """The exact population target at ``param`` with its certificate: the closed form
+        where there is one (certificate 0), otherwise the estimator fitted to the
+        enumerated population ``pop`` on the same ball as the samples."""
+        if self.population_optimum is not None:
+            return EstimatorFit(np.asarray(self.population_optimum(env), float),
+                                "converged", 0.0)
+        return self.solve(pop, beta=beta, param=param, bound=bound)
+
     def target(self, env, pop: PreferenceData, *, beta: float, param, bound: float
                ) -> np.ndarray:
-        """The exact population target at ``param``: the closed form where there is one,
-        otherwise the estimator fitted to the enumerated population ``pop``."""
-        if self.population_optimum is not None:
-            return self.population_optimum(env)
-        return self.fit(pop, beta=beta, param=param, bound=bound)
+        """The exact population target at ``param`` (see :meth:`target_fit`); raises
+        ``RuntimeError`` when the fit is not certified."""
+        out = self.target_fit(env, pop, beta=beta, param=param, bound=bound)
+        if not out.certified:
+            raise RuntimeError(f"{self.name} target not certified: {out.status} "
+                               f"(certificate {out.certificate:.3g})")
+        return out.theta
 
     def local(self, pop: PreferenceData, w, *, beta: float, param):
         """:func:`loglinear.estimation.local_asymptotics` of ``local_kind`` at the population
@@ -102,8 +150,14 @@ class Estimator:
 
 
 # ----------------------------------------------------------------------- fits
+# Every fit takes the same ``bound``: the runners pass one Theta to all estimators.
 def _fit_dpo(data: PreferenceData, *, beta, param, bound):
-    return fit_dpo(data, beta=beta, bound=bound).theta
+    """fit_dpo certifies ||grad + mu theta|| to its own tolerance only off the ball; the
+    study holds every estimator to CERT_TOL, the robust solvers' KKT threshold."""
+    res = fit_dpo(data, beta=beta, bound=bound)
+    ok = res.status == "converged" and res.grad_norm <= CERT_TOL
+    return EstimatorFit(np.asarray(res.theta, float), "converged" if ok else
+                        f"uncertified ({res.status})", float(res.grad_norm))
 
 
 def _accurate_theta(res) -> np.ndarray:
@@ -115,24 +169,34 @@ def _accurate_theta(res) -> np.ndarray:
     return np.asarray(res.theta, float)
 
 
+def _robust_fit(res) -> EstimatorFit:
+    theta = _accurate_theta(res)
+    return EstimatorFit(theta, res.status, float(res.certificate))
+
+
 def _fit_kl(data, *, beta, param, bound):
-    return _accurate_theta(solve_kl(data, beta=beta, radius=param, bound=bound))
+    return _robust_fit(solve_kl(data, beta=beta, radius=param, bound=bound))
 
 
 def _fit_wasserstein(p):
     def fit(data, *, beta, param, bound):
-        return _accurate_theta(solve_wasserstein(data, beta=beta, radius=param, p=p,
-                                                 bound=bound))
+        return _robust_fit(solve_wasserstein(data, beta=beta, radius=param, p=p,
+                                             bound=bound))
 
     return fit
 
 
+def _approx_fit(res) -> EstimatorFit:
+    status = res.status if res.converged else f"uncertified ({res.status})"
+    return EstimatorFit(np.asarray(res.theta, float), status, float(res.grad_norm))
+
+
 def _fit_wdpo(data, *, beta, param, bound):
-    return np.asarray(fit_wdpo(data, beta=beta, rho=param, form="paper").theta, float)
+    return _approx_fit(fit_wdpo(data, beta=beta, rho=param, form="paper", bound=bound))
 
 
 def _fit_kldpo(data, *, beta, param, bound):
-    return np.asarray(fit_kldpo(data, beta=beta, tau=param, form="paper").theta, float)
+    return _approx_fit(fit_kldpo(data, beta=beta, tau=param, form="paper", bound=bound))
 
 
 def _w_star(env) -> np.ndarray:

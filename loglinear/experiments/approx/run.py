@@ -5,7 +5,12 @@ For each environment (coverage level x replicate), divergence (KL, W1, W2) and r
 exact robust problem once, fits every surrogate variant registered for that divergence, and
 writes one tidy row per (environment, divergence, fraction, variant):
 
-* ``theta_err`` = ||theta_approx - theta_exact||;
+* ``theta_err`` = ||theta_approx - theta_exact|| and ``sigma_err`` = ||theta_approx -
+  theta_exact||_Sigma with Sigma = E_q[x x^T] the data's coverage matrix (the RMS change of
+  the pairs' margins, a metric that stays meaningful as theta_exact -> 0 at the collapse
+  radius); ``dpo_norm`` and ``dpo_sigma_norm`` are ||theta_DPO|| and ||theta_DPO||_Sigma,
+  the scale the analysis divides by (``rel_theta_err`` divides by ||theta_exact||, which
+  vanishes at the collapse radius);
 * ``subopt`` = V(theta_approx) - V(theta_exact) in the **exact** robust objective V,
   next to ``subopt_dpo`` (the same for plain DPO);
 * ``value_gap`` = surrogate value - V at fixed theta = theta_exact;
@@ -57,8 +62,8 @@ from .config import ApproxStudyConfig
 
 COLUMNS = ["env", "replicate", "concentration", "n_samples", "lambda_min", "divergence", "fraction",
            "radius", "collapse_radius", "variant", "hyper", "theta_err", "rel_theta_err",
-           "subopt", "subopt_dpo", "value_gap", "exact_value", "exact_dual", "theta_norm",
-           "status", "seconds"]
+           "sigma_err", "dpo_norm", "dpo_sigma_norm", "subopt", "subopt_dpo", "value_gap",
+           "exact_value", "exact_dual", "theta_norm", "status", "seconds"]
 KEY = ["env", "divergence", "fraction", "variant"]
 REFIT_COLUMNS = ["env", "concentration", "n_samples", "tau", "contraction", "status",
                  "iterations", "theta_err", "implied_radius"]
@@ -203,14 +208,22 @@ def _n_samples(name: str) -> int:
     return 0 if name.endswith("-pop") else int(name.rsplit("-n", 1)[1])
 
 
+def _sigma_norm(v, sigma) -> float:
+    """||v||_Sigma = sqrt(v' Sigma v) (Sigma is PSD; a rounding-level negative is 0)."""
+    return float(np.sqrt(max(float(v @ sigma @ v), 0.0)))
+
+
 def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store, *, warn=print):
     spec = DIVERGENCE_SPECS[div]
     variants = VARIANTS[div]
     beta = config.beta
     nsamp = _n_samples(name)
-    lam = coverage(data).lambda_min
+    cov = coverage(data)
+    lam, sigma = cov.lambda_min, cov.sigma
     collapse = spec.collapse(data, beta=beta)
     ctx = {"dpo": fit_dpo(data, beta=beta).theta}
+    dpo_norm = float(np.linalg.norm(ctx["dpo"]))
+    dpo_sigma_norm = _sigma_norm(ctx["dpo"], sigma)
     for frac in config.fractions:
         if all(store.done({"env": name, "divergence": div, "fraction": frac, "variant": v})
                for v in variants):
@@ -238,12 +251,15 @@ def _rows_for(name, rep, conc, data: PreferenceData, div: str, config, store, *,
         for vname, make in variants.items():
             t0 = time.perf_counter()
             fitted = make(data, beta=beta, radius=radius, ctx=ctx)
-            err = float(np.linalg.norm(fitted.theta - exact.theta))
+            diff = fitted.theta - exact.theta
+            err = float(np.linalg.norm(diff))
             store.write(_plain({
                 "env": name, "replicate": rep, "concentration": conc, "n_samples": nsamp,
                 "lambda_min": lam, "divergence": div, "fraction": frac, "radius": radius,
                 "collapse_radius": collapse, "variant": vname, "hyper": fitted.hyper,
                 "theta_err": err, "rel_theta_err": err / norm if norm > 0 else float("nan"),
+                "sigma_err": _sigma_norm(diff, sigma), "dpo_norm": dpo_norm,
+                "dpo_sigma_norm": dpo_sigma_norm,
                 "subopt": spec.value(fitted.theta, data, beta=beta, radius=radius) - v_exact,
                 "subopt_dpo": v_dpo - v_exact,
                 "value_gap": fitted.value(exact.theta) - v_exact,

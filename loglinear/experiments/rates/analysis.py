@@ -1,23 +1,30 @@
-r"""Analysis of the rates records: exponents with bootstrap CIs, theory checks, coverage,
-and the summary every sentence of the report is written from.
+r"""Analysis of the rates records: exponents with two-level bootstrap CIs, theory checks,
+coverage elasticities, and the summary every sentence of the report is written from.
 
-Everything the rates report shows is computed here from ``records.csv``, ``targets.csv``
-and ``config.json``; :func:`write_tables` writes the tables beside the records and the
-report module (:mod:`loglinear.report.rates`) only formats and plots them.
+Everything the rates report shows is computed here (and in the sibling modules
+``analysis_boot``, ``analysis_summary``, ``analysis_changes``) from ``records.csv``,
+``targets.csv`` and ``config.json``; :func:`write_tables` writes the tables beside the
+records and :mod:`loglinear.report.rates` only formats and plots them.
 
-* **Exponent.** For each (setting, estimator, schedule): the slope of log RMSE(n) on log n
-  with a 95% seed-bootstrap percentile interval (:func:`loglinear.stats.bootstrap_exponent`),
-  on the whole n grid and on n >= ``asymptotic_from`` (the pre-asymptotic regime at small n
-  can bend the line); docs/theory.md §5.5.
-* **Theory.** At each n: the empirical (1 - delta) quantile of the error against the
-  Theorem 1 (W1, W2, WDPO) or Theorem 2 (KL, KLDPO) bound with lambda = the population
-  lambda_min(Sigma) and, for Theorem 2, lambda_lo = lambda_hi = the population dual
-  lambda*; for DPO the (1 - delta) quantile of ||Delta||_{Sigma_D} against Proposition 1
-  with C = 1 (the report gives the empirical constant); docs/theory.md §5.3-5.4. The local
-  prediction is sqrt(tr V / n) with V the sandwich covariance (sqrt(tr H^{-1}/n) is also
-  shown); docs/theory.md §5.6.
-* **Coverage.** RMSE at fixed n across settings against 1/lambda_min and tr H^{-1}
-  (docs/theory.md §5.2).
+* **Which rows count.** A row enters a statistic only if its fit is certified (status
+  ``ok``), its estimate lies inside Theta = {||w|| <= B} and not on its boundary (a fit
+  stopped by the ball estimates a projection, not the estimator). Every table counts the
+  rows it left out, by reason (:data:`REASONS`).
+* **Exponent.** Per (setting, estimator, schedule): the slope of log RMSE(n) on log n, the
+  RMSE pooled over environment draws and seeds, with a 95% two-level bootstrap interval
+  (draws, then seeds within a draw; :mod:`.analysis_boot`), on the whole n grid and on
+  n >= ``asymptotic_from``. A power law is claimed only where it fits (R^2 >= :data:`R2_MIN`
+  on the fitted range); docs/theory.md §5.5. Fixed-radius groups (``kind`` "fixed") test
+  Theorem 1's object, shrinking schedules are a bias-variance trade-off (``kind``
+  "shrinking"). The same is done for the distance to theta* and, in policy space, for
+  KL(pi_target || pi_hat)^{1/2} (:data:`METRICS`).
+* **Theory.** Per (setting, draw, estimator, schedule, n): the empirical (1 - delta) quantile
+  against the Theorem 1/2 or Proposition 1 bound (docs/theory.md §5.3-5.4), compared only
+  where the theorem applies (:func:`theory`); the local prediction sqrt(tr V / n)
+  (docs/theory.md §5.6).
+* **Coverage.** Elasticities of the error at the largest n with respect to 1/lambda_min and
+  tr H^{-1}, per estimator, across the settings whose coverage acts through the sampling
+  policy (docs/theory.md §5.2), with two-level bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -30,63 +37,103 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from ...estimation import proposition1_bound, theorem1_bound, theorem2_bound
 from ...registry import Registry
-from ...stats import bootstrap_exponent, fit_power_law, rmse
-from ..estimators import get_estimator
+from ...stats import rmse
 from ..records import read_records, read_table, write_table
+from . import analysis_boot as boot
+from .analysis_bounds import BOUNDS, PROPOSITION_1, Bound, theory, theory_summary
+from .analysis_common import (
+    ASYMPTOTIC_FROM,
+    BOOT,
+    BOOT_SEED,
+    R2_MIN,
+    collapse_fraction,
+    hyper_key,
+    kind,
+    schedule_exponent,
+)
+from .analysis_coverage import coverage_table, elasticities, sampling_settings
+from .analysis_summary import _kl_bias, _rate_summary  # noqa: F401  (kept importable)
+from .analysis_summary import summary as _summary
 from .config import NO_SCHEDULE
 
-BOOT = 2000
-BOOT_SEED = 20260522
-HALF, QUARTER = -0.5, -0.25       # the exponents in question (docs/theory.md §5.5)
-RATE_BAND = (-0.6, -0.4)          # an exponent in this open band counts as n^-1/2
-COVERAGE_ELASTICITY = 0.5         # elasticity of the error if sqrt(tr H^-1 / n) is the scale
-NEAR_COLLAPSE = 0.75              # collapse fractions in [0.75, 1) are "near" the collapse
-SQRT_N, INVERSE_N = 0.5, 1.0      # schedule exponents of rho_n ~ n^-1/2 and rho_n ~ n^-1
-KL_BIAS_ESTIMATOR = "kl"          # the estimator whose O(sqrt(rho)) bias the report discusses
-TEXT_COLUMNS = ("setting", "estimator", "schedule")
+__all__ = ["BOOT", "BOOT_SEED", "BOUNDS", "Bound", "METRICS", "PROPOSITION_1", "R2_MIN",
+           "REASONS", "RatesTables", "TABLES", "bias_variance", "collapse_fraction",
+           "coverage_table", "hyper_key", "kind", "sampling_settings", "schedule_exponent",
+           "elasticities", "exponents", "groups", "load", "read_tables", "summary", "theory",
+           "theory_summary", "write_tables"]
+
+BOUNDARY_RTOL = 1e-6              # records without on_boundary: ||w|| >= B (1 - this)
+REASONS = ("used", "on_boundary", "outside", "separable", "failed")
+POLICY_COLUMNS = ("policy_kl", "policy_tv", "policy_kl_star", "policy_tv_star")
+TEXT_COLUMNS = ("setting", "estimator", "schedule", "kind", "metric", "reason",
+                "bound_holds", "theorem")
 TABLES = dict(exponents="exponents.csv", exponents_star="exponents_theta_star.csv",
+              exponents_policy="exponents_policy.csv",
+              exponents_policy_star="exponents_policy_star.csv", curves="curves.csv",
               theory="theory.csv", theory_summary="theory_summary.csv",
-              coverage="coverage.csv", elasticities="elasticities.csv")
+              coverage="coverage.csv", elasticities="elasticities.csv",
+              bias_variance="bias_variance.csv", exclusions="exclusions.csv")
 SUMMARY = "summary.json"
 
 
-# ------------------------------------------------------------------ the bounds
 @dataclass(frozen=True)
-class Bound:
-    """A bound of docs/theory.md §5, looked up by an estimator's ``theorem``.
+class Metric:
+    """An error the exponents are fitted to: a records column and a transform."""
 
-    Attributes:
-        value: ``value(n, *, beta, bound, lam, delta, dual, dim) -> float``.
-        statistic: the column of :func:`theory` the bound is compared with (the (1 - delta)
-            quantile of the error, or of its Sigma_D norm for Proposition 1).
-    """
-
-    value: Callable[..., float]
-    statistic: str
+    column: str
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+    label: str = ""
 
 
-def _theorem2(n, *, beta, bound, lam, delta, dual, dim):
-    if not 0 < dual < np.inf:
-        return np.nan
-    return float(theorem2_bound(n, beta=beta, bound=bound, lam=lam, dual_lo=dual,
-                                dual_hi=dual, delta=delta))
-
-
-BOUNDS: Registry[Bound] = Registry("bound", {
-    "thm1": Bound(lambda n, *, beta, bound, lam, delta, dual, dim: float(
-        theorem1_bound(n, beta=beta, bound=bound, lam=lam, delta=delta)), "q_1md"),
-    "thm2": Bound(_theorem2, "q_1md"),
-    "prop1": Bound(lambda n, *, beta, bound, lam, delta, dual, dim: float(
-        proposition1_bound(n, beta=beta, bound=bound, dim=dim, delta=delta)), "q_sigma"),
+METRICS: Registry[Metric] = Registry("metric", {
+    "error": Metric("error", None, "||w_hat - w(rho)||"),
+    "error_star": Metric("error_star", None, "||w_hat - w*||"),
+    "policy": Metric("policy_kl", np.sqrt, "KL(pi_target || pi_hat)^(1/2)"),
+    "policy_star": Metric("policy_kl_star", np.sqrt, "KL(pi* || pi_hat)^(1/2)"),
+    "policy_tv": Metric("policy_tv", None, "TV(pi_target, pi_hat)"),
+    "policy_tv_star": Metric("policy_tv_star", None, "TV(pi*, pi_hat)"),
 })
-PROPOSITION_1 = "prop1"  # DPO's bound: the report says whether it holds with C = 1
+EXPONENT_TABLES = dict(exponents="error", exponents_star="error_star",
+                       exponents_policy="policy", exponents_policy_star="policy_star")
 
 
-# ------------------------------------------------------------------- the tables
+# ------------------------------------------------------------------ the records
+def _as_bool(col) -> pd.Series:
+    return col.map(lambda v: str(v).strip().lower() in ("1", "true", "1.0"))
+
+
+def _normalise(rec: pd.DataFrame, tgt: pd.DataFrame, cfg: dict):
+    """Records of any version of the study in one form: a ``draw`` and a ``hyperparameter``
+    column, ``on_boundary``, ``inside`` (||w_hat|| <= B), the policy columns (NaN where the
+    study did not record them), ``reason`` (one of :data:`REASONS`) and ``usable``."""
+    rec, tgt = rec.copy(), tgt.copy()
+    for df in (rec, tgt):
+        if "hyperparameter" not in df and "param" in df:
+            df.rename(columns={"param": "hyperparameter"}, inplace=True)
+        if "draw" not in df:
+            df["draw"] = 0
+    B = float(cfg["bound"])
+    ok = rec.status.astype(str) == "ok"
+    norm = pd.to_numeric(rec.norm_hat, errors="coerce")
+    rec["inside"] = norm <= B * (1 + BOUNDARY_RTOL)
+    rec["on_boundary"] = (_as_bool(rec.on_boundary) if "on_boundary" in rec
+                          else ok & rec.inside & (norm >= B * (1 - BOUNDARY_RTOL)))
+    for c in POLICY_COLUMNS:
+        rec[c] = pd.to_numeric(rec[c], errors="coerce") if c in rec else np.nan
+    status = rec.status.astype(str)
+    rec["reason"] = np.select(
+        [ok & rec.inside & ~rec.on_boundary, ok & ~rec.inside, ok,
+         status.str.startswith("separable") | status.str.contains("SeparableDataError")],
+        ["used", "outside", "on_boundary", "separable"], default="failed")
+    rec["usable"] = rec.reason == "used"
+    rec["kind"] = rec.schedule.map(lambda s: kind(cfg, s))
+    return rec, tgt
+
+
 def load(records_dir):
-    """(records, targets, config) of a rates study directory."""
+    """(records, targets, config) of a rates study directory, records normalised (see
+    :func:`_normalise`)."""
     d = Path(records_dir)
     rec_path = d / "records.csv"
     if not rec_path.exists() and (d / "records.csv.gz").exists():
@@ -94,240 +141,141 @@ def load(records_dir):
     for path in (rec_path, d / "targets.csv", d / "config.json"):
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: is {d} a rates records directory?")
-    rec = read_records(rec_path)
-    tgt = read_records(d / "targets.csv", dtype={"param": str}, keep_default_na=False)
+    cfg = json.loads((d / "config.json").read_text())
+    tgt = read_records(d / "targets.csv", dtype={"param": str, "hyperparameter": str},
+                       keep_default_na=False)
     for c in ("norm", "error_star", "tr_hinv", "tr_sandwich", "dual", "collapse_radius"):
-        tgt[c] = pd.to_numeric(tgt[c], errors="coerce")
-    return rec, tgt, json.loads((d / "config.json").read_text())
+        if c in tgt:
+            tgt[c] = pd.to_numeric(tgt[c], errors="coerce")
+    rec, tgt = _normalise(read_records(rec_path), tgt, cfg)
+    return rec, tgt, cfg
 
 
 def groups(rec):
     return rec.groupby(["setting", "estimator", "schedule"], sort=True)
 
 
-def _table(g, column="error"):
-    """(n grid, errors (N, R)) of one group, NaN where a fit failed."""
-    piv = g.pivot(index="n", columns="seed", values=column).sort_index()
-    return piv.index.to_numpy(float), piv.to_numpy(float)
+def _cube(g: pd.DataFrame, values: pd.Series):
+    """(n grid, (N, D, R) array) of one group, NaN where a row is not usable."""
+    v = values.where(g.usable)
+    draws, seeds = sorted(g.draw.unique()), sorted(g.seed.unique())
+    cols = pd.MultiIndex.from_product([draws, seeds], names=["draw", "seed"])
+    piv = (pd.DataFrame({"n": g.n, "draw": g.draw, "seed": g.seed, "v": v})
+           .pivot_table(index="n", columns=["draw", "seed"], values="v", dropna=False)
+           .reindex(columns=cols).sort_index())
+    return piv.index.to_numpy(float), piv.to_numpy(float).reshape(len(piv), len(draws),
+                                                                 len(seeds))
 
 
-def exponents(rec, *, asymptotic_from: int = 1000, column: str = "error") -> pd.DataFrame:
-    """One row per (setting, estimator, schedule): slope, CI, R^2, RMSE range, failures.
+def _values(g, metric: Metric) -> pd.Series:
+    v = pd.to_numeric(g[metric.column], errors="coerce")
+    return v if metric.transform is None else metric.transform(v.clip(lower=0))
 
-    ``column="error_star"`` measures the distance to theta* (DPO's target) instead of the
-    estimator's own population target.
-    """
-    rows = []
+
+def _counts(g) -> dict:
+    c = g.reason.value_counts()
+    return {f"rows_{r}": int(c.get(r, 0)) for r in REASONS}
+
+
+def _prediction(g, n) -> np.ndarray:
+    """The local prediction of the pooled RMSE: sqrt(mean over draws of tr V / n)."""
+    trv = g.groupby(["n", "draw"]).tr_sandwich.first().groupby(level=0).mean()
+    return np.sqrt(trv.reindex(n).to_numpy(float) / n)
+
+
+def _fit_group(g, metric: Metric, asymptotic_from: int):
+    """The exponent row and the curve rows of one group (NaN where nothing fits)."""
+    n, cube = _cube(g, _values(g, metric))
+    row = dict(draws=int(cube.shape[1]), seeds=int(cube.shape[2]), rows=int(len(g)),
+               **_counts(g), failed=int((g.status != "ok").sum()),
+               at_zero=float(pd.to_numeric(g.at_zero, errors="coerce").mean()),
+               excluded=int((~g.usable).sum()),
+               excluded_fit=int((~g.usable & (g.n >= asymptotic_from)).sum()))
+    with boot._quiet():
+        curve = rmse(cube.reshape(len(n), -1))
+    row.update(rmse_first=float(curve[0]), rmse_last=float(curve[-1]))
+    curves = pd.DataFrame(dict(n=n.astype(int), rmse=curve, lo=np.nan, hi=np.nan,
+                               used=np.sum(np.isfinite(cube), axis=(1, 2)),
+                               pred=_prediction(g, n) if metric.column == "error" else np.nan))
+    for tag, keep in (("all", n > 0), ("asym", n >= asymptotic_from)):
+        try:
+            f = boot.exponent(n[keep], cube[keep], rng=np.random.default_rng(BOOT_SEED),
+                              n_boot=BOOT)
+            row.update({f"slope_{tag}": f.estimate, f"lo_{tag}": f.lo, f"hi_{tag}": f.hi,
+                        f"r2_{tag}": f.r2, f"intercept_{tag}": f.intercept})
+            if tag == "all":
+                curves["lo"], curves["hi"] = f.curve_lo, f.curve_hi
+        except ValueError:  # zero RMSE (collapsed everywhere), too few n, or no data
+            row.update({f"slope_{tag}": np.nan, f"lo_{tag}": np.nan, f"hi_{tag}": np.nan,
+                        f"r2_{tag}": np.nan, f"intercept_{tag}": np.nan})
+    row["power_law"] = bool(np.isfinite(row["r2_asym"]) and row["r2_asym"] >= R2_MIN)
+    row["fit_n_min"] = int(asymptotic_from)
+    return row, curves
+
+
+def fit_groups(rec, *, metric: str = "error", asymptotic_from: int = ASYMPTOTIC_FROM):
+    """(exponents, curves) of one metric of :data:`METRICS` over every group."""
+    m = METRICS.get(metric)
+    rows, parts = [], []
     for (s, e, sch), g in groups(rec):
-        n, err = _table(g, column)
-        row = dict(setting=s, estimator=e, schedule=sch, seeds=err.shape[1],
-                   failed=int((g.status != "ok").sum()), at_zero=float(g.at_zero.mean()),
-                   rmse_first=float(rmse(err[0])), rmse_last=float(rmse(err[-1])))
-        for tag, keep in (("all", n > 0), ("asym", n >= asymptotic_from)):
-            try:
-                ci = bootstrap_exponent(n[keep], err[keep], n_boot=BOOT,
-                                        rng=np.random.default_rng(BOOT_SEED))
-                r2 = fit_power_law(n[keep], rmse(err[keep])).r2
-                row.update({f"slope_{tag}": ci.estimate, f"lo_{tag}": ci.lo,
-                            f"hi_{tag}": ci.hi, f"r2_{tag}": r2})
-            except ValueError:  # zero RMSE (collapsed at every seed) or too few n
-                row.update({f"slope_{tag}": np.nan, f"lo_{tag}": np.nan,
-                            f"hi_{tag}": np.nan, f"r2_{tag}": np.nan})
-        rows.append(row)
-    return pd.DataFrame(rows)
+        if g[m.column].isna().all():
+            continue  # the study did not record this metric for the group
+        row, cur = _fit_group(g, m, asymptotic_from)
+        key = dict(setting=s, estimator=e, schedule=sch, kind=g.kind.iloc[0])
+        rows.append({**key, **row})
+        parts.append(cur.assign(**key, metric=metric))
+    cols = ["metric", "setting", "estimator", "schedule", "kind", "n", "rmse", "lo", "hi",
+            "used", "pred"]
+    cur = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+    empty = ["setting", "estimator", "schedule", "kind", "power_law", "slope_asym", "lo_asym",
+             "hi_asym", "r2_asym"]   # a metric the study did not record: no groups
+    return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=empty)), cur
 
 
-def _setting_specs(cfg):
-    return {s["name"]: s for s in cfg["settings"]}
+def exponents(rec, *, asymptotic_from: int = ASYMPTOTIC_FROM, column: str = "error"
+              ) -> pd.DataFrame:
+    """One row per (setting, estimator, schedule): slopes with two-level bootstrap CIs, R^2,
+    ``power_law`` (R^2 >= :data:`R2_MIN` on n >= ``asymptotic_from``), RMSE at the first
+    and last n, and the rows left out by reason. ``column`` names a metric of
+    :data:`METRICS` (``"error_star"``: the distance to theta*)."""
+    if "usable" not in rec:
+        raise ValueError("exponents takes records from analysis.load (normalised)")
+    return fit_groups(rec, metric=column, asymptotic_from=asymptotic_from)[0]
 
 
-def _schedules(cfg) -> dict:
-    return {s["name"]: s for s in cfg["schedules"]}
+# ------------------------------------------------------- bias and variance, coverage
+def _target_bias(tgt) -> dict:
+    """(setting, draw, estimator, hyperparameter key) -> ||w(rho) - w*|| of the target."""
+    t = tgt[tgt.status.astype(str) == "ok"]
+    return {(r.setting, int(r.draw), r.estimator, str(r.hyperparameter)): float(r.error_star)
+            for r in t.itertuples()}
 
 
-def _exponent(cfg, schedule: str) -> float:
-    return float(_schedules(cfg).get(schedule, {}).get("exponent", 0.0))
-
-
-def _collapse_fraction(cfg, schedule: str) -> float:
-    return float(_schedules(cfg).get(schedule, {}).get("collapse_fraction") or 0.0)
-
-
-def theory(rec, tgt, cfg) -> pd.DataFrame:
-    """Per (setting, estimator, schedule, n): RMSE, (1-delta) quantile, bound, prediction.
-
-    ``q_vs_bound`` is the quantile the bound is compared with, ``shrinking`` whether the
-    schedule's radius shrinks with n."""
-    delta, B = cfg["delta"], cfg["bound"]
-    specs = _setting_specs(cfg)
-    tg = tgt.set_index(["setting", "estimator", "param"])
+def bias_variance(rec, tgt) -> pd.DataFrame:
+    """Per (setting, estimator, schedule, n) of a robust estimator, pooled over draws: the
+    bias ||w(rho_n) - w*|| (RMS over draws), the spread RMSE to the own target, and the
+    RMSE to w*; bias^2 + spread^2 ~= total^2 up to the cross term."""
+    bias = _target_bias(tgt)
     rows = []
-    for (s, e, sch, n), g in rec[rec.status == "ok"].groupby(
-            ["setting", "estimator", "schedule", "n"], sort=True):
-        spec = specs[s]
-        beta, lam = float(spec.get("beta", 1.0)), float(g.lambda_min.iloc[0])
-        bound = BOUNDS.get(get_estimator(e).theorem)
-        param = g.param.iloc[0]
-        pkey = "" if not np.isfinite(param) else repr(float(param))
-        t = tg.loc[(s, e, pkey)] if (s, e, pkey) in tg.index else None
-        err = g.error.to_numpy()
-        q = float(np.quantile(err, 1 - delta))
-        row = dict(setting=s, estimator=e, schedule=sch, n=int(n), param=param,
-                   rmse=float(rmse(err)), mean=float(err.mean()), median=float(np.median(err)),
-                   q_1md=q, q_sigma=float(np.quantile(g.error_sigma, 1 - delta)),
-                   pred_sandwich=float(np.sqrt(g.tr_sandwich.iloc[0] / n)),
-                   pred_hinv=float(np.sqrt(g.tr_hinv.iloc[0] / n)), lambda_min=lam,
-                   tr_hinv=float(g.tr_hinv.iloc[0]), rmse_star=float(rmse(g.error_star)))
-        row["bound"] = bound.value(n, beta=beta, bound=B, lam=lam, delta=delta,
-                                   dual=float(t["dual"]) if t is not None else np.nan,
-                                   dim=int(spec.get("dim", 4)))
-        stat = row[bound.statistic]
-        row["bound_factor"] = row["bound"] / stat if stat > 0 else np.inf
-        row.update(q_vs_bound=stat, shrinking=_exponent(cfg, sch) > 0)
-        rows.append(row)
+    sub = rec[rec.usable & (rec.schedule != NO_SCHEDULE)]
+    for (s, e, sch, n), g in sub.groupby(["setting", "estimator", "schedule", "n"]):
+        b = [bias.get((s, int(d), e, hyper_key(h))) for d, h in
+             g.groupby("draw").hyperparameter.first().items()]
+        b = np.array([np.nan if v is None else v for v in b], float)
+        rows.append(dict(setting=s, estimator=e, schedule=sch, kind=g.kind.iloc[0], n=int(n),
+                         hyperparameter=float(g.hyperparameter.median()),
+                         bias=float(np.sqrt(np.mean(b**2))) if np.isfinite(b).all() else np.nan,
+                         spread=float(rmse(g.error)), total=float(rmse(g.error_star)),
+                         used=int(len(g))))
     return pd.DataFrame(rows)
 
 
-def theory_summary(th: pd.DataFrame) -> pd.DataFrame:
-    """Per group: does the bound hold at every n, the smallest factor, and the local
-    prediction's accuracy (RMSE / sqrt(tr V / n), median over n and at the largest n)."""
-    rows = []
-    for (s, e, sch), g in th.groupby(["setting", "estimator", "schedule"], sort=True):
-        g = g.sort_values("n")
-        ratio = g.rmse / g.pred_sandwich
-        fin = g.bound_factor[np.isfinite(g.bound_factor)]
-        rows.append(dict(setting=s, estimator=e, schedule=sch,
-                         bound_holds=bool(np.all(fin > 1)) if len(fin) else "n/a",
-                         min_factor=float(fin.min()) if len(fin) else np.nan,
-                         rmse_over_pred_median=(float(np.nanmedian(ratio))
-                                                if np.isfinite(ratio).any() else np.nan),
-                         rmse_over_pred_last=float(ratio.iloc[-1])))
-    return pd.DataFrame(rows)
-
-
-def coverage_table(rec, *, n=None) -> pd.DataFrame:
-    """RMSE at one n (default the largest) per (estimator, schedule, setting), with
-    lambda_min, 1/lambda_min and tr H^{-1}, plus elasticities across settings."""
-    n = int(rec.n.max()) if n is None else int(n)
-    sub = rec[(rec.n == n) & (rec.status == "ok")]
-    rows = []
-    for (e, sch, s), g in sub.groupby(["estimator", "schedule", "setting"], sort=True):
-        rows.append(dict(estimator=e, schedule=sch, setting=s, n=n,
-                         lambda_min=float(g.lambda_min.iloc[0]),
-                         inv_lambda=1.0 / float(g.lambda_min.iloc[0]),
-                         tr_hinv=float(g.tr_hinv.iloc[0]), rmse=float(rmse(g.error))))
-    return pd.DataFrame(rows)
-
-
-def elasticities(cov: pd.DataFrame) -> pd.DataFrame:
-    """d log RMSE / d log(1/lambda_min) and d log RMSE / d log tr H^{-1} across settings."""
-    rows = []
-    for (e, sch), g in cov.groupby(["estimator", "schedule"], sort=True):
-        if g.setting.nunique() < 2 or not np.all(g.rmse > 0):
-            continue
-        row = dict(estimator=e, schedule=sch, settings=int(len(g)))
-        row["vs_inv_lambda"] = fit_power_law(g.inv_lambda, g.rmse).slope
-        ok = np.isfinite(g.tr_hinv) & (g.tr_hinv > 0)
-        row["vs_tr_hinv"] = (fit_power_law(g.tr_hinv[ok], g.rmse[ok]).slope
-                             if ok.sum() >= 2 and g.tr_hinv[ok].nunique() >= 2 else np.nan)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------ the summary
-def _ci_contains(df, value) -> int:
-    return int(((df.lo_asym <= value) & (value <= df.hi_asym)).sum())
-
-
-def _rate_summary(own, cfg) -> dict:
-    """How many groups run at n^-1/2, the exceptions, and the groups at the collapse."""
-    lo, hi = RATE_BAND
-    near_half = own[(own.slope_asym > lo) & (own.slope_asym < hi)]
-    quarter = own[(own.lo_asym <= QUARTER) & (QUARTER <= own.hi_asym)]
-    fractions = own.schedule.map(lambda s: _collapse_fraction(cfg, s))
-    at = own[np.isclose(fractions, 1.0)]
-    near = (fractions >= NEAR_COLLAPSE) & (fractions < 1.0) & ~np.isclose(fractions, 1.0)
-    return dict(
-        groups=len(own), near_half=len(near_half), ci_quarter=len(quarter),
-        all_half=len(near_half) == len(own),
-        # which radii relative to the collapse radius the study's groups include
-        band=list(RATE_BAND),
-        collapse_radii=[w for w, present in (("near", bool(near.any())), ("at", len(at) > 0))
-                        if present],
-        exceptions=[dict(estimator=r.estimator, schedule=r.schedule, setting=r.setting,
-                         slope=float(r.slope_asym))
-                    for r in own.drop(near_half.index).itertuples()],
-        at_collapse=(dict(at_zero=float(at.at_zero.mean()),
-                          median=float(at.slope_asym.median())) if len(at) else None))
-
-
-def _kl_bias(ex_star, cfg) -> dict | None:
-    """The KL estimator's exponent against theta* with rho_n ~ n^-1/2 (and ~ n^-1)."""
-    kl = ex_star[ex_star.estimator == KL_BIAS_ESTIMATOR]
-    exps = kl.schedule.map(lambda s: _exponent(cfg, s))
-    star = kl[(exps == SQRT_N) & np.isfinite(kl.slope_asym)]
-    inv = kl[exps == INVERSE_N]
-    if not len(star):
-        return None
-    return dict(sqrt_n=float(star.slope_asym.median()),
-                inverse_n=float(inv.slope_asym.median()) if len(inv) else None)
-
-
-def summary(rec, tgt, cfg, ex, ex_star, th, ts, el) -> dict:
-    """Every number and verdict the report states, from the tables of one run (JSON-able)."""
-    fails = tgt[tgt.status != "ok"][["setting", "estimator", "param", "status"]]
-    failed_fits = rec[rec.status != "ok"].groupby(["setting", "estimator", "schedule"]).size()
-    first = sorted(th.setting.unique())[0] if len(th) else None
-    others = sorted(set(th[th.setting == first].schedule) - {NO_SCHEDULE})
-    out = dict(
-        rows=int(len(rec)), failed_rows=int((rec.status != "ok").sum()), targets=int(len(tgt)),
-        failed_targets=fails.to_dict("records"),
-        failed_fits=[dict(setting=k[0], estimator=k[1], schedule=k[2], rows=int(v))
-                     for k, v in failed_fits.items()],
-        schedules=sorted(set(rec.schedule) - {NO_SCHEDULE}) or [NO_SCHEDULE],
-        lambda_min={s: float(v) for s, v in rec.groupby("setting").lambda_min.first().items()},
-        first_setting=first,
-        # the bounds figure shows the fixed (non-shrinking) schedule with the smallest radius
-        bounds_schedule=min(others, key=lambda s: (_exponent(cfg, s) > 0,
-                                                   _collapse_fraction(cfg, s), s),
-                            default=NO_SCHEDULE),
-        shrinking=bool(th.shrinking.any()) if len(th) else False)
-    own = ex[np.isfinite(ex.slope_asym)]
-    out["own"] = [dict(schedule=sch, groups=len(g), min=float(g.slope_asym.min()),
-                       max=float(g.slope_asym.max()), median=float(g.slope_asym.median()),
-                       ci_half=_ci_contains(g, HALF), ci_quarter=_ci_contains(g, QUARTER))
-                  for sch, g in own.groupby("schedule", sort=True)]
-    star = ex_star[(ex_star.schedule != NO_SCHEDULE) & np.isfinite(ex_star.slope_asym)]
-    out["star"] = [dict(schedule=sch, estimator=e, settings=len(g),
-                        median=float(g.slope_asym.median()), min=float(g.slope_asym.min()),
-                        max=float(g.slope_asym.max()), ci_quarter=_ci_contains(g, QUARTER),
-                        ci_half=_ci_contains(g, HALF))
-                   for (sch, e), g in star.groupby(["schedule", "estimator"], sort=True)
-                   if _exponent(cfg, sch) > 0]
-    out["rate"] = _rate_summary(own, cfg) if len(own) else None
-    out["kl_bias"] = _kl_bias(ex_star, cfg)
-    out["bounds"] = out["local"] = out["coverage"] = None
-    if len(ts):
-        fin = ts[np.isfinite(ts.min_factor)]
-        prop1 = ts[ts.estimator.map(lambda e: get_estimator(e).theorem) == PROPOSITION_1]
-        out["bounds"] = dict(
-            holds=int((ts.bound_holds == True).sum()),  # noqa: E712 (bool or "n/a")
-            finite=int((ts.bound_holds != "n/a").sum()),
-            min_factor=float(fin.min_factor.min()), median_factor=float(fin.min_factor.median()),
-            prop1_holds=bool((prop1.bound_holds == True).all()))  # noqa: E712
-        r = ts.rmse_over_pred_median.dropna()
-        if len(r):
-            out["local"] = dict(median=float(r.median()), groups=len(r), min=float(r.min()),
-                                max=float(r.max()))
-    if len(el):
-        lam, tr = float(el.vs_inv_lambda.median()), float(np.nanmedian(el.vs_tr_hinv))
-        out["coverage"] = dict(
-            lam_min=float(el.vs_inv_lambda.min()), lam_max=float(el.vs_inv_lambda.max()),
-            tr_min=float(np.nanmin(el.vs_tr_hinv)), tr_max=float(np.nanmax(el.vs_tr_hinv)),
-            lam_median=lam, tr_median=tr,
-            tr_explains_better=bool(abs(tr - COVERAGE_ELASTICITY)
-                                    < abs(lam - COVERAGE_ELASTICITY)))
-    return out
+def exclusions(rec) -> pd.DataFrame:
+    """Rows per (estimator, n) by reason (:data:`REASONS`): what the statistics left out."""
+    t = rec.groupby(["estimator", "n", "reason"]).size().unstack(fill_value=0)
+    t = t.reindex(columns=list(REASONS), fill_value=0).reset_index()
+    t["rows"] = t[list(REASONS)].sum(axis=1)
+    return t
 
 
 # ------------------------------------------------------------- tables on disk
@@ -336,31 +284,50 @@ class RatesTables(NamedTuple):
 
     exponents: pd.DataFrame
     exponents_star: pd.DataFrame
+    exponents_policy: pd.DataFrame
+    exponents_policy_star: pd.DataFrame
+    curves: pd.DataFrame
     theory: pd.DataFrame
     theory_summary: pd.DataFrame
     coverage: pd.DataFrame
     elasticities: pd.DataFrame
+    bias_variance: pd.DataFrame
+    exclusions: pd.DataFrame
     summary: dict
     config: dict
 
 
+def compute(records_dir) -> dict:
+    """Every table of the report (name -> DataFrame) and the summary, in memory."""
+    rec, tgt, cfg = load(records_dir)
+    frames, curves = {}, []
+    for name, metric in EXPONENT_TABLES.items():
+        frames[name], cur = fit_groups(rec, metric=metric)
+        if len(cur):
+            curves.append(cur)
+    frames["curves"] = pd.concat(curves, ignore_index=True)
+    frames["theory"] = theory(rec, tgt, cfg)
+    frames["theory_summary"] = theory_summary(frames["theory"])
+    frames["coverage"] = coverage_table(rec)
+    frames["elasticities"] = elasticities(rec, cfg)
+    frames["bias_variance"] = bias_variance(rec, tgt)
+    frames["exclusions"] = exclusions(rec)
+    return dict(frames=frames, summary=_summary(rec, tgt, cfg, frames))
+
+
+def summary(rec, tgt, cfg, frames) -> dict:
+    """Every number and verdict the report states (see :mod:`.analysis_summary`)."""
+    return _summary(rec, tgt, cfg, frames)
+
+
 def write_tables(records_dir) -> dict[str, Path]:
     """Compute every table of the report from the records in ``records_dir`` and write them
-    there (``TABLES`` as CSV, the summary as ``summary.json``); returns name -> path."""
+    there (:data:`TABLES` as CSV, the summary as ``summary.json``); returns name -> path."""
     d = Path(records_dir)
-    rec, tgt, cfg = load(d)
-    ex = exponents(rec)
-    ex_star = exponents(rec, column="error_star")
-    th = theory(rec, tgt, cfg)
-    ts = theory_summary(th)
-    cov = coverage_table(rec)
-    el = elasticities(cov)
-    frames = dict(exponents=ex, exponents_star=ex_star, theory=th, theory_summary=ts,
-                  coverage=cov, elasticities=el)
-    paths = {k: write_table(frames[k], d / name) for k, name in TABLES.items()}
+    out = compute(d)
+    paths = {k: write_table(out["frames"][k], d / name) for k, name in TABLES.items()}
     paths["summary"] = d / SUMMARY
-    paths["summary"].write_text(json.dumps(summary(rec, tgt, cfg, ex, ex_star, th, ts, el),
-                                           indent=1) + "\n")
+    paths["summary"].write_text(json.dumps(out["summary"], indent=1) + "\n")
     return paths
 
 

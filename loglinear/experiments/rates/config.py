@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...env import LogLinearEnv
 from ..config import from_mapping, load_config
 from ..estimators import ESTIMATORS, get_estimator
 
@@ -25,8 +26,16 @@ class EnvSpec:
         n_states, n_actions, dim, beta, reward_scale, ref_scale, state_dist: as in
             ``LogLinearEnv.random``.
         concentration: sampling-policy concentration (0 = uniform; larger = worse coverage).
-        spectrum: per-coordinate feature scales; a small entry makes lambda_min -> 0.
+        avoid: gamma of ``LogLinearEnv.avoiding``: the sampling policy avoids a random
+            feature direction (0 = none; larger = worse coverage of that direction),
+            with the features, reward and theta* unchanged.
+        spectrum: per-coordinate feature scales (a reparametrisation: a small entry makes
+            lambda_min -> 0 by shrinking the features themselves).
         env_seed: seed of the environment draw (combined with the config seed).
+        geometry: the name whose environment draws this setting shares (default: its
+            own name). Settings of one geometry and equal sizes have the same features,
+            reward, theta* and state distribution in every draw, and differ only in how
+            they sample (``concentration``, ``avoid``).
     """
 
     name: str
@@ -40,10 +49,16 @@ class EnvSpec:
     ref_scale: float = 0.0
     state_dist: str = "uniform"
     env_seed: int = 0
+    avoid: float = 0.0
+    geometry: str = ""
 
     def __post_init__(self):
         if not self.name or "," in self.name:
             raise ValueError(f"setting name must be non-empty without commas, got {self.name!r}")
+        if "," in self.geometry:
+            raise ValueError(f"setting {self.name}: geometry must not contain commas")
+        if not self.avoid >= 0 or not self.concentration >= 0:
+            raise ValueError(f"setting {self.name}: avoid and concentration must be >= 0")
         if self.spectrum is not None:
             object.__setattr__(self, "spectrum", tuple(float(v) for v in self.spectrum))
             if len(self.spectrum) != self.dim:
@@ -52,6 +67,19 @@ class EnvSpec:
             raise ValueError(f"setting {self.name}: need n_states >= 1, n_actions >= 2, dim >= 1")
         if not self.beta > 0:
             raise ValueError(f"setting {self.name}: beta must be > 0")
+
+    @property
+    def geometry_name(self) -> str:
+        """The name that seeds the environment draws (``geometry`` or the setting name)."""
+        return self.geometry or self.name
+
+    def make(self, rng) -> LogLinearEnv:
+        """The environment of this setting drawn from ``rng`` (a Generator or a seed)."""
+        return LogLinearEnv.random(
+            rng, n_states=self.n_states, n_actions=self.n_actions, dim=self.dim,
+            beta=self.beta, concentration=self.concentration, spectrum=self.spectrum,
+            reward_scale=self.reward_scale, ref_scale=self.ref_scale,
+            state_dist=self.state_dist, avoid=self.avoid)
 
 
 @dataclass(frozen=True)
@@ -99,18 +127,20 @@ class Schedule:
 
 @dataclass(frozen=True)
 class RatesConfig:
-    """The study: settings x n x seeds x estimators x schedules.
+    """The study: settings x draws x n x seeds x estimators x schedules.
 
     Attributes:
         name: study name (written into the resolved config).
         seed: master seed; every random draw derives from it and the row key.
         n: sample sizes.
-        seeds: replicates per (setting, n); seed ids 0..seeds-1.
+        seeds: replicates per (setting, draw, n); seed ids 0..seeds-1.
+        draws: environment draws per setting; draw ids 0..draws-1 (draw 0 is the
+            environment a one-draw study uses).
         estimators: registry names (see :data:`loglinear.experiments.estimators.ESTIMATORS`).
         settings: the environments.
         schedules: radius schedules for the robust estimators.
-        bound: B, the radius of Theta = {||theta|| <= B}: DPO is fitted on it and the
-            docs/theory.md §5 constants use it.
+        bound: B, the radius of Theta = {||w|| <= B}: every estimator (and every target)
+            is fitted on it, and the docs/theory.md §5 constants use it.
         delta: confidence level of the theory bounds.
     """
 
@@ -123,6 +153,7 @@ class RatesConfig:
     seeds: int = 50
     bound: float = 5.0
     delta: float = 0.05
+    draws: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "n", tuple(int(v) for v in self.n))
@@ -130,6 +161,8 @@ class RatesConfig:
             raise ValueError(f"n must be a non-empty list of sizes >= 2, got {self.n}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.draws < 1:
+            raise ValueError(f"draws must be >= 1, got {self.draws}")
         for e in self.estimators:
             get_estimator(e)
         names = [s.name for s in self.settings]

@@ -1,13 +1,24 @@
 r"""The estimation-rate and coverage study: config -> tidy records on disk.
 
-For every environment (setting), sample size n, replicate seed, estimator and radius
-schedule, draw n preference pairs, fit the estimator and record ||w_hat - w_target||_2,
-where w = theta - theta_ref (centered parameterisation, o = 0, docs/theory.md §2.3) and the
-target is exact:
+For every environment (setting, draw), sample size n, replicate seed, estimator and
+radius schedule, draw n preference pairs, fit the estimator and record its errors against
+its exact target, in parameter space (||w_hat - w_target||_2, and the Sigma-norm) and in
+policy space (E_s KL and TV between pi_target and pi_hat), and the same against DPO's
+optimum theta*. Here w = theta - theta_ref (centered parameterisation, o = 0,
+docs/theory.md §2.3), and the targets are exact:
 
 * DPO: w* = omega / beta (the population DPO optimum, in closed form);
-* robust estimators: their optimum on the enumerated population (weights equal to the
+* the other estimators: their optimum on the enumerated population (weights equal to the
   exact atom probabilities) at the same hyperparameter value.
+
+**One Theta.** Every estimator, and every target, is fitted on the same ball
+Theta = {||w|| <= B} (``config.bound``), so a separable sample (no finite minimiser) has
+an estimate on the sphere rather than an error. A row is ``ok`` only when its fit is
+certified (gradient or KKT residual below the solver's tolerance, see
+:class:`~loglinear.experiments.estimators.EstimatorFit`) and inside Theta; otherwise its
+status is ``separable`` (no finite minimiser and no bound) or ``failed: <reason>``, with
+the reason in ``failure``. ``on_boundary`` marks estimates on the sphere and
+``separable`` samples that are (quasi-)separable, whatever the estimator.
 
 **Count compression.** A sample of n i.i.d. pairs from a finite environment is, for any
 weighted M-estimator, equivalent to the vector of multinomial counts over the population
@@ -15,81 +26,52 @@ atoms (s, a1, a2, y): the empirical measure is sum_k (c_k / n) delta_{atom_k}.
 ``env.sample_counts`` draws the counts directly, so a fit at n = 10^6 touches at most
 S A^2 2 atoms and costs the same as at n = 10^3.
 
-**Determinism.** The data of row (setting, n, seed) come from
-``SeedSequence([config.seed, crc32(setting), n, seed])``; they do not depend on the
-execution order, the number of workers or the estimator (all estimators of a row see the
-same sample: common random numbers). Only the ``seconds`` column varies between runs.
+**Determinism.** Environment (setting, draw) comes from
+``SeedSequence([config.seed, crc32(geometry), draw, env_seed])`` (``geometry`` defaults to
+the setting's name; with env_seed = 0, draw 0 is the environment ``SeedSequence([seed,
+crc32(name), 0])`` of the earlier one-draw studies), the data of row (setting, draw, n,
+seed) from ``SeedSequence([config.seed, crc32(setting), draw, n, seed])``. Nothing depends
+on the execution order, the number of workers or the estimator (all estimators of a row
+see the same sample: common random numbers). Only ``seconds`` varies between runs.
 
 **Resume.** Rows go to ``records.csv`` one line at a time (see
 :mod:`loglinear.experiments.records`); a rerun skips finished keys. Targets go to
-``targets.csv`` in the same way.
+``targets.csv`` in the same way. Adding seeds or draws keeps the finished rows.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import warnings
-import zlib
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ...env import LogLinearEnv
-from ...estimation import coverage
 from ..config import to_jsonable, write_resolved
 from ..estimators import get_estimator
 from ..records import RecordStore, read_records
 from .config import NO_SCHEDULE, EnvSpec, RatesConfig, Schedule
+from .units import (
+    BOUNDARY_RTOL,
+    COLLAPSE,
+    ROW_COLUMNS,
+    ROW_KEY,
+    TARGET_COLUMNS,
+    TARGET_KEY,
+    ZERO_TOL,
+    _hyper_key,
+    _run_chunk,
+    _stable,  # noqa: F401  (the documented seeding, used to reproduce a row)
+    _target_chunk,
+    environment,
+)
 
-__all__ = ["NO_SCHEDULE", "ROW_COLUMNS", "ROW_KEY", "TARGET_COLUMNS", "TARGET_KEY",
-           "EnvSpec", "RatesConfig", "Schedule", "environment", "hyperparameters", "main",
-           "run"]
-
-ROW_KEY = ["setting", "estimator", "schedule", "n", "seed"]
-ROW_COLUMNS = ROW_KEY + [
-    "param", "error", "error_star", "error_sigma", "norm_hat", "at_zero", "atoms",
-    "lambda_min_sample", "concentration", "spectrum_min", "lambda_min", "tr_hinv",
-    "tr_sandwich", "status", "seconds",
-]
-TARGET_KEY = ["setting", "estimator", "param"]
-TARGET_COLUMNS = TARGET_KEY + [
-    "theta", "norm", "error_star", "tr_hinv", "tr_sandwich", "dual", "collapse_radius",
-    "local_status", "status", "seconds",
-]
-ZERO_TOL = 1e-7  # ||w_hat|| below this counts as collapsed to the kink w = 0
+__all__ = ["BOUNDARY_RTOL", "NO_SCHEDULE", "ROW_COLUMNS", "ROW_KEY", "TARGET_COLUMNS",
+           "TARGET_KEY", "ZERO_TOL", "EnvSpec", "RatesConfig", "Schedule", "environment",
+           "hyperparameters", "main", "run"]
 
 
 # ----------------------------------------------------------------- the plan
-def _stable(name: str) -> int:
-    return zlib.crc32(name.encode())
-
-
-@lru_cache(maxsize=64)
-def _environment(spec: EnvSpec, seed: int):
-    """The environment, its centered population, w* and lambda_min (cached per process)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _stable(spec.name),
-                                                        spec.env_seed]))
-    env = LogLinearEnv.random(
-        rng, n_states=spec.n_states, n_actions=spec.n_actions, dim=spec.dim, beta=spec.beta,
-        concentration=spec.concentration, spectrum=spec.spectrum,
-        reward_scale=spec.reward_scale, ref_scale=spec.ref_scale, state_dist=spec.state_dist)
-    pop = env.population(centered=True)
-    w_star = env.theta_star() - env.theta_ref
-    return env, pop, w_star, coverage(pop).lambda_min
-
-
-def environment(config: RatesConfig, setting: str):
-    """(env, centered population, w*, lambda_min) of a named setting."""
-    spec = {s.name: s for s in config.settings}[setting]
-    return _environment(spec, config.seed)
-
-
-def _param_key(value) -> str:
-    return "" if value is None else repr(float(value))
-
-
 def hyperparameters(config: RatesConfig, setting: str, est_name: str, schedule: Schedule,
                     collapse_radius: float | None = None) -> dict[int, float]:
     """n -> hyperparameter of an estimator under a schedule."""
@@ -109,97 +91,6 @@ def _combos(config: RatesConfig):
             out.append((name, None))
         else:
             out.extend((name, s) for s in config.schedules if s.applies(est))
-    return out
-
-
-# -------------------------------------------------------------------- targets
-def _target_row(config: RatesConfig, setting: str, est_name: str, param) -> dict:
-    """The exact population target of one estimator at one hyperparameter value."""
-    env, pop, w_star, _ = environment(config, setting)
-    est = get_estimator(est_name)
-    beta = env.beta
-    t0 = time.perf_counter()
-    row = dict(setting=setting, estimator=est_name, param=_param_key(param), dual=np.nan,
-               collapse_radius=np.nan, tr_hinv=np.nan, tr_sandwich=np.nan, local_status="")
-    try:
-        w = est.target(env, pop, beta=beta, param=param, bound=config.bound)
-        row.update(theta=json.dumps([float(v) for v in w]), norm=float(np.linalg.norm(w)),
-                   error_star=float(np.linalg.norm(w - w_star)), status="ok")
-    except Exception as exc:  # recorded, never silent: the report lists failures
-        row.update(theta="", norm=np.nan, error_star=np.nan,
-                   status=f"failed: {type(exc).__name__}: {str(exc)[:200]}",
-                   seconds=time.perf_counter() - t0)
-        return row
-    row["dual"] = est.population_dual(pop, w, beta=beta, param=param)
-    try:
-        la = est.local(pop, w, beta=beta, param=param)
-        row.update(tr_hinv=la.tr_hinv, tr_sandwich=la.tr_sandwich, local_status="ok")
-    except (ValueError, np.linalg.LinAlgError) as exc:
-        row["local_status"] = f"none: {str(exc)[:120]}"
-    row["seconds"] = time.perf_counter() - t0
-    return row
-
-
-def _collapse_row(config, setting, est_name) -> dict:
-    env, pop, _, _ = environment(config, setting)
-    t0 = time.perf_counter()
-    try:
-        r = get_estimator(est_name).collapse(pop, beta=env.beta)
-        status = "ok"
-    except Exception as exc:
-        r, status = np.nan, f"failed: {type(exc).__name__}: {str(exc)[:200]}"
-    return dict(setting=setting, estimator=est_name, param="collapse", theta="", norm=np.nan,
-                error_star=np.nan, tr_hinv=np.nan, tr_sandwich=np.nan, dual=np.nan,
-                collapse_radius=r, local_status="", status=status,
-                seconds=time.perf_counter() - t0)
-
-
-# ------------------------------------------------------------------------ rows
-def _unit_rows(config: RatesConfig, setting: str, n: int, seed: int, jobs: list) -> list[dict]:
-    """Fit every pending (estimator, schedule, param, target) job on one sample."""
-    env, pop, w_star, lam_min = environment(config, setting)
-    spec = {s.name: s for s in config.settings}[setting]
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, _stable(setting), n,
-                                                        seed]))
-    data = env.sample_counts(n, rng, centered=True)
-    cov = coverage(data)
-    rows = []
-    for est_name, sched_name, param, target, tr_hinv, tr_sand in jobs:
-        est = get_estimator(est_name)
-        t0 = time.perf_counter()
-        row = dict(setting=setting, estimator=est_name, schedule=sched_name, n=n, seed=seed,
-                   param=np.nan if param is None else float(param), atoms=data.n,
-                   lambda_min_sample=cov.lambda_min, concentration=spec.concentration,
-                   spectrum_min=min(spec.spectrum) if spec.spectrum else 1.0,
-                   lambda_min=lam_min, tr_hinv=tr_hinv, tr_sandwich=tr_sand)
-        try:
-            w = est.fit(data, beta=env.beta, param=param, bound=config.bound)
-            diff = w - target
-            row.update(error=float(np.linalg.norm(diff)),
-                       error_star=float(np.linalg.norm(w - w_star)),
-                       error_sigma=float(np.sqrt(max(diff @ cov.sigma @ diff, 0.0))),
-                       norm_hat=float(np.linalg.norm(w)),
-                       at_zero=bool(np.linalg.norm(w) < ZERO_TOL), status="ok")
-        except Exception as exc:  # recorded with its reason; error left NaN on purpose
-            row.update(error=np.nan, error_star=np.nan, error_sigma=np.nan, norm_hat=np.nan,
-                       at_zero=False, status=f"failed: {type(exc).__name__}: {str(exc)[:200]}")
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-    return rows
-
-
-def _run_chunk(config: RatesConfig, units: list) -> list[dict]:
-    out = []
-    for setting, n, seed, jobs in units:
-        out.extend(_unit_rows(config, setting, n, seed, jobs))
-    return out
-
-
-def _target_chunk(config: RatesConfig, items: list) -> list[dict]:
-    out = []
-    for kind, setting, est_name, param in items:
-        out.append(_collapse_row(config, setting, est_name) if kind == "collapse"
-                   else _target_row(config, setting, est_name, param))
     return out
 
 
@@ -271,34 +162,42 @@ def _failed(row: dict) -> bool:
     return row.get("status", "").startswith("failed")
 
 
+def _read_targets(out: Path):
+    return read_records(out / "targets.csv", dtype={"hyperparameter": str},
+                        keep_default_na=False)
+
+
 def _run_targets(config: RatesConfig, out: Path, combos, *, drop, execute) -> dict:
     """Phase 1: collapse radii, then exact population targets (resumable). Returns the plan
-    (setting, estimator, schedule) -> {n: hyperparameter}."""
+    (setting, draw, estimator, schedule) -> {n: hyperparameter}."""
     targets = RecordStore(out / "targets.csv", TARGET_COLUMNS, TARGET_KEY).open(drop=drop)
+    draws = range(config.draws)
     try:
-        items = sorted({("collapse", st.name, e, None) for e, s in combos
+        items = sorted({(COLLAPSE, st.name, d, e, None) for e, s in combos
                         if s is not None and s.uses_collapse(get_estimator(e))
-                        for st in config.settings})
-        items = [i for i in items if not targets.done(dict(setting=i[1], estimator=i[2],
-                                                           param="collapse"))]
+                        for st in config.settings for d in draws})
+        items = [i for i in items if not targets.done(dict(
+            setting=i[1], draw=i[2], estimator=i[3], hyperparameter=COLLAPSE))]
         execute(_target_chunk, items, desc="collapse radii", sink=targets.write_many)
-        tdf = read_records(out / "targets.csv", dtype={"param": str}, keep_default_na=False)
-        collapse = {(r.setting, r.estimator): float(r.collapse_radius)
-                    for r in tdf[tdf.param == "collapse"].itertuples()}
-        plan = {}  # (setting, est, sched) -> {n: param}
+        tdf = _read_targets(out)
+        collapse = {(r.setting, int(r.draw), r.estimator): float(r.collapse_radius)
+                    for r in tdf[tdf.hyperparameter == COLLAPSE].itertuples()}
+        plan = {}  # (setting, draw, est, sched) -> {n: hyperparameter}
         for st in config.settings:
-            for e, s in combos:
-                if s is None:
-                    plan[(st.name, e, NO_SCHEDULE)] = {n: None for n in config.n}
-                else:
-                    cr = collapse.get((st.name, e))
+            for d in draws:
+                for e, s in combos:
+                    if s is None:
+                        plan[(st.name, d, e, NO_SCHEDULE)] = {n: None for n in config.n}
+                        continue
+                    cr = collapse.get((st.name, d, e))
                     if s.uses_collapse(get_estimator(e)) and not (cr is not None and cr > 0):
                         continue  # no usable collapse radius (recorded in targets.csv)
-                    plan[(st.name, e, s.name)] = hyperparameters(config, st.name, e, s, cr)
-        items = sorted({("target", k[0], k[1], p) for k, by_n in plan.items()
-                        for p in by_n.values()}, key=lambda t: (t[1], t[2], _param_key(t[3])))
-        items = [i for i in items if not targets.done(dict(setting=i[1], estimator=i[2],
-                                                           param=_param_key(i[3])))]
+                    plan[(st.name, d, e, s.name)] = hyperparameters(config, st.name, e, s, cr)
+        items = sorted({("target", k[0], k[1], k[2], p) for k, by_n in plan.items()
+                        for p in by_n.values()},
+                       key=lambda t: (t[1], t[2], t[3], _hyper_key(t[4])))
+        items = [i for i in items if not targets.done(dict(
+            setting=i[1], draw=i[2], estimator=i[3], hyperparameter=_hyper_key(i[4])))]
         execute(_target_chunk, items, desc="targets", sink=targets.write_many)
     finally:
         targets.close()
@@ -306,31 +205,34 @@ def _run_targets(config: RatesConfig, out: Path, combos, *, drop, execute) -> di
 
 
 def _run_rows(config: RatesConfig, out: Path, plan: dict, *, drop, max_rows, execute) -> None:
-    """Phase 2: one unit = one sample (setting, n, seed) shared by all estimators."""
-    tdf = read_records(out / "targets.csv", dtype={"param": str}, keep_default_na=False)
-    tdf = tdf[tdf.param != "collapse"]
-    tmap = {(r.setting, r.estimator, r.param): r for r in tdf.itertuples()}
+    """Phase 2: one unit = one sample (setting, draw, n, seed) shared by all estimators."""
+    tdf = _read_targets(out)
+    tdf = tdf[tdf.hyperparameter != COLLAPSE]
+    tmap = {(r.setting, int(r.draw), r.estimator, r.hyperparameter): r
+            for r in tdf.itertuples()}
     store = RecordStore(out / "records.csv", ROW_COLUMNS, ROW_KEY).open(drop=drop)
     try:
         units, pending = [], 0
-        # Seed-major order: an interrupted study holds complete (setting, n) grids for its
-        # first seeds rather than complete settings, so a partial analysis stays balanced.
+        # Seed-major order: an interrupted study holds complete (setting, draw, n) grids for
+        # its first seeds rather than complete settings, so a partial analysis stays balanced.
         for seed in range(config.seeds):
-            for st in config.settings:
-                for n in config.n:
-                    jobs_here = []
-                    for (sname, e, sched), by_n in plan.items():
-                        if sname != st.name or store.done(dict(setting=sname, estimator=e,
-                                                               schedule=sched, n=n, seed=seed)):
-                            continue
-                        t = tmap.get((sname, e, _param_key(by_n[n])))
-                        if t is None or t.status != "ok":
-                            continue  # the target failed: reported from targets.csv
-                        jobs_here.append((e, sched, by_n[n], np.array(json.loads(t.theta)),
-                                          float(t.tr_hinv), float(t.tr_sandwich)))
-                    if jobs_here and (max_rows is None or pending < max_rows):
-                        units.append((st.name, n, seed, jobs_here))
-                        pending += len(jobs_here)
+            for d in range(config.draws):
+                for st in config.settings:
+                    for n in config.n:
+                        jobs_here = []
+                        for (sname, sd, e, sched), by_n in plan.items():
+                            if sname != st.name or sd != d or store.done(dict(
+                                    setting=sname, draw=d, estimator=e, schedule=sched, n=n,
+                                    seed=seed)):
+                                continue
+                            t = tmap.get((sname, d, e, _hyper_key(by_n[n])))
+                            if t is None or t.status != "ok":
+                                continue  # the target failed: reported from targets.csv
+                            jobs_here.append((e, sched, by_n[n], np.array(json.loads(t.theta)),
+                                              float(t.tr_hinv), float(t.tr_sandwich)))
+                        if jobs_here and (max_rows is None or pending < max_rows):
+                            units.append((st.name, d, n, seed, jobs_here))
+                            pending += len(jobs_here)
         execute(_run_chunk, units, desc="rows", sink=store.write_many, total=pending,
                 always_show=True)
     finally:

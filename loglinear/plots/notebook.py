@@ -1,9 +1,12 @@
-"""Figures for the exploration notebooks. Each function takes records (a DataFrame or a
-list of dicts) or a result tuple and returns a matplotlib Figure; none computes science."""
+"""Figures for the exploration notebooks (re-exported by :mod:`loglinear.plots`). Each
+function takes records (a DataFrame or a list of dicts) or a result tuple and returns a
+matplotlib Figure; none computes science."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from .style import estimator_color, estimator_marker
 
 
 def _frame(records, cols=()):
@@ -183,13 +186,13 @@ def plot_error_vs_lambda(summary, *, title: str, prediction: str = "pred_sandwic
     fig, axes = plt.subplots(1, len(ns), figsize=(4.8 * len(ns), 4.2), squeeze=False,
                              sharey=True)
     ests = sorted(df.estimator.unique())
-    colors = {e: plt.cm.tab10(i % 10) for i, e in enumerate(ests)}
     for ax, n in zip(axes[0], ns):
-        for i, e in enumerate(ests):
+        for e in ests:
             sub = df[(df.n == n) & (df.estimator == e)].sort_values("lambda_min")
-            ax.plot(sub.lambda_min, sub.rmse, _markers()[i % 8], color=colors[e], label=e)
+            ax.plot(sub.lambda_min, sub.rmse, estimator_marker(e), color=estimator_color(e),
+                    label=e)
             ok = sub[np.isfinite(sub[prediction])]
-            ax.plot(ok.lambda_min, ok[prediction], "--", color=colors[e], lw=1)
+            ax.plot(ok.lambda_min, ok[prediction], "--", color=estimator_color(e), lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set(title=f"n = {n}", xlabel="λ_min(Σ) of the population")
@@ -212,11 +215,11 @@ def plot_prediction_scatter(summary, *, title: str, prediction: str = "pred_sand
         raise ValueError(f"no rows with both rmse and {prediction}")
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     ests, ns = sorted(df.estimator.unique()), sorted(df.n.unique())
-    for i, e in enumerate(ests):
+    for e in ests:
         for j, n in enumerate(ns):
             sub = df[(df.estimator == e) & (df.n == n)]
             ax.scatter(sub[prediction], sub.rmse, marker=_markers()[j % 8],
-                       color=plt.cm.tab10(i % 10), s=30, alpha=0.8,
+                       color=estimator_color(e), s=30, alpha=0.8,
                        label=e if j == 0 else None)
     lo = float(min(df[prediction].min(), df.rmse.min())) * 0.8
     hi = float(max(df[prediction].max(), df.rmse.max())) * 1.25
@@ -273,9 +276,9 @@ def plot_bound_curves(summary, bounds: dict, *, title: str, ylim=None, ax=None):
 
     df = _frame(summary, ["n", "estimator", "rmse"])
     fig, ax = (plt.subplots(figsize=(6.6, 4.6)) if ax is None else (ax.figure, ax))
-    for i, (e, sub) in enumerate(df.groupby("estimator", sort=True)):
+    for e, sub in df.groupby("estimator", sort=True):
         sub = sub.sort_values("n")
-        ax.plot(sub.n, sub.rmse, _markers()[i % 8] + "-", color=plt.cm.tab10(i % 10),
+        ax.plot(sub.n, sub.rmse, estimator_marker(e) + "-", color=estimator_color(e),
                 label=f"{e}: measured RMSE")
     styles = ["--", "-.", ":", (0, (5, 1, 1, 1))]
     for j, (label, (ns, vals)) in enumerate(bounds.items()):
