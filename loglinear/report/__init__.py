@@ -28,7 +28,8 @@ for _r in (CommittedReport("rates", "rates/records", "."),
            CommittedReport("approx", "approximations"),
            CommittedReport("three_d", "three_d"),
            CommittedReport("beyond_loglinear", "beyond_loglinear/records"),
-           CommittedReport("llm_shift", "llm_shift")):
+           CommittedReport("llm_shift", "llm_shift"),
+           CommittedReport("remark3", "remark3/records", ".")):
     COMMITTED.register(_r.study, _r)
 
 
