@@ -16,6 +16,7 @@ from loglinear.experiments.three_d import analysis
 from loglinear.experiments.three_d.analysis import load_records, property_onsets
 from loglinear.experiments.three_d.config import (
     SCENARIOS,
+    LMConfig,
     Method,
     ThreeDConfig,
     Thresholds,
@@ -92,10 +93,11 @@ def test_property_onsets_on_hand_built_records():
             for s, pc, pr, u in zip(steps, [0.2, 0.5, 0.46, 0.44], [0.3, 0.1, 0.03, 0.01],
                                     [0.1, 0.12, 0.16, 0.2])]
     on = property_onsets(rows, Thresholds(drop_ratio=0.1, degrade_ratio=0.9,
-                                          disperse_delta=0.05))[0]
+                                          disperse_delta=0.05, disperse_share=0.1))[0]
     assert on["drop_step"] == 20          # 0.03 <= 0.1 * 0.3
     assert on["degrade_step"] == 30       # 0.44 < 0.9 * 0.5 (0.46 is not)
-    assert on["disperse_step"] == 20      # 0.16 >= 0.1 + 0.05
+    assert on["disperse_step"] == 30      # (0.2 - 0.1) / 0.9 >= 0.1 ((0.16 - 0.1) / 0.9 not)
+    assert on["disperse_abs_step"] == 20  # 0.16 >= 0.1 + 0.05
     assert on["p_chosen_peak"] == 0.5
 
 
@@ -145,12 +147,22 @@ def test_config_file_parses_and_validates():
 
 
 def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
+    import pandas as pd
+
     cfg = load_config(ThreeDConfig, CONFIG)
+    lm_study = tmp_path / "shift"
+    for seed in (0, 1):
+        (lm_study / "runs" / "dpo" / f"seed{seed}").mkdir(parents=True)
+        pd.DataFrame({"step": [0, 1], "chosen_logratio": [0.0, -1.0 - seed],
+                      "rejected_logratio": [0.0, -3.0], "loss": [0.69, 0.4]}).to_csv(
+            lm_study / "runs" / "dpo" / f"seed{seed}" / "train_log.csv", index=False)
+    keep = ("DPO", "Flex-DPO (b-=0.1)", "DPO+SFT (c=0.2)", "KLDPO paper (tau=1)")
     cfg = replace(cfg, training=replace(cfg.training, steps=30, record_every=10),
-                  toy=replace(cfg.toy, sharing=(0.0,), scenarios=("off-on",)),
-                  methods=tuple(m for m in cfg.methods
-                                if m.objective in ("dpo", "flex-dpo", "dpo-sft")),
-                  variants=(Variant("adam", 0.05, ("DPO",)),))
+                  toy=replace(cfg.toy, sharing=(0.0,), scenarios=("off-on",), extra=()),
+                  methods=tuple(m for m in cfg.methods if m.label in keep),
+                  variants=(Variant("adam", 0.05, ("DPO",)),
+                            Variant(label_flip=0.2, methods=("DPO", "KLDPO paper (tau=1)"))),
+                  lm=LMConfig(str(lm_study)))
     from loglinear.experiments.three_d.run import main
     from loglinear.report.three_d import build
 
@@ -160,23 +172,31 @@ def test_study_writes_records_and_report_regenerates_from_them(tmp_path):
     assert report == tmp_path / "three_d.md"
     assert not (rec / "records.jsonl").exists()
     frame = load_records(rec, variants=True)
-    assert len(frame) == (3 + 1) * 4  # 3 methods + 1 Adam variant, steps {0, 10, 20, 30}
-    assert sorted(set(frame["run"])) == ["adam lr=0.05", "main"]
+    # 4 methods + 1 Adam variant + 2 label-noise runs, steps {0, 10, 20, 30}
+    assert len(frame) == (4 + 1 + 2) * 4
+    assert sorted(set(frame["run"])) == ["adam lr=0.05", "label flip 0.2", "main"]
+    assert set(frame.loc[frame["run"] == "label flip 0.2", "label_flip"]) == {0.2}
+    assert len(pd.read_csv(rec / "lm_traces.csv")) == 4
     assert set(load_records(rec)["run"]) == {"main"}
     assert frame["step"].iloc[0] == 0 and frame["kl"].iloc[0] == 0.0
     assert json.loads((rec / "config.json").read_text())["training"]["steps"] == 30
     text = report.read_text()
     assert "When each property appears" in text and "Flex-DPO" in text
-    assert "### adam lr=0.05" in text
+    assert "### adam lr=0.05" in text and "### label flip" not in text
+    assert text.startswith("# The 3D") and "**Changes since the previous version.**" in text
+    assert "Label noise" in text and "Why the KL-type methods equal DPO" in text
+    assert "- dpo (2 seeds, step 1)" in text and "nan" not in text
+    assert (rec / "figures" / "lm_traces.png").stat().st_size > 0
     assert (rec / "figures" / "trajectories_eta0.png").stat().st_size > 0
     report.unlink()
     assert cli_main(["report", "three-d", str(rec)]) == 0
     assert report.read_text() == text
     # a second run into the same directory replaces the records
-    main(replace(cfg, training=replace(cfg.training, steps=10), variants=()), rec)
+    main(replace(cfg, training=replace(cfg.training, steps=10), variants=(), lm=LMConfig()),
+         rec)
     again = load_records(rec, variants=True)
     assert again["step"].max() == 10 and set(again["run"]) == {"main"}
-    assert not (rec / "variants.parquet").exists()
+    assert not (rec / "variants.parquet").exists() and not (rec / "lm_traces.csv").exists()
 
 
 def test_trajectories_subset_for_notebooks():
@@ -185,14 +205,15 @@ def test_trajectories_subset_for_notebooks():
 
     cfg = load_config(ThreeDConfig, CONFIG)
     df = trajectories(cfg, methods=["DPO", "DPO+SFT (c=0.2)"], sharing=[0.5],
-                      scenarios=["on-off"], steps=40)
+                      scenarios=["on-off", "off-off, low unseen"], steps=40)
     assert set(df["method"]) == {"DPO", "DPO+SFT (c=0.2)"}
     assert df["step"].max() == 40 and set(df["sharing"]) == {0.5}
+    assert set(df["scenario"]) == {"on-off", "off-off, low unseen"}
     import matplotlib
 
     matplotlib.use("Agg")
     fig = plot_trajectories(df)
-    assert len(fig.axes) == 3
-    assert len(plot_gradient_ratio(df).axes[0].lines) == 1
+    assert len(fig.axes) == 3 * 2            # three panels per setting
+    assert len(plot_gradient_ratio(df).axes[0].lines) == 2   # one line per DPO setting
     with pytest.raises(ValueError, match="unknown method labels"):
         trajectories(cfg, methods=["nope"])

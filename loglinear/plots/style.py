@@ -19,6 +19,10 @@ ESTIMATOR_COLORS = {
     "w2": OKABE_ITO["reddish_purple"],
     "wdpo": OKABE_ITO["bluish_green"],
     "ipo": OKABE_ITO["sky_blue"],
+    # the 3D study's remedies (Flex-DPO, DPO + SFT): two colours of Tol's muted scheme, as
+    # the seven readable Okabe-Ito colours are taken
+    "flex": "#882255",
+    "sft": "#999933",
 }
 # a marker per estimator as well, so that curves lying on one another stay distinguishable
 ESTIMATOR_MARKERS = dict(dpo="o", kl="s", kldpo="D", w1="^", w2="v", wdpo="P", ipo="X")

@@ -1,15 +1,15 @@
 """Report of the preference-shift (emotion) study, rebuilt from its records alone.
 
 ``loglinear report llm-shift DIR [--out OUT]`` reads, for each study, ``config.json``,
-``summary.csv``, ``runs.csv``, ``runs_summary.csv`` and ``runs/*/seed*/train_log.csv``
-(written by :mod:`loglinear.experiments.llm_shift.run`) and writes ``OUT/llm_shift.md`` with
-figures under
+``eval.csv``, ``summary.csv``, ``runs.csv``, ``runs_summary.csv`` and
+``runs/*/seed*/{train_log.csv, samples.json}`` (written by
+:mod:`loglinear.experiments.llm_shift.run`) and writes ``OUT/llm_shift.md`` with figures under
 ``OUT/llm_shift/<study dir name>/``. DIR is one study's directory, or a root holding several
 (``reports/llm_shift`` with ``gpu/``, ``cpu_smollm2/``, ``cpu/``): then the report has one
 section per study, GPU studies first. OUT defaults to the directory above the studies, so
 ``reports/llm_shift`` (or ``reports/llm_shift/cpu``) gives ``reports/llm_shift.md``. The
-comparisons come from :mod:`loglinear.experiments.llm_shift.analysis`; this module formats
-them. Needs pandas and matplotlib only.
+numbers come from :mod:`loglinear.experiments.llm_shift.analysis`, the figures from
+:mod:`._llm_shift_figures`; this module formats them. Needs pandas and matplotlib only.
 """
 
 from __future__ import annotations
@@ -21,69 +21,31 @@ from pathlib import Path
 import pandas as pd
 
 from ..experiments.llm_shift import analysis
-from ..experiments.llm_shift.analysis import REFERENCE
+from ..experiments.llm_shift.analysis import BASELINE, REFERENCE
 from ..experiments.llm_shift.config import run_dirname
+from . import _llm_shift_sections as sections
 from ._common import markdown_table, save_figure
+from ._llm_shift_figures import plot_alpha_sweep, plot_frontier, plot_training_traces
+
+__all__ = ["GPU_COMMAND", "build", "plot_alpha_sweep", "plot_frontier", "plot_training_logps",
+           "plot_training_traces", "study_dirs"]
 
 GPU_COMMAND = ("until loglinear llm-shift --config simulations/llm_shift_gpu.toml "
                "--max-minutes 9 --report; do [ $? -eq 75 ] || break; done")
+TRACE_COLUMNS = ("chosen_logratio", "rejected_logratio", "loss")
 
 
-def _fmt_ci(mean, lo, hi, digits=4) -> str:
+def _level(mean, lo, hi, digits=3) -> str:
     if isinstance(lo, float) and math.isnan(lo):
         return f"{mean:.{digits}g} (n/a)"
     return f"{mean:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
 
 
-def plot_alpha_sweep(summary: pd.DataFrame, *, alpha_o: float, emotions):
-    """Mean reward under r(alpha) per method with across-seed CI bands; one panel per kind,
-    absolute and relative to the reference policy."""
-    import matplotlib.pyplot as plt
-
-    kinds = list(dict.fromkeys(summary["kind"]))
-    fig, axes = plt.subplots(len(kinds), 2, figsize=(11, 3.6 * len(kinds)), squeeze=False)
-    for row, kind in enumerate(kinds):
-        sub = summary[summary.kind == kind]
-        ref = sub[sub.method == REFERENCE].set_index("alpha")["reward"]
-        for method in dict.fromkeys(sub["method"]):
-            m = sub[sub.method == method].sort_values("alpha")
-            style = dict(color="k", ls="--") if method == REFERENCE else {}
-            for col, base in ((0, 0.0), (1, ref.reindex(m["alpha"]).to_numpy())):
-                ax = axes[row, col]
-                ax.plot(m["alpha"], m["reward"] - base, marker="o", ms=3, label=method,
-                        **style)
-                if m["ci_lo"].notna().all():
-                    ax.fill_between(m["alpha"], m["ci_lo"] - base, m["ci_hi"] - base,
-                                    alpha=0.15, color=ax.lines[-1].get_color())
-        for col, title in enumerate(("mean reward", "mean reward minus reference")):
-            ax = axes[row, col]
-            ax.axvline(alpha_o, color="grey", lw=0.8, ls=":")
-            ax.set_title(f"{kind} r(α) = mix({emotions[0]}, {emotions[1]}): {title}",
-                         fontsize=9)
-            ax.set_xlabel(f"α (training α_o = {alpha_o})")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def plot_training_logps(logs: dict):
-    """Policy log-probs of chosen and rejected completions over training (3D diagnostics)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    for method, df in logs.items():
-        df = df.dropna(subset=["chosen_logratio"])
-        line = axes[0].plot(df["step"], df["chosen_logratio"], label=f"{method} chosen")[0]
-        axes[0].plot(df["step"], df["rejected_logratio"], ls="--", color=line.get_color())
-        axes[1].plot(df["step"], df["loss"], color=line.get_color(), label=method)
-    axes[0].set_title("log π/π_ref of chosen (solid) and rejected (dashed), seed 0",
-                      fontsize=9)
-    axes[1].set_title("per-pair DPO loss (batch mean)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("step")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    """Training traces of one seed per method (``{method: train_log DataFrame}``); the
+    report draws every seed with :func:`plot_training_traces`."""
+    bands = analysis.trace_bands({(m, 0): df for m, df in logs.items()}, TRACE_COLUMNS)
+    return plot_training_traces(bands, n_seeds=1)
 
 
 def study_dirs(records_dir) -> list[Path]:
@@ -106,6 +68,35 @@ def study_dirs(records_dir) -> list[Path]:
     return sorted(found, key=order)
 
 
+def _changes(studies) -> list[str]:
+    """The "changes since the previous version" paragraph, its counts from the records."""
+    n_sig, n_all = 0, 0
+    n_flu = sum((d / "fluency.csv").exists() for d in studies)
+    for d in studies:
+        cfg = json.loads((d / "config.json").read_text())
+        paired = analysis.paired_differences(pd.read_csv(d / "eval.csv"),
+                                             kind=cfg["kinds"][0])
+        paired = paired[paired.method != REFERENCE]
+        n_sig += int(paired["excludes_zero"].sum())
+        n_all += len(paired)
+    return [
+        "**Changes since the previous version.** Methods are now compared with DPO paired "
+        "by seed (the per-seed difference, then its mean and Student-t interval over seeds) "
+        "at every α, instead of asking whether two unpaired per-method intervals overlap; "
+        f"over the studies below, {n_sig} of {n_all} (robust method, α) differences under "
+        "the training mixture kind have an interval that excludes zero. New: a reward "
+        "against KL-to-reference figure; a degeneracy check of the stored samples (the "
+        f"reference model's per-token likelihood where `fluency.csv` is stored: {n_flu} of "
+        f"{len(studies)} studies; and a text-only check); the training traces of every seed "
+        "with bands. The throughput table now shows its "
+        "spread across seeds and is flagged as noise where the spread covers the "
+        "difference. `alpha_sweep.png` has labelled axes and error bars in place of "
+        "overlapping bands. The training and evaluation records are the same as before (no "
+        "re-run of the studies).",
+        "",
+    ]
+
+
 def build(records_dir, out_dir=None) -> Path:
     """Regenerate ``llm_shift.md`` and its figures from one study or a root of studies."""
     records_dir = Path(records_dir)
@@ -121,10 +112,12 @@ def build(records_dir, out_dir=None) -> Path:
         text = [f"# Preference shift: the emotion experiment rebuilt offline — {labels[0]}",
                 ""]
     else:
-        text = ["# Preference shift: the emotion experiment rebuilt offline", "",
-                f"Studies in this report (records under `{records_dir}`):", "",
-                *[f"{i + 1}. {lab} (`{d}`)" for i, (lab, d) in enumerate(zip(labels, studies))],
-                ""]
+        text = ["# Preference shift: the emotion experiment rebuilt offline", ""]
+    text += _changes(studies)
+    if not single:
+        text += [f"Studies in this report (records under `{records_dir}`):", "",
+                 *[f"{i + 1}. {lab} (`{d}`)" for i, (lab, d) in
+                   enumerate(zip(labels, studies))], ""]
     level = "##" if single else "###"
     for d, lab in zip(studies, labels):
         if not single:
@@ -146,60 +139,67 @@ def build(records_dir, out_dir=None) -> Path:
     return path
 
 
+def _read_runs(records_dir: Path, cfg: dict) -> tuple[dict, dict]:
+    """({(method, seed): train_log}, {(method, seed): [completion, ...]}) as stored."""
+    logs, samples = {}, {}
+    for method in [REFERENCE, *cfg["methods"]]:
+        for seed in cfg["seeds"]:
+            d = records_dir / "runs" / run_dirname(method) / f"seed{seed}"
+            if (d / "train_log.csv").exists():
+                logs[(method, seed)] = pd.read_csv(d / "train_log.csv")
+            if (d / "samples.json").exists():
+                samples[(method, seed)] = [s["completion"] for s in
+                                           json.loads((d / "samples.json").read_text())]
+    return logs, samples
+
+
 def _study_section(records_dir: Path, out: Path, h: str) -> list[str]:
     """Markdown lines of one study, headings at level ``h``."""
     cfg = json.loads((records_dir / "config.json").read_text())
     summary = pd.read_csv(records_dir / "summary.csv")
+    evals = pd.read_csv(records_dir / "eval.csv")
     runs = pd.read_csv(records_dir / "runs.csv")
     runs_summary = pd.read_csv(records_dir / "runs_summary.csv")
     fig_dir = out / "llm_shift" / records_dir.name
-    alpha_o, emotions = cfg["alpha_o"], cfg["emotions"]
-    sweep = save_figure(plot_alpha_sweep(summary, alpha_o=alpha_o, emotions=emotions),
-                        fig_dir / "alpha_sweep.png")
-    logs = {}
-    for method in cfg["methods"]:
-        seed_dir = f"seed{cfg['seeds'][0]}"
-        path = records_dir / "runs" / run_dirname(method) / seed_dir / "train_log.csv"
-        if path.exists():
-            logs[method] = pd.read_csv(path)
-    diag = save_figure(plot_training_logps(logs), fig_dir / "training_logps.png") \
-        if logs else None
+    alpha_o, emotions, kind = cfg["alpha_o"], cfg["emotions"], cfg["kinds"][0]
+    n_seeds = len(cfg["seeds"])
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()
 
-    kind = cfg["kinds"][0]
-    conv = summary[summary.kind == kind]
-    alphas, far = analysis.sweep_ends(summary, kind=kind, alpha_o=alpha_o)
+    paired = {k: analysis.paired_differences(evals, kind=k) for k in cfg["kinds"]}
+    sweep = save_figure(plot_alpha_sweep(summary, paired, alpha_o=alpha_o, emotions=emotions),
+                        fig_dir / "alpha_sweep.png")
+    alphas, ends = analysis.sweep_ends(summary, kind=kind, alpha_o=alpha_o)
+    far = [alpha_o, alphas[-1]] if alpha_o != alphas[-1] else [alpha_o, alphas[0]]
+    front = analysis.frontier(evals, runs, kind=kind, alphas=far)
+    front_fig = save_figure(plot_frontier(front[front.method != REFERENCE], alphas=far,
+                                          alpha_o=alpha_o), fig_dir / "reward_kl.png")
+    tpc = analysis.tokens_per_completion(
+        runs, n_completions=cfg["n_eval_prompts"] * cfg["eval_samples"])
+    logs, samples = _read_runs(records_dir, cfg)
+    fluency = (pd.read_csv(records_dir / "fluency.csv")
+               if (records_dir / "fluency.csv").exists() else None)
+
     table = []
-    for method in dict.fromkeys(conv["method"]):
+    for method in dict.fromkeys(summary[summary.kind == kind]["method"]):
         row = {"method": method}
-        for a in far:
-            r = conv[(conv.method == method) & (conv.alpha == a)].iloc[0]
-            row[f"r(α={a:g})"] = _fmt_ci(r["reward"], r["ci_lo"], r["ci_hi"])
+        for a in ends:
+            r = summary[(summary.kind == kind) & (summary.method == method)
+                        & (summary.alpha == a)].iloc[0]
+            row[f"r(α={a:g})"] = _level(r["reward"], r["ci_lo"], r["ci_hi"])
         rs = runs_summary[runs_summary.method == method]
         if len(rs):
-            rs = rs.iloc[0]
-            row["KL to ref"] = f"{rs['kl']:.3g} ± {rs.get('kl_half', math.nan):.2g}"
+            row["KL to ref (nats)"] = (f"{rs.iloc[0]['kl']:.3g} ± "
+                                       f"{rs.iloc[0].get('kl_half', math.nan):.2g}")
         table.append(row)
-
-    thr_rows = [{"method": r["method"], "pairs/s": r["pairs_per_s"],
-                 "tokens/s": r["tokens_per_s"], "relative to DPO": r["relative_to_dpo"],
-                 "train seconds (mean per seed)": r["train_seconds"]}
-                for r in analysis.throughput(runs_summary)]
-
-    # plain comparisons of stored means: each method minus DPO at the sweep's ends
-    lines = []
-    diff = analysis.reward_differences(summary, kind=kind, alpha_o=alpha_o)
-    if diff is not None:
-        gap = diff["dpo_minus_reference"]
-        lines.append(f"- DPO minus the reference: {gap[alpha_o]:+.3g} at α_o = {alpha_o}, "
-                     f"{gap[alphas[-1]]:+.3g} at α = {alphas[-1]:g}, {gap[alphas[0]]:+.3g} at "
-                     f"α = {alphas[0]:g} (convex mixture).")
-        tags = {"overlap": "CIs overlap", "separate": "CIs separate", "no_ci": "one seed, no CI"}
-        for method, parts in diff["versus_dpo"].items():
-            lines.append(f"- {method} minus DPO: " + "; ".join(
-                f"{d:+.3g} at α = {a:g} ({tags[tag]})" for a, d, tag in parts) + ".")
+    ptable = []
+    for a in alphas:
+        row = {"α": f"{a:g}"}
+        for method, g in paired[kind].groupby("method", sort=False):
+            r = g[g.alpha == a].iloc[0]
+            row[f"{method} − {BASELINE}"] = (sections.fmt_ci(r["diff"], r["lo"], r["hi"])
+                                             + (" *" if r["excludes_zero"] else ""))
+        ptable.append(row)
     n_pairs, agree = analysis.label_summary(runs)
-
     tiny = cfg["model"].startswith("tiny")
     text = [
         f"**This section comes from: {cfg['label']}** (model `{cfg['model']}`, device "
@@ -219,39 +219,61 @@ def _study_section(records_dir: Path, out: Path, h: str) -> list[str]:
         f"reference policy; Bradley–Terry labels under the convex mixture r(α_o = {alpha_o}) = "
         f"{alpha_o}·r_{emotions[0]} + {1 - alpha_o:g}·r_{emotions[1]} with scale κ = "
         f"{cfg['reward_scale']} (the label agrees with the higher-reward completion on "
-        f"{agree:.0%} of pairs). Rewards are calibrated probabilities of an offline emotion probe "
-        "(all-MiniLM-L6-v2 embeddings + temperature-scaled softmax probe trained on shipped "
-        "sentences). "
-        f"β = {cfg['beta']}, "
+        f"{agree:.0%} of pairs). Rewards are calibrated probabilities of an offline emotion "
+        "probe (all-MiniLM-L6-v2 embeddings + temperature-scaled softmax probe trained on "
+        f"shipped sentences). β = {cfg['beta']}, "
         f"{'LoRA r=' + str(cfg['lora_r']) if cfg['lora'] else 'full fine-tuning'}, "
         f"lr {cfg['lr']}, {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, seeds "
         f"{cfg['seeds']}. Evaluation: {cfg['eval_samples']} completions on each of "
-        f"{cfg['n_eval_prompts']} held-out prompts per policy, scored for every α; intervals are "
-        f"{cfg['ci_level']:.0%} Student-t intervals across seeds. Within a seed every policy is "
-        "sampled with the same random stream (common random numbers), so differences between "
-        "methods are less noisy than the per-method intervals suggest.",
+        f"{cfg['n_eval_prompts']} held-out prompts per policy, scored for every α. Within a "
+        "seed every method trains on the same pairs and samples with the same random stream, "
+        "so methods are compared paired by seed.",
         "",
         f"![alpha sweep]({rel(sweep)})",
         "",
-        f"{h} Reward at the ends of the sweep and KL to the reference",
+        f"*Left: mean reward under r(α) of each policy; error bars are 95% Student-t "
+        f"intervals over {n_seeds} seeds (points dodged sideways so that bars do not "
+        f"overlap). Right: each policy minus DPO, paired by seed; error bars are 95% t-"
+        f"intervals of the per-seed differences.*",
         "",
-        markdown_table(table),
+        f"{h} Paired differences to DPO ({kind} mixture, every α)",
+        "",
+        markdown_table(ptable),
+        "",
+        "Mean over seeds of the per-seed difference [95% t-interval]; `*`: the interval "
+        "excludes zero.",
         "",
         f"{h} What the numbers say",
         "",
-        *lines,
+        *sections.paired_lines(paired[kind], kind, alpha_o, ends, n_seeds),
         "",
-        "Read the differences against the CIs: with a small model, few pairs and few seeds the "
-        "methods can be statistically indistinguishable, and then the study does not show the "
-        "paper's effect either way. The robust methods' in-distribution cost is their "
-        f"difference to DPO at α_o = {alpha_o}.",
+        f"{h} Reward levels and KL to the reference",
         "",
-        f"{h} Throughput (training steps only)",
+        markdown_table(table),
         "",
-        markdown_table(thr_rows),
+        "Per-method means [95% t-interval over seeds]; KL ± the half-width of its interval. "
+        "These intervals are not the ones to compare methods with (the paired table is).",
         "",
+        f"{h} Reward against KL to the reference",
+        "",
+        f"![reward against KL]({rel(front_fig)})",
+        "",
+        "*Small markers: one trained policy per seed (horizontal bars: the Monte Carlo "
+        "standard error of its KL); large markers: the mean over seeds.*",
+        "",
+        *sections.frontier_lines(runs, analysis.paired_runs(runs, "kl"), tpc),
+        "",
+        *sections.degeneracy(samples, h, fluency),
+        *sections.throughput(runs, h),
     ]
-    if diag is not None:
-        text += [f"{h} 3D diagnostics: chosen and rejected log-probabilities over training",
-                 "", f"![training log-probs]({rel(diag)})", ""]
+    if logs:
+        bands = analysis.trace_bands({k: v for k, v in logs.items() if k[0] != REFERENCE},
+                                     TRACE_COLUMNS)
+        diag = save_figure(plot_training_traces(bands, n_seeds=n_seeds),
+                           fig_dir / "training_logps.png")
+        text += [f"{h} Chosen and rejected log-probabilities over training", "",
+                 f"![training log-probs]({rel(diag)})", "",
+                 "*Each optimizer step's training batch: log π/π_ref of its chosen and "
+                 "rejected completions (sums over tokens) and its DPO loss; line: mean over "
+                 "seeds, band: min to max over seeds.*", "", *sections.trace_lines(bands), ""]
     return text

@@ -87,7 +87,8 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
 
     Properties (thresholds from :class:`Thresholds`): drop, mean pi(rejected) <=
     drop_ratio x initial; degrade, mean pi(chosen) < degrade_ratio x its running peak;
-    disperse, unseen mass >= initial + disperse_delta.
+    disperse, :func:`relative_dispersion` >= disperse_share (``disperse_abs_step``: the
+    absolute rule, unseen mass >= initial + disperse_delta).
     """
     import pandas as pd
 
@@ -109,7 +110,10 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
             "objective": g["objective_name"].iloc[0] if "objective_name" in g else None,
             "drop_step": first(pr <= thresholds.drop_ratio * pr[0]),
             "degrade_step": first(pc < thresholds.degrade_ratio * np.maximum.accumulate(pc)),
-            "disperse_step": first(un >= un[0] + thresholds.disperse_delta),
+            "disperse_step": first(relative_dispersion(un) >= thresholds.disperse_share),
+            "disperse_abs_step": first(un >= un[0] + thresholds.disperse_delta),
+            "dispersion_peak": float(relative_dispersion(un).max()),
+            "label_flip": float(g["label_flip"].iloc[0]) if "label_flip" in g else 0.0,
             "p_chosen_0": pc[0], "p_chosen_peak": pc.max(), "p_chosen_end": pc[-1],
             "p_rejected_0": pr[0], "p_rejected_end": pr[-1],
             "log10_p_rejected_end": float(np.log10(pr[-1])) if pr[-1] > 0 else -np.inf,
@@ -122,6 +126,24 @@ def property_onsets(records, thresholds: Thresholds) -> list[dict]:
             else None,
         })
     return out
+
+
+def relative_dispersion(unseen) -> np.ndarray:
+    r"""The share of its headroom that the unseen mass has gained since the start,
+
+    .. math:: D_t = \frac{U_t - U_0}{1 - U_0},
+
+    1 when all mass has left the seen responses, 0 at the start, negative when the unseen
+    mass fell. Unlike the absolute rise U_t - U_0 it can reach any threshold in (0, 1]
+    whatever U_0 is, so a setting that starts near U_0 = 1 is not judged against a ceiling.
+
+    Args:
+        unseen: (T,) the unseen mass along a trajectory, U_0 first, each in [0, 1).
+    """
+    u = np.asarray(unseen, dtype=float)
+    if u.ndim != 1 or not u.size or np.any(~np.isfinite(u)) or not 0 <= u[0] < 1:
+        raise ValueError("unseen must be a nonempty finite trajectory that starts in [0, 1)")
+    return (u - u[0]) / (1.0 - u[0])
 
 
 def has_onset(step) -> bool:

@@ -105,6 +105,9 @@ def diagnostics(setting: PairSetting, w, ev: Evaluation, *, beta: float) -> dict
     logp_ref = setting.log_policy(np.zeros(setting.dim))
     s, ap, am = setting.states, setting.chosen, setting.rejected
     q = setting.data.weight
+    # pi(chosen) and pi(rejected) of the pairs as designed (with label noise a pair has
+    # rows of both labels); the gradient terms and the identity follow each row's label
+    fp, fm = setting.favoured, setting.disfavoured
     pc, pr = policy[s, ap], policy[s, am]
     gp, gm = setting.grad_log_prob(policy, ap), setting.grad_log_prob(policy, am)
     sw = setting.state_weight
@@ -121,10 +124,10 @@ def diagnostics(setting: PairSetting, w, ev: Evaluation, *, beta: float) -> dict
         "w_norm": float(np.linalg.norm(w)),
         "dpo_loss": float(q @ get_loss("dpo").value(w, setting.centered, beta=beta)),
         "margin": float(q @ margins(w, setting.centered, beta=beta)) / beta,
-        "p_chosen": float(q @ pc),
-        "p_rejected": float(q @ pr),
-        "logp_chosen": float(q @ logp[s, ap]),
-        "logp_rejected": float(q @ logp[s, am]),
+        "p_chosen": float(q @ policy[s, fp]),
+        "p_rejected": float(q @ policy[s, fm]),
+        "logp_chosen": float(q @ logp[s, fp]),
+        "logp_rejected": float(q @ logp[s, fm]),
         "unseen_mass": float(sw @ setting.unseen_mass(policy)),
         "unseen_mass_max": float(setting.unseen_mass(policy)[sw > 0].max()),
         "flow_chosen": float(q @ (gp @ -ev.grad)),

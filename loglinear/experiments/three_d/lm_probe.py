@@ -1,4 +1,4 @@
-r"""3D-property diagnostics for language-model training (the torch side of issue 9).
+r"""3D-property diagnostics for language-model training (the torch side of the study).
 
 The exact quantities of :mod:`loglinear.experiments.three_d.dynamics` become, for a causal
 LM, the sequence

@@ -11,8 +11,17 @@ on- or off-policy pool, giving four scenarios named "<chosen>-<rejected>" (``on-
 a one-hot (tabular) block plus a block shared by the same response across prompts,
 with sharing eta in [0, 1): eta = 0 is the tabular policy; eta > 0 imitates the parameter
 sharing of a language model. The true reward is +1 on chosen and -1 on rejected responses
-and uniform on [-u, u] elsewhere. Labels are deterministic (a^+ always preferred), so
-the data are separable and DPO keeps pushing, as in many epochs on a fixed dataset.
+and uniform on [-u, u] elsewhere. With ``label_flip`` = 0 the labels are deterministic
+(a^+ always preferred), so the data are separable and DPO keeps pushing, as in many epochs
+on a fixed dataset. With ``label_flip`` = f > 0 each pair gets m Bradley-Terry labels from
+the preference model
+
+.. math::  P(a^+ \succ a^- \mid s) = \sigma\big(\kappa\,(r(s,a^+) - r(s,a^-))\big),
+           \qquad \kappa = \tfrac12 \log\tfrac{1-f}{f},
+
+(so that a label prefers a^- with probability f, the reward gap being 2), stored as up to
+two weighted rows per pair (y = 1 with weight k, y = 0 with weight m - k, k of the m
+labels preferring a^+): the data are then not separable unless k = m.
 
 ``main(config, out)`` writes ``config.json`` first, trains every method on every
 (sharing, scenario), appends tidy records to ``records.jsonl`` after each run, and converts
@@ -29,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from ...data import PreferenceData, as_generator
 from ...env import LogLinearEnv
@@ -45,6 +55,7 @@ from .config import (
     Variant,
 )
 from .dynamics import PairSetting, train
+from .summary import gather_lm_traces
 
 # The config classes and the records helpers lived here before the study was split into
 # config / run / analysis; they stay importable from this module.
@@ -53,10 +64,29 @@ __all__ = ["SCENARIOS", "Method", "ThreeDConfig", "Thresholds", "ToyConfig", "Tr
            "toy_setting", "trajectories"]
 
 
+def label_scale(label_flip: float, *, reward_gap: float = 2.0) -> float:
+    """The Bradley-Terry scale kappa at which a pair with reward gap ``reward_gap`` is
+    mislabelled with probability ``label_flip``: sigma(-kappa * gap) = label_flip."""
+    if not 0 < label_flip < 0.5 or not reward_gap > 0:
+        raise ValueError(f"need 0 < label_flip < 0.5 and reward_gap > 0, got {label_flip}, "
+                         f"{reward_gap}")
+    return float(np.log((1 - label_flip) / label_flip) / reward_gap)
+
+
+def draw_labels(rng: np.random.Generator, prob, labels_per_pair: int) -> np.ndarray:
+    """(n,) how many of ``labels_per_pair`` independent labels prefer a^+, each label
+    Bernoulli(``prob``) with ``prob`` (n,) the preference model's P(a^+ preferred)."""
+    prob = np.asarray(prob, dtype=float)
+    if labels_per_pair < 1 or np.any((prob < 0) | (prob > 1)):
+        raise ValueError("need labels_per_pair >= 1 and probabilities in [0, 1]")
+    return rng.binomial(int(labels_per_pair), prob)
+
+
 def toy_setting(rng: np.random.Generator | int, *, scenario: str, n_states: int = 4,
                 n_actions: int = 10, n_on_policy: int = 4, ref_gap: float = 3.0,
                 pairs_per_state: int = 2, sharing: float = 0.0,
-                unseen_reward_scale: float = 0.5, beta: float = 0.5) -> PairSetting:
+                unseen_reward_scale: float = 0.5, beta: float = 0.5,
+                label_flip: float = 0.0, labels_per_pair: int = 20) -> PairSetting:
     """The toy environment and its fixed dataset for one scenario (module docstring).
 
     Args:
@@ -69,6 +99,10 @@ def toy_setting(rng: np.random.Generator | int, *, scenario: str, n_states: int 
         sharing: eta in [0, 1), the weight of the response block shared across prompts.
         unseen_reward_scale: u, rewards of responses in no pair are uniform on [-u, u].
         beta: the environment's temperature (used by ``LogLinearEnv.value``).
+        label_flip: 0 for deterministic labels; otherwise the probability that a
+            Bradley-Terry label prefers a^- (module docstring). The labels are drawn after
+            everything else, so the environment does not depend on ``label_flip``.
+        labels_per_pair: m, the labels drawn per pair when ``label_flip`` > 0.
     """
     rng = as_generator(rng)
     if scenario not in SCENARIOS:
@@ -112,9 +146,19 @@ def toy_setting(rng: np.random.Generator | int, *, scenario: str, n_states: int 
     pi_ref /= pi_ref.sum(1, keepdims=True)
     env = LogLinearEnv(psi, np.full(S, 1.0 / S), pi_ref, theta_ref, beta, reward_table=reward)
     s, ap, am = (np.asarray(v) for v in (states, a_plus, a_minus))
+    y, weight = np.ones(len(s)), None
+    if label_flip:
+        prob = expit(label_scale(label_flip) * (reward[s, ap] - reward[s, am]))
+        k = draw_labels(rng, prob, labels_per_pair)
+        # each pair as a y = 1 row of weight k and a y = 0 row of weight m - k (empty rows
+        # dropped); a1 stays a^+ in both, the response the preference model favours
+        keep = np.r_[k > 0, k < labels_per_pair]
+        s, ap, am = (np.r_[v, v][keep] for v in (s, ap, am))
+        y = np.r_[np.ones(len(k)), np.zeros(len(k))][keep]
+        weight = np.r_[k, labels_per_pair - k][keep].astype(float)
     x = psi[s, ap] - psi[s, am]
-    data = PreferenceData(x, np.ones(len(s)), x @ theta_ref, None, s, ap, am)
-    return PairSetting(env, data)
+    data = PreferenceData(x, y, x @ theta_ref, weight, s, ap, am, normalize=weight is not None)
+    return PairSetting(env, data, truth_first=True)
 
 
 # ----------------------------------------------------------------------------- runner
@@ -129,31 +173,41 @@ def run_method(setting: PairSetting, method: Method, training: TrainingConfig, *
 
 
 def simulate(config: ThreeDConfig, *, on_record=None) -> tuple[list[dict], list[dict]]:
-    """Run every (sharing, scenario, method), then every variant; returns (records, skipped).
+    """Run every (sharing, setting, method), then every variant; returns (records, skipped).
 
-    Every objective lives in the core, so ``skipped`` is empty; it is kept because the
-    stored records (``skipped.json``) and the report read it. ``on_record(rows)`` is
-    called after each run.
+    The settings are the scenarios and then the extras of ``config.toy``; each is drawn
+    from its own child of ``SeedSequence(toy.seed)`` (so adding an extra leaves the others
+    unchanged), and a label-noise variant relabels the same draw. Every record carries
+    ``run``, ``sharing``, ``scenario`` (the setting's name) and ``label_flip``. Every
+    objective lives in the core, so ``skipped`` is empty; it is kept because the stored
+    records (``skipped.json``) and the report read it. ``on_record(rows)`` is called after
+    each run.
     """
     toy, tr = config.toy, config.training
-    runs = [("main", tr, config.methods)]
+    runs = [("main", tr, config.methods, 0.0)]
     for v in config.variants:
-        runs.append((v.name, replace(tr, optimizer=v.optimizer, lr=v.lr),
-                     tuple(m for m in config.methods if m.label in v.methods)))
+        runs.append((v.name, replace(tr, optimizer=v.optimizer or tr.optimizer,
+                                     lr=tr.lr if v.lr is None else v.lr),
+                     tuple(m for m in config.methods if m.label in v.methods), v.label_flip))
     rows, skipped = [], []
-    seeds = np.random.SeedSequence(toy.seed).spawn(len(toy.scenarios))
+    settings = toy.settings()
+    seeds = np.random.SeedSequence(toy.seed).spawn(len(settings))
+    base = dict(n_states=toy.n_states, n_actions=toy.n_actions, n_on_policy=toy.n_on_policy,
+                ref_gap=toy.ref_gap, pairs_per_state=toy.pairs_per_state,
+                unseen_reward_scale=toy.unseen_reward_scale, beta=tr.beta,
+                labels_per_pair=toy.labels_per_pair)
     for eta in toy.sharing:
-        for scenario, ss in zip(toy.scenarios, seeds):
-            setting = toy_setting(
-                np.random.default_rng(ss), scenario=scenario, n_states=toy.n_states,
-                n_actions=toy.n_actions, n_on_policy=toy.n_on_policy, ref_gap=toy.ref_gap,
-                pairs_per_state=toy.pairs_per_state, sharing=eta,
-                unseen_reward_scale=toy.unseen_reward_scale, beta=tr.beta)
-            for run, training, methods in runs:
+        for (name, scenario, overrides), ss in zip(settings, seeds):
+            made = {}
+            for run, training, methods, flip in runs:
+                if flip not in made:
+                    made[flip] = toy_setting(np.random.default_rng(ss), scenario=scenario,
+                                             sharing=eta, label_flip=flip,
+                                             **{**base, **overrides})
                 for method in methods:
-                    tags = {"run": run, "sharing": eta, "scenario": scenario}
+                    tags = {"run": run, "sharing": eta, "scenario": name, "label_flip": flip}
                     t0 = time.perf_counter()
-                    out = run_method(setting, method, training, tags=tags)
+                    out = run_method(made[flip], method, training, tags=tags)
                     for r in out:
                         r["seconds"] = time.perf_counter() - t0
                     rows += out
@@ -166,7 +220,8 @@ def trajectories(config: ThreeDConfig, *, methods=None, sharing=None, scenarios=
                  steps: int | None = None):
     """Notebook entry point: run (a subset of) the study and return a pandas DataFrame.
 
-    ``methods`` (labels), ``sharing`` and ``scenarios`` select a subset of the config;
+    ``methods`` (labels), ``sharing`` and ``scenarios`` (scenario or extra-setting names)
+    select a subset of the config;
     ``steps`` overrides the number of training steps. Columns: run ("main" or a variant's
     name), sharing, scenario, method, objective_name, step and the diagnostics of
     :func:`loglinear.experiments.three_d.dynamics.diagnostics`.
@@ -186,7 +241,9 @@ def trajectories(config: ThreeDConfig, *, methods=None, sharing=None, scenarios=
     if sharing is not None:
         toy = replace(toy, sharing=tuple(sharing))
     if scenarios is not None:
-        toy = replace(toy, scenarios=tuple(scenarios))
+        # a scenario name, or the name of one of the toy's extra settings
+        toy = replace(toy, scenarios=tuple(sc for sc in scenarios if sc in SCENARIOS),
+                      extra=tuple(e for e in toy.extra if e["name"] in scenarios))
     training = config.training if steps is None else replace(config.training, steps=steps)
     rows, skipped = simulate(replace(config, toy=toy, training=training))
     if skipped:
@@ -196,7 +253,8 @@ def trajectories(config: ThreeDConfig, *, methods=None, sharing=None, scenarios=
 
 def main(config: ThreeDConfig, out) -> Path:
     """Run the study into the records directory ``out`` (config.json, records.parquet,
-    variants.parquet, skipped.json, runtime.json) and return it. ``config.json`` holds the
+    variants.parquet, skipped.json, runtime.json; lm_traces.csv when ``config.lm.traces``
+    names a preference-shift study) and return it. ``config.json`` holds the
     config's sections and, under ``"provenance"``, what produced the run
     (:func:`~loglinear.experiments.records.run_metadata`). The runner builds no report:
     ``loglinear three-d`` then calls :func:`loglinear.report.three_d.build`."""
@@ -206,7 +264,7 @@ def main(config: ThreeDConfig, out) -> Path:
     (out / "config.json").write_text(json.dumps(written, indent=2) + "\n")
     rec_path = out / "records.jsonl"
     rec_path.write_text("")
-    for old in ("records.parquet", "variants.parquet"):  # never mix with an earlier run
+    for old in ("records.parquet", "variants.parquet", "lm_traces.csv"):  # never mix runs
         (out / old).unlink(missing_ok=True)
     t0 = time.perf_counter()
 
@@ -223,6 +281,8 @@ def main(config: ThreeDConfig, out) -> Path:
     if not is_main.all():
         every[~is_main].to_parquet(out / "variants.parquet", compression="zstd", index=False)
     rec_path.unlink()
+    if config.lm.traces:
+        gather_lm_traces(config.lm.traces).to_csv(out / "lm_traces.csv", index=False)
     (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
     (out / "runtime.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
     return out

@@ -25,22 +25,31 @@ class PairSetting:
         data: pairs with ``state``, ``a1``, ``a2``; x must equal
             psi(s, a1) - psi(s, a2). Offsets are ignored: the setting works in
             w = theta - theta_ref with the centered data (o = 0).
+        truth_first: a1 is the response the preference model favours in every row (so a
+            pair labelled both ways has two rows, y = 1 and y = 0). The diagnostics then
+            follow (a1, a2), the pair as designed, rather than each row's label.
 
     Attributes:
         centered: the centered dataset used by margin objectives.
-        chosen, rejected, states: (n,) a^+ (= a1 if y = 1 else a2), a^-, s.
+        chosen, rejected, states: (n,) a^+ (= a1 if y = 1 else a2), a^-, s: the labelled
+            roles, which every objective uses.
+        favoured, disfavoured: (n,) the responses whose probabilities the 3D diagnostics
+            follow: (a1, a2) if ``truth_first``, else (chosen, rejected).
         seen: (S, A) True where the action appears in some pair of that state.
         state_weight: (S,) total data weight of each state's pairs.
     """
 
     env: LogLinearEnv
     data: PreferenceData
+    truth_first: bool = False
     centered: PreferenceData = field(init=False)
     chosen: np.ndarray = field(init=False)
     rejected: np.ndarray = field(init=False)
     states: np.ndarray = field(init=False)
     seen: np.ndarray = field(init=False)
     state_weight: np.ndarray = field(init=False)
+    favoured: np.ndarray = field(init=False)
+    disfavoured: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         env, data = self.env, self.data
@@ -62,9 +71,10 @@ class PairSetting:
         seen[data.state, data.a1] = True
         seen[data.state, data.a2] = True
         sw = np.bincount(data.state, weights=data.weight, minlength=S)
+        fav, dis = (data.a1, data.a2) if self.truth_first else (chosen, rejected)
         for name, arr in (("centered", data.centered()), ("chosen", chosen),
                           ("rejected", rejected), ("states", data.state), ("seen", seen),
-                          ("state_weight", sw)):
+                          ("state_weight", sw), ("favoured", fav), ("disfavoured", dis)):
             if isinstance(arr, np.ndarray):
                 arr.setflags(write=False)
             object.__setattr__(self, name, arr)
