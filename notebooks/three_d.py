@@ -63,7 +63,7 @@ def show(fig, name):
 DPO = "DPO"
 METHODS = (
     td.Method(DPO, "dpo", {"beta": BETA}),
-    td.Method("Flex-DPO (b+=0.5, b-=0.1)", "flex-dpo", {"beta_plus": BETA, "beta_minus": 0.1}),
+    td.Method("Flex-DPO (b-=0.1)", "flex-dpo", {"beta_plus": BETA, "beta_minus": 0.1}),
     td.Method("DPO+SFT (c=0.2)", "dpo-sft", {"beta": BETA, "sft_weight": 0.2}),
     td.Method("KLDPO paper (tau=1)", "kldpo-paper", {"beta": BETA, "tau": 1.0}),
 )
