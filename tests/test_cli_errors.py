@@ -27,6 +27,7 @@ MALFORMED = {
     "quickstart": (["--n", "0", "--out", "{tmp}/o"], {}),
     "rates": (["--config", "{tmp}/c.toml", "--out", "{tmp}/o"],
               {"c.toml": 'name = "r"\nseed = 1\nn = [100.7]\n[[setting]]\nname = "u"\n'}),
+    "remark3": (["--config", "{tmp}/c.toml", "--out", "{tmp}/o"], {"c.toml": "seeds = 1.5\n"}),
     "report": (["rates", "{tmp}/no_records"], {}),
     "solve": (["--data", "{tmp}/d.csv"], {"d.csv": BAD_CSV}),
     "three-d": (["--config", "{tmp}/c.toml", "--out", "{tmp}/o"],
