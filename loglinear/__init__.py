@@ -10,9 +10,10 @@ import importlib
 
 from . import _compat
 from .data import PreferenceData, as_generator
-from .env import LogLinearEnv, mix_rewards
+from .env import LogLinearEnv
 from .estimation import coverage
 from .fit import FitResult, SeparableDataError, fit_dpo
+from .rewards import mix_rewards
 
 _compat.install()
 

@@ -15,41 +15,15 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import expit, log_softmax, softmax
 
+from ._checks import count as _count
+from ._checks import finite as _finite
+from ._checks import finite_scalar as _finite_scalar
 from .data import PreferenceData, as_generator, require_data
 from .estimation import Coverage, coverage
+from .rewards import mix_rewards  # noqa: F401  (re-exported: its earlier home)
 
 FEATURE_NORM_TOL = 1e-9
 PROB_SUM_TOL = 1e-9
-
-
-def _finite(name: str, value, shape=None) -> np.ndarray:
-    """``value`` as a float array, checked finite (and of ``shape``), naming ``name``."""
-    arr = np.asarray(value, dtype=float)
-    if shape is not None and arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite entries; all must be finite")
-    return arr
-
-
-def _count(n) -> int:
-    """A positive integer number of pairs; 100.7 is refused rather than truncated."""
-    ok = isinstance(n, (int, np.integer, float, np.floating)) and not isinstance(n, bool)
-    if not ok or not np.isfinite(n) or not float(n).is_integer() or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    return int(n)
-
-
-def _finite_scalar(name: str, value, *, lower: float | None = None) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not np.isfinite(v) or (lower is not None and v < lower):
-        allowed = "a finite number" if lower is None else f"a finite number >= {lower:g}"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return v
 
 
 class PolicyDivergence(NamedTuple):
@@ -67,26 +41,6 @@ class PolicyValue(NamedTuple):
     objective: float
 
 
-def mix_rewards(r1, r2, alpha: float, *, kind: str = "convex") -> np.ndarray:
-    r"""Reward mixtures for preference shift (the paper's emotion experiment).
-
-    ``convex``: alpha r1 + (1 - alpha) r2; ``geometric``: r1^alpha r2^(1-alpha), which
-    needs positive rewards.
-    """
-    r1, r2 = np.asarray(r1, float), np.asarray(r2, float)
-    if r1.shape != r2.shape:
-        raise ValueError(f"reward tables differ in shape: {r1.shape} vs {r2.shape}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    if kind == "convex":
-        return alpha * r1 + (1.0 - alpha) * r2
-    if kind == "geometric":
-        if np.any(r1 <= 0) or np.any(r2 <= 0):
-            raise ValueError("the geometric mixture needs strictly positive rewards")
-        return np.exp(alpha * np.log(r1) + (1.0 - alpha) * np.log(r2))
-    raise ValueError(f"kind must be 'convex' or 'geometric', got {kind!r}")
-
-
 @dataclass(frozen=True, eq=False)
 class LogLinearEnv:
     """A finite log-linear preference environment.
@@ -99,6 +53,11 @@ class LogLinearEnv:
         beta: the DPO temperature, > 0.
         omega: (d,) linear reward weights, or None when ``reward_table`` is given.
         reward_table: (S, A) an arbitrary reward, or None for the linear reward.
+        base_logits: (S, A) a fixed per-(state, action) logit b(s, a) added to every policy,
+            pi_theta(a|s) proportional to exp(b(s, a) + theta . psi(s, a)) (default 0). It
+            carries a reference that is not log-linear in psi, e.g. a language model's
+            log-probabilities of a finite set of completions; it cancels from every pair's
+            log-ratio against the reference, so the data and the losses never see it.
     """
 
     features: np.ndarray
@@ -108,6 +67,7 @@ class LogLinearEnv:
     beta: float
     omega: np.ndarray | None = None
     reward_table: np.ndarray | None = None
+    base_logits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         psi = np.asarray(self.features, dtype=float)
@@ -138,12 +98,15 @@ class LogLinearEnv:
         omega = None if self.omega is None else _finite("omega", self.omega, (d,))
         table = (None if self.reward_table is None
                  else _finite("reward_table", self.reward_table, (S, A)))
+        base = (None if self.base_logits is None
+                else _finite("base_logits", self.base_logits, (S, A)))
         with np.errstate(over="ignore"):
             if omega is not None and not np.all(np.isfinite(theta_ref + omega / beta)):
                 raise ValueError(f"theta* = theta_ref + omega / beta overflows (beta = {beta:g}, "
                                  f"max |omega| = {np.abs(omega).max():.3g}); rescale omega")
         for name, arr in (("features", psi), ("state_dist", mu), ("sampling_policy", pi_o),
-                          ("theta_ref", theta_ref), ("omega", omega), ("reward_table", table)):
+                          ("theta_ref", theta_ref), ("omega", omega), ("reward_table", table),
+                          ("base_logits", base)):
             if arr is not None:
                 arr.setflags(write=False)
             object.__setattr__(self, name, arr)
@@ -212,6 +175,45 @@ class LogLinearEnv:
         v = _random_direction(rng, d) if avoid_direction is None else avoid_direction
         return env.avoiding(v, gamma=avoid)
 
+    @classmethod
+    def from_arrays(cls, features, *, reward, beta: float = 1.0, ref_logprobs=None,
+                    state_dist=None, sampling_policy=None, theta_ref=None) -> LogLinearEnv:
+        """An environment from stored arrays (e.g. a language model's completions).
+
+        Args:
+            features: (S, A, d) psi(s, a), norms at most 1.
+            reward: (S, A) reward table, or (d,) linear weights omega.
+            beta: the DPO temperature.
+            ref_logprobs: (S, A) log pi_ref(a|s) of a reference that need not be log-linear
+                (normalised over the A actions of each state here); it becomes
+                ``base_logits`` and pi_ref = pi_0. Every entry must be finite: a candidate
+                of zero reference probability cannot be in the support.
+            state_dist: (S,) mu (default uniform).
+            sampling_policy: (S, A) pi_o (default uniform over the A actions).
+            theta_ref: (d,) (default 0).
+        """
+        psi = np.asarray(features, dtype=float)
+        if psi.ndim != 3:
+            raise ValueError(f"features must have shape (S, A, d), got {psi.shape}")
+        S, A, d = psi.shape
+        base = None
+        if ref_logprobs is not None:
+            lp = np.asarray(ref_logprobs, dtype=float)
+            if lp.shape != (S, A):
+                raise ValueError(f"ref_logprobs must have shape {(S, A)}, got {lp.shape}")
+            if np.any(np.isneginf(lp)):
+                raise ValueError(f"ref_logprobs has {int(np.isneginf(lp).sum())} entries of "
+                                 "-inf (zero reference probability); every candidate must "
+                                 "have positive probability")
+            base = log_softmax(_finite("ref_logprobs", lp), axis=1)
+        mu = np.full(S, 1.0 / S) if state_dist is None else state_dist
+        pi_o = np.full((S, A), 1.0 / A) if sampling_policy is None else sampling_policy
+        ref = np.zeros(d) if theta_ref is None else theta_ref
+        reward = np.asarray(reward, dtype=float)
+        table = reward.shape != (d,)
+        return cls(psi, mu, pi_o, ref, beta, omega=None if table else reward,
+                   reward_table=reward if table else None, base_logits=base)
+
     def with_reward(self, reward) -> LogLinearEnv:
         """A copy with a new reward: a (d,) omega (linear) or an (S, A) table."""
         reward = np.asarray(reward, dtype=float)
@@ -279,7 +281,8 @@ class LogLinearEnv:
         theta = np.asarray(theta, dtype=float)
         if theta.shape != (self.dim,):
             raise ValueError(f"theta must have shape ({self.dim},), got {theta.shape}")
-        return self.features @ theta
+        z = self.features @ theta
+        return z if self.base_logits is None else z + self.base_logits
 
     def policy(self, theta) -> np.ndarray:
         """(S, A) pi_theta(a|s)."""

@@ -28,9 +28,11 @@ pairs drawn i.i.d. from q, the minibatch mean gradient has total variance
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
+from scipy.stats import t as _student_t
 
 from .data import as_generator
 
@@ -225,3 +227,24 @@ def empirical_variance(samples) -> float:
     if not np.all(np.isfinite(g)):
         raise ValueError("samples contain NaN or infinite values")
     return float(np.sum((g - g.mean(0)) ** 2) / (g.shape[0] - 1))
+
+
+def mean_ci(values, *, level: float = 0.95) -> dict:
+    r"""Mean and two-sided Student-t interval of independent replicate values.
+
+    .. math:: \bar v \pm t_{(1+\text{level})/2,\,n-1}\; s/\sqrt n
+
+    With one value the interval is undefined: ``lo``/``hi``/``half`` are NaN (by design,
+    documented; the report prints "n/a"). Non-finite inputs raise ValueError.
+    """
+    v = np.asarray(values, float).ravel()
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise ValueError("mean_ci needs a nonempty array of finite values")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    mean = float(v.mean())
+    if v.size == 1:
+        return {"mean": mean, "lo": math.nan, "hi": math.nan, "half": math.nan, "n": 1}
+    se = float(v.std(ddof=1) / math.sqrt(v.size))
+    half = float(_student_t.ppf(0.5 + level / 2, v.size - 1) * se)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "half": half, "n": int(v.size)}

@@ -17,14 +17,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "loglinear"
 
 LAYERS = [
-    ("foundation", ("loglinear._compat", "loglinear.registry", "loglinear.data",
+    ("foundation", ("loglinear._compat", "loglinear._checks", "loglinear.rewards", "loglinear.registry", "loglinear.data",
                     "loglinear.io")),
     ("math", ("loglinear.losses", "loglinear.newton", "loglinear.stats")),
     ("fit", ("loglinear.fit", "loglinear.estimation", "loglinear._local_extra")),
-    ("env", ("loglinear.env",)),
+    ("env", ("loglinear.env", "loglinear.envs")),
     ("robust", ("loglinear.robust",)),
     ("approx", ("loglinear.approx",)),
-    ("inference", ("loglinear.inference", "loglinear.bounds", "loglinear.remark3")),
+    ("inference", ("loglinear.inference", "loglinear.bounds", "loglinear._robust_bounds",
+                   "loglinear.remark3")),
     ("backend", ("loglinear.torch",)),
     ("experiments", ("loglinear.experiments",)),
     ("views", ("loglinear.plots", "loglinear.report")),

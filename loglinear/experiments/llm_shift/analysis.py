@@ -15,7 +15,7 @@ a seed), so a method is compared with DPO **paired by seed**: the per-seed diffe
 
 then its mean over the S seeds with the Student-t interval
 :math:`\bar d \pm t_{(1+\text{level})/2,\,S-1}\, s_d/\sqrt S`
-(:func:`loglinear.experiments.llm_shift.evaluate.mean_ci`). With S = 3 the t quantile is
+(:func:`loglinear.stats.mean_ci`). With S = 3 the t quantile is
 4.30, so the interval's half-width is 2.5 standard deviations of the per-seed differences.
 """
 
@@ -27,7 +27,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .evaluate import mean_ci
+from ...stats import mean_ci
 
 REFERENCE = "reference"
 BASELINE = "dpo"

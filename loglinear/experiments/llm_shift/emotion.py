@@ -38,14 +38,11 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from loglinear.env import mix_rewards
+from loglinear.rewards import SCORE_FLOOR, mix_rewards
 
 CLASSES = ("anger", "fear", "joy", "sadness", "neutral")
 EMOTIONS = CLASSES[:4]
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-# The geometric mixture takes logs of probabilities; a softmax can underflow to exactly 0 for
-# very confident sentences, so scores enter it floored at this value (documented departure).
-SCORE_FLOOR = 1e-6
 
 
 def load_bank() -> dict:

@@ -44,9 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from ..config import to_jsonable, write_resolved
+from ..parallel import execute
 from ..records import RecordStore, read_records
 from .config import Remark3Config
 from .fits import get_fit
@@ -82,37 +81,6 @@ def _check_resume(config: Remark3Config, out: Path) -> None:
     if diff:
         raise ValueError(f"{out} holds records of a different design ({', '.join(diff)} "
                          "changed); use a fresh --out directory")
-
-
-def _execute(func, config, items, *, jobs, sink, progress, desc) -> None:
-    """Run ``func(config, chunk)`` over chunks of ``items`` (joblib for jobs > 1), feeding
-    each finished chunk's rows to ``sink`` as it arrives."""
-    if not items:
-        return
-    from tqdm.auto import tqdm
-
-    parts = max(1, jobs) * 4
-    size = max(1, min(MAX_CHUNK, int(np.ceil(len(items) / parts))))
-    chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="item")
-    try:
-        if jobs == 1:
-            for chunk in chunks:
-                sink(func(config, chunk))
-                bar.update(len(chunk))
-        else:
-            from joblib import Parallel, delayed
-
-            par = Parallel(n_jobs=jobs, return_as="generator_unordered")
-            for rows, chunk in par(delayed(_tagged)(func, config, c) for c in chunks):
-                sink(rows)
-                bar.update(len(chunk))
-    finally:
-        bar.close()
-
-
-def _tagged(func, config, chunk):
-    return func(config, chunk), chunk
 
 
 # ----------------------------------------------------------------- the plan
@@ -152,8 +120,8 @@ def _targets(config: Remark3Config, out: Path, the_plan: dict, *, jobs, progress
                         for h in by_n.values()}, key=lambda t: (t[0], t[1], hyper_key(t[2])))
         items = [i for i in items if not store.done(dict(
             setting=i[0], estimator=i[1], hyperparameter=hyper_key(i[2])))]
-        _execute(target_chunk, config, items, jobs=jobs, sink=store.write_many,
-                 progress=progress, desc="targets")
+        execute(target_chunk, config, items, jobs=jobs, sink=store.write_many,
+                progress=progress, desc="targets", max_chunk=MAX_CHUNK)
     df = read_records(out / "targets.csv", dtype={"hyperparameter": str},
                       keep_default_na=False)
     return {(r.setting, r.estimator, r.hyperparameter):
@@ -232,8 +200,8 @@ def main(config: Remark3Config, out, *, jobs: int = 1, progress: bool = True,
         if units:
             say(f"remark3: {1e3 * per_row:.1f} ms per row in one process; estimated "
                 f"{estimate:.0f} s in all with --jobs {jobs} ({left} rows to go)")
-        _execute(run_chunk, config, rest, jobs=jobs, sink=store.write_many,
-                 progress=progress, desc="samples")
+        execute(run_chunk, config, rest, jobs=jobs, sink=store.write_many,
+                progress=progress, desc="samples", max_chunk=MAX_CHUNK)
         added = len(store) - before
     finally:
         store.close()

@@ -1,0 +1,1 @@
+"""The emotion environment from a real language model's text: the artifact builder."""
