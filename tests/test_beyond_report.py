@@ -32,8 +32,11 @@ def test_report_shows_dpo_baseline_and_changes(tmp_path):
     text = report.build("beyond_loglinear", tmp_path / "records", tmp_path / "out").read_text()
     assert text.splitlines()[2].startswith("**Changes since the previous version.**")
     assert "| u | ∞ (DPO) |" in text
-    assert ("Where the default rule loses to DPO" in text
-            or "The default rule against DPO" in text)
+    # the headline says, per selector, where it loses to DPO, from paired intervals
+    for name in ("the default ESS rule", "the validation split", "the sampling-noise radius"):
+        assert f"**tau by {name}" in text
+    assert "It loses to DPO at:" in text and "A better default?" in text
+    assert "**Each selector against DPO**" in text
 
 
 def test_rule_losses_by_hand():

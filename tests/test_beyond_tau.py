@@ -29,7 +29,7 @@ def test_deterministic_under_seed_and_resumable(tmp_path):
     a = _read(bt.main(small(), tmp_path / "a"))
     b = _read(bt.main(small(), tmp_path / "b"))
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 2 * (3 + 2)  # per seed: dpo + 3 taus + rule
+    assert len(a) == 2 * (3 + 4)  # per seed: dpo + 3 taus + rule, val, noise
     again = _read(bt.main(small(), tmp_path / "a"))  # resume: nothing added
     pd.testing.assert_frame_equal(a, again)
     c = _read(bt.main(small(seed=4), tmp_path / "c"))
@@ -84,3 +84,51 @@ def test_cli_loads_the_config_and_the_old_entry_points_still_work(tmp_path):
     with pytest.warns(DeprecationWarning, match="tau.main"):
         assert bt.run(small(seeds=1, n_tau=2, max_iter=20), tmp_path / "cli") == \
             tmp_path / "cli" / "records.csv"
+
+
+def test_selectors_shifts_and_validation_split():
+    from scipy.stats import chi2
+
+
+    cfg = small(seeds=1, n_tau=3, shifts=3)
+    rows = bt.unit_rows(cfg, SPEC, 300, 0)
+    by = {r["method"]: r for r in rows if r["method"] in ("dpo", "rule", "val", "noise")}
+    # the noise selector's implied radius is the sampling-noise radius chi2_1(0.95) / (2n)
+    assert by["noise"]["implied_radius"] == pytest.approx(chi2.ppf(0.95, 1) / 600, rel=1e-5)
+    # the val selector returns one of the full-sample candidates (DPO or a grid tau)
+    cands = [r for r in rows if r["method"] in ("dpo", "kldpo")]
+    same = [r for r in cands if r["tau"] == by["val"]["tau"]]
+    assert len(same) == 1 and same[0]["regret_a50"] == by["val"]["regret_a50"]
+    assert by["val"]["val_loss"] > 0
+    # regret_aXX is the mean over the shift directions, which differ
+    for r in cands + list(by.values()):
+        per = [r[f"regret_a50_s{k}"] for k in range(3)]
+        assert r["regret_a50"] == pytest.approx(np.mean(per), abs=1e-14)
+    assert np.ptp([by["dpo"][f"regret_a0_s{k}"] for k in range(3)]) > 1e-3
+
+
+def test_validation_split_conserves_counts():
+    env = environment(SPEC, 3)
+    data = env.sample_counts(500, np.random.default_rng(1))
+    counts = np.rint(data.weight * 500).astype(int)
+    rng = np.random.default_rng(2)
+    train, held = bt.validation_split(data, 500, 0.3, rng)
+    held_counts = np.random.default_rng(2).binomial(counts, 0.3)
+    n_held = held_counts.sum()
+    assert held.weight == pytest.approx(held_counts[held_counts > 0] / n_held)
+    train_counts = counts - held_counts
+    assert train.weight == pytest.approx(train_counts[train_counts > 0] / (500 - n_held))
+    with pytest.raises(ValueError, match="empty"):
+        bt.validation_split(data, 500, 1e-12, np.random.default_rng(0))
+
+
+def test_labelled_env_is_the_one_builder():
+    from loglinear.experiments.beyond.common import labelled_env, mixture, shifted_reward
+
+    env = environment(SPEC, 3)
+    assert labelled_env(SPEC, 3) is env
+    half = labelled_env(SPEC, 3, 0.5, shift=2)
+    np.testing.assert_allclose(half.reward, 0.5 * env.reward
+                               + 0.5 * shifted_reward(SPEC, 3, 2), atol=1e-14)
+    np.testing.assert_allclose(mixture(SPEC, 3, 0.0, 1), shifted_reward(SPEC, 3, 1))
+    assert not np.allclose(shifted_reward(SPEC, 3, 0), shifted_reward(SPEC, 3, 1))

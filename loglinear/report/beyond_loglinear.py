@@ -15,15 +15,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from ..experiments.beyond import analysis
+from ..experiments.beyond import (
+    analysis,
+    analysis_neural,
+    analysis_stability,
+    analysis_tau,
+    changes,
+)
 from ..experiments.beyond.analysis import (
     BOOT_SEED,
     neural_exponents,
     stability_summary,
     tau_summary,
 )
+from ._beyond_figures import plot_neural, plot_stability, plot_tau
 from ._common import markdown_table, save_figure
 
 # BOOT_SEED and the summaries moved to experiments.beyond.analysis; importable here too.
@@ -38,248 +43,199 @@ def _read(path: Path):
     return read_records(path) if path.exists() else None
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-# ------------------------------------------------------------------------- tau
-def plot_tau(summary, rules, *, n, dpo=None):
-    """Implied radius / ESS / worst case / shifted regret against tau (one n); ``dpo``
-    (:func:`~loglinear.experiments.beyond.analysis.dpo_baseline`) adds DPO's regret and
-    worst-case loss as horizontal lines (DPO is tau = infinity, weights uniform, ESS 1)."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for setting, g in summary[summary.n == n].groupby("setting"):
-        line, = axes[0].plot(g.tau, g.implied_radius, "o-", label=f"{setting}: rho(tau)")
-        axes[0].axhline(g.collapse_radius.iloc[0], color=line.get_color(), ls=":",
-                        label=f"{setting}: collapse radius")
-        axes[1].plot(g.tau, g.ess_start, "s--", color=line.get_color(),
-                     label=f"{setting}: ESS at DPO fit")
-        axes[1].plot(g.tau, g.ess_solution, "o-", color=line.get_color(),
-                     label=f"{setting}: ESS at solution")
-        axes[1].plot(g.tau, 1 - g.oscillates, "x:", color=line.get_color(),
-                     label=f"{setting}: Alg. 2 converges (frac)")
-        axes[2].plot(g.tau, g.regret_a50, "o-", color=line.get_color(),
-                     label=f"{setting}: regret, 50/50 shift")
-        axes[2].plot(g.tau, g.worst_pop, "s--", color=line.get_color(),
-                     label=f"{setting}: worst-case loss (pop.)")
-        r = rules[(rules.setting == setting) & (rules.n == n)]
-        for ax in axes:
-            ax.axvline(r.tau.mean(), color=line.get_color(), alpha=0.4, lw=3)
-        if dpo is not None:
-            d = dpo[(dpo.setting == setting) & (dpo.n == n)]
-            if len(d):
-                axes[2].axhline(d.regret_a50.iloc[0], color=line.get_color(), ls="-.", lw=1,
-                                label=f"{setting}: DPO regret, 50/50 shift")
-                axes[2].axhline(d.worst_pop.iloc[0], color=line.get_color(), ls=":", lw=1,
-                                label=f"{setting}: DPO worst-case loss")
-    if dpo is not None:
-        axes[1].axhline(1.0, color="k", lw=1, ls="-.", label="DPO (uniform weights)")
-    for ax, t, ylab in zip(axes, ["implied KL radius", "weights and stability",
-                                  "robustness (lower is better)"],
-                           ["KL radius rho(tau)", "ESS (share of the sample) / fraction",
-                            "regret / loss (nats)"]):
-        ax.set_xscale("log")
-        ax.set_xlabel("tau")
-        ax.set_ylabel(ylab)
-        ax.set_title(t)
-        ax.legend(fontsize=6)
-    axes[0].set_yscale("log")
-    fig.suptitle(f"KLDPO temperature sweep, n = {n} (thick bars: the default rule's tau; "
-                 "DPO, tau = infinity, as horizontal lines)")
-    fig.tight_layout()
-    return fig
+def _config(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _tau_section(root: Path, figdir: Path, rel: str):
-    """(lines, tau summary, rule rows, regret rows); the tables are None without records."""
+    """(lines, tau summary, rule rows, regret rows, selector cells); the tables are None
+    without records."""
     df = _read(root / "tau" / "records.csv")
     if df is None:
         return ["## 3. KLDPO temperature calibration", "", "_No records found._", ""], \
-            None, None, None
+            None, None, None, None
+    cfg = _config(root / "tau" / "config.json")
     s = tau_summary(df)
-    rules = df[df.method == "rule"]
+    n_shifts = len({k for _, k in analysis_tau.shift_columns(df)})
     lines = ["## 3. KLDPO temperature calibration (study 3)", ""]
-    runtime = df.seconds.sum()
-    lines += [f"Records: `{root / 'tau'}` ({len(df)} rows; summed fit time {runtime:.0f} s). "
-              "Each row: one sample (n pairs as multinomial counts), one tau on a log grid, "
-              "the paper-form KLDPO solution; the worst case is the exact KL value "
-              f"(`kl_value`) at the fixed evaluation radius; regrets are under "
-              "r(alpha) = alpha r + (1 - alpha) r' (alpha = 0.5 is the 50/50 shift).", ""]
-    dpo = analysis.dpo_baseline(df)
+    lines += [f"Records: `{root / 'tau'}` ({len(df)} rows, {df.seed.nunique()} seeds; summed "
+              f"fit time {df.seconds.sum():.0f} s). Each sample (n pairs as multinomial "
+              "counts) is fitted by DPO, by KLDPO at every tau of a log grid, and at the tau "
+              "of three selectors that do not see the evaluation reward: the default ESS "
+              "rule (`rule`), a validation split (`val`: tau, or DPO, with the smallest "
+              f"held-out DPO loss on a {cfg.get('val_fraction', float('nan')):g} split), "
+              "and the sampling-noise radius (`noise`: the tau whose implied KL radius is "
+              "chi2_1(0.95)/(2n)). Regrets are under r(alpha) = alpha r + (1 - alpha) r' for "
+              f"{n_shifts} shift direction(s) r'; the worst case is the exact KL value at the "
+              "fixed evaluation radius.", ""]
+    cells = analysis_tau.cells(df)
+    pooled = analysis_tau.pooled(df)
+    cols = ["selector", "setting", "n", "alpha", "selector_regret", "dpo_regret", "diff",
+            "lo", "hi", "n_seeds"]
+    lines += ["**Each selector against DPO** (regret averaged over the shift directions; "
+              "`diff` = selector - DPO, mean over seeds of the per-seed difference, with its "
+              "95% seed-bootstrap interval [lo, hi]; positive = worse than DPO):", "",
+              markdown_table(pooled, cols, ".3g"), ""]
+    lost = [c for c in cells if c["loses"]]
+    if lost:
+        lines += ["**Cells where a selector loses to DPO** (one shift direction each; shift "
+                  "-1 is alpha = 1, no shift):", "",
+                  markdown_table(lost, ["selector", "setting", "n", "alpha", "shift", "tau",
+                                        "selector_regret", "dpo_regret", "diff", "lo", "hi"],
+                                 ".3g"), ""]
+    bands = analysis_tau.sweep_bands(df)
+    sel = df[df.method.isin(analysis_tau.SELECTORS)]
     for n in sorted(s.n.unique()):
-        fig = plot_tau(s, rules, n=n, dpo=dpo)
         name = f"tau_sweep_n{n}.png"
-        save_figure(fig, figdir / name)
-        lines += [f"![tau sweep n={n}]({rel}/{name})", ""]
+        save_figure(plot_tau(bands, sel, n=n), figdir / name)
+        lines += [f"![tau sweep n={n}]({rel}/{name})", "",
+                  f"_Figure: n = {n}. Orange line: KLDPO over the tau grid; black line: DPO "
+                  "(tau = infinity); bands: mean +- 1.96 standard errors over seeds; "
+                  "markers: the selectors' median tau and mean regret (at the right edge when "
+                  "the median choice is DPO). Regret at alpha = 0.5 "
+                  f"is averaged over {n_shifts} shift direction(s)._", ""]
     nmid = sorted(s.n.unique())[len(s.n.unique()) // 2]
+    dpo = analysis.dpo_baseline(df)
     show = s[s.n == nmid]
     cols = ["setting", "tau", "implied_radius", "ess_start", "ess_solution", "oscillates",
             "stalls", "official_oscillates", "refit_diverges", "worst_pop", "regret_a100",
             "regret_a50", "regret_a0"]
-    base = dpo[dpo.n == nmid].assign(tau=float("inf"))
+    base = dpo[dpo.n == nmid]
     show = show.assign(tau=show.tau.map(lambda t: f"{t:.3g}"))
     show = [*({"setting": r["setting"], "tau": "∞ (DPO)", **{c: r[c] for c in base.columns
                                                            if c.startswith(("regret", "worst"))}}
               for r in base.to_dict("records")), *show.to_dict("records")]
-    lines += [f"Means over seeds at n = {nmid}, DPO first (`oscillates`: fraction of paper-form "
-              "Algorithm-2 runs with DPO's step that oscillate without converging, `stalls`: "
-              "that are still creeping after the step budget (slow, not unstable), "
+    lines += [f"The sweep, means over seeds at n = {nmid}, DPO first (`oscillates`: fraction "
+              "of paper-form Algorithm-2 runs with DPO's step that oscillate without "
+              "converging, `stalls`: still creeping after the step budget, "
               "`official_oscillates`: the same for the capped official weights; "
               "`refit_diverges`: fraction with refit contraction >= 1):", "",
               markdown_table(show, cols, ".3g"), ""]
-    # rule vs the sweep
-    cfg = root / "tau" / "config.json"
-    min_ess = json.loads(cfg.read_text())["min_ess"] if cfg.exists() else float("nan")
+    min_ess = cfg.get("min_ess", float("nan"))
     rows = analysis.rule_comparison(df, s, min_ess=min_ess)
-    cols = list(rows[0])
     lines += ["The default rule (`loglinear.approx.calibrate.suggest_tau`, ESS target "
-              f"{min_ess:g}) against the sweep (means over seeds):", "",
-              markdown_table(rows, cols, ".3g"), ""]
-    return lines, s, rows, analysis.regret_rows(df)
+              f"{min_ess:g}) against the sweep and DPO (means over seeds; `best_*` is the "
+              "oracle tau of the grid, picked on the evaluation reward):", "",
+              markdown_table(rows, list(rows[0]), ".3g"), ""]
+    return lines, s, rows, analysis.regret_rows(df), (cells, n_shifts)
 
 
 # ---------------------------------------------------------------------- neural
-def plot_neural(df):
-    """RMSE of sqrt(KL(pi*||pi_hat)) against n, one panel per setting."""
-    plt = _plt()
-    settings = sorted(df.setting.unique())
-    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.8), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        for arch, g in df[df.setting == setting].groupby("arch"):
-            r = g.groupby("n").error.apply(lambda e: np.sqrt(np.mean(e**2)))
-            ax.loglog(r.index, r.values, "o-", label=arch)
-        ns = np.array(sorted(df.n.unique()), float)
-        ax.loglog(ns, r.values[0] * np.sqrt(ns[0] / ns), "k:", label="n^-1/2")
-        ax.set_title(f"{setting} (lambda_min = {df[df.setting == setting].lambda_min.iloc[0]:.3g})")
-        ax.set_xlabel("n")
-        ax.set_ylabel("RMSE of sqrt(KL(pi* || pi_hat))")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def _neural_section(root: Path, figdir: Path, rel: str):
     df = _read(root / "neural" / "records.csv")
     tg = _read(root / "neural" / "targets.csv")
     if df is None or tg is None:
-        return ["## 1. Neural policies", "", "_No records found._", ""], None, None
+        return ["## 1. Neural policies", "", "_No records found._", ""], None, None, []
+    cfg = _config(root / "neural" / "config.json")
     lines = ["## 1. Neural policies in the finite environments (study 1)", ""]
-    lines += [f"Records: `{root / 'neural'}` ({len(df)} sample fits, {len(tg)} population "
-              f"restarts; summed fit time {df.seconds.sum() + tg.seconds.sum():.0f} s). "
-              "Policies pi(a|s) ∝ exp(f(psi(s,a))), f a tanh MLP (depth 0 = log-linear); the "
-              "error is sqrt(KL(pi* || pi_hat)) averaged over states, pi* the population "
-              "optimum of the same architecture (best of the restarts). Sample fits start "
-              "from pi*'s parameters (the local estimator around the population optimum, "
-              "which side-steps the MLPs' permutation symmetries); every sample size shares "
-              "its samples across architectures.", ""]
+    lines += [f"Records: `{root / 'neural'}` ({len(df)} samples, {df.seed.nunique()} seeds, "
+              f"{len(tg)} population restarts; summed fit time "
+              f"{df.seconds.sum() + tg.seconds.sum():.0f} s). Policies pi(a|s) ∝ "
+              "exp(f(psi(s,a))), f a tanh MLP (depth 0 = log-linear); the error is "
+              "sqrt(KL(pi* || pi_hat)) averaged over states, pi* the population optimum of "
+              "the same architecture (best of the restarts). Each sample is fitted twice: "
+              f"from {cfg.get('sample_restarts', 'several')} random initialisations (the "
+              "best sample objective kept: the **random-init** estimator, which tests "
+              "optimisation too) and from pi*'s parameters (the **local** fit, the sample "
+              "optimum next to pi*). Every architecture sees the same samples.", ""]
     agree = analysis.restart_agreement(tg)
     lines += ["**Population optimum by restarts** (exact population; `hess_null`: Hessian "
               "eigenvalues below 1e-6 of the largest, `hess_min_pos`: smallest eigenvalue "
               "above that):", "", markdown_table(agree.to_dict("records"), list(agree.columns),
                                                  ".3g"), ""]
-    fig = plot_neural(df)
-    save_figure(fig, figdir / "neural_rates.png")
-    lines += [f"![neural rates]({rel}/neural_rates.png)", ""]
+    reach = (analysis_neural.reach_table(df, reach_tv=cfg.get("reach_tv", 1e-3),
+                                         reach_gap=cfg.get("reach_gap", 1e-6))
+             if "error_random" in df else [])
+    if reach:
+        lines += ["**Random-init fits reaching the sample optimum** (a restart reaches it "
+                  f"when its policy is within TV {cfg.get('reach_tv')} of the local fit's and "
+                  f"its objective at most {cfg.get('reach_gap')} above it; `init_tv_min`: "
+                  "the smallest TV between a restart's initial policy and pi*):", "",
+                  markdown_table(reach, list(reach[0]), ".3g"), ""]
+    save_figure(plot_neural(df), figdir / "neural_rates.png")
+    lines += [f"![neural rates]({rel}/neural_rates.png)", "",
+              "_Figure: RMSE over seeds of the policy error against n (no bands: the "
+              "intervals are on the exponents below); solid: random-init estimator, dotted: "
+              "local fit; grey dashed: slope -1/2._", ""]
     ex = neural_exponents(df)
-    cols = list(ex[0])
-    lines += ["**Exponents** of RMSE(n) (least squares on log-log; 95% seed-bootstrap "
-              "interval; `exponent_tail` leaves out the smallest n), with the Hessian at the "
-              "sample solution at the largest n:", "",
-              markdown_table(ex, cols, ".3g"), ""]
-    return lines, ex, agree
+    ex_random = analysis_neural.random_exponents(df) if reach else []
+    for title, table in (("local fit", ex), ("random-init estimator", ex_random)):
+        if table:
+            lines += [f"**Exponents, {title}**: RMSE(n) by least squares on log-log; 95% "
+                      "seed-bootstrap interval; `exponent_tail` leaves out the smallest n; "
+                      "Hessian at the sample solution at the largest n:", "",
+                      markdown_table(table, list(table[0]), ".3g"), ""]
+    extra = analysis_neural.conclusions(reach, ex_random, ex,
+                                        reach_tv=cfg.get("reach_tv", float("nan")),
+                                        reach_gap=cfg.get("reach_gap", float("nan")))
+    return lines, ex, agree, extra
 
 
 # ------------------------------------------------------------------- stability
-def plot_stability(df):
-    """Minibatch gradient variance and gradient norm against the step."""
-    plt = _plt()
-    alphas = sorted(df.alpha.unique(), reverse=True)
-    archs = sorted(df.arch.unique())
-    fig, axes = plt.subplots(2, len(alphas) * len(archs), figsize=(4 * len(alphas) * len(archs),
-                                                                    6.5), squeeze=False)
-    for j, (a, arch) in enumerate([(a, r) for a in alphas for r in archs]):
-        sub = df[(df.alpha == a) & (df.arch == arch)]
-        for (m, h), g in sub.groupby(["method", "hyper"]):
-            mean = g.groupby("step")[["grad_var", "grad_norm"]].mean()
-            label = m if m == "dpo" else f"{m} ({'rho' if m == 'wdpo' else 'tau'}={h:g})"
-            axes[0, j].plot(mean.index, mean.grad_var, "o-", ms=3, label=label)
-            axes[1, j].plot(mean.index, mean.grad_norm, "o-", ms=3, label=label)
-        axes[0, j].set_title(f"alpha = {a:g}, {arch}")
-        axes[0, j].set_ylabel("minibatch gradient variance")
-        axes[1, j].set_ylabel("full gradient norm")
-        axes[1, j].set_xlabel("SGD step")
-        axes[0, j].set_yscale("log")
-        axes[1, j].set_yscale("log")
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def _stability_section(root: Path, figdir: Path, rel: str):
     df = _read(root / "stability" / "records.csv")
     if df is None:
-        return ["## 2. Gradient stability", "", "_No records found._", ""], None
+        return ["## 2. Gradient stability", "", "_No records found._", ""], []
+    cfg = _config(root / "stability" / "config.json")
+    rtol, ctol = cfg.get("match_rtol", 0.25), cfg.get("collapse_tol", 0.01)
     lines = ["## 2. Gradient stability under a 50/50 preference shift (study 2)", ""]
-    n_seeds = df.seed.nunique() if "seed" in df else "unknown"
-    lines += [f"Records: `{root / 'stability'}` ({len(df)} checkpoints, {n_seeds} seeds; the "
-              "means below carry no intervals). Labels come from "
-              "r(alpha) = alpha r + (1 - alpha) r' (alpha = 1 clean, 0.5 the 50/50 mixture); "
-              "plain minibatch SGD from the same start with common minibatches; every "
-              "checkpoint measures the full gradient norm, the variance of the minibatch "
-              "gradient over fresh minibatches (the update variance is lr^2 times it) and "
-              "the penalty.", ""]
-    fig = plot_stability(df)
-    save_figure(fig, figdir / "stability.png")
-    lines += [f"![stability]({rel}/stability.png)", ""]
-    s = stability_summary(df)
-    cols = ["alpha", "arch", "method", "hyper", "grad_var", "var_vs_dpo", "grad_norm",
-            "mb_grad_norm", "penalty", "grad_x_rms", "loss", "ess"]
-    lines += ["Means over seeds and checkpoints from step 100 on (`var_vs_dpo`: variance "
-              "relative to DPO in the same condition; `penalty`: WDPO rho G, KLDPO the robust "
-              "premium tau log E e^{l/tau} - E l; `grad_x_rms`: G/rho; `ess`: ESS of the "
-              "KLDPO weights at the row's tau, or at the first configured tau for the other "
-              "methods):", "",
-              markdown_table(s[cols].to_dict("records"), cols, ".3g"), ""]
-    return lines, s
+    lines += [f"Records: `{root / 'stability'}` ({len(df)} checkpoints, {df.seed.nunique()} "
+              "seeds). Labels come from r(alpha) = alpha r + (1 - alpha) r' (alpha = 1 clean, "
+              "0.5 the 50/50 mixture); plain minibatch SGD from the same start with common "
+              "minibatches; every checkpoint measures the minibatch-gradient variance over "
+              "fresh minibatches (the update variance is lr^2 times it), the loss and the KL "
+              "to the reference. A run's variance is its mean over checkpoints from step 100 "
+              f"on; runs whose final loss is within {ctol:g} of log 2 are counted as collapsed "
+              "and left out.", ""]
+    runs = analysis_stability.run_table(df, collapse_tol=ctol)
+    if "kl_ref" not in df:
+        return lines + ["_These records carry no KL to the reference; re-run the study._",
+                        ""], []
+    front = analysis_stability.frontier(runs)
+    match = analysis_stability.matched(front, match_rtol=rtol)
+    dpo_kl = runs[runs.method == "dpo"].groupby(["alpha", "arch"]).kl_ref.mean().to_dict()
+    save_figure(plot_stability(front, dpo_kl), figdir / "stability.png")
+    lines += [f"![stability]({rel}/stability.png)", "",
+              "_Figure: each WDPO/KLDPO strength's mean final KL to the reference against "
+              "its minibatch-gradient variance relative to DPO (geometric mean of per-seed "
+              "ratios; bars: 95% seed-bootstrap interval; collapsed runs left out); DPO is "
+              "the black point at ratio 1._", ""]
+    cols = ["alpha", "arch", "method", "hyper", "kl_ref", "kl_ratio", "matched", "var_ratio",
+            "var_lo", "var_hi", "clean_loss_diff", "clean_lo", "clean_hi", "n_seeds",
+            "collapsed"]
+    lines += [f"**At matched strength** (per condition and method, the strength whose KL to "
+              f"the reference is closest to DPO's; `matched`: within {100 * rtol:g}%; "
+              "`var_ratio` and `clean_loss_diff` (population loss under the clean reward, "
+              "method - DPO) paired by seed with 95% seed-bootstrap intervals):", "",
+              markdown_table(match, cols, ".3g"), "",
+              "**Every strength** (the frontier):", "",
+              markdown_table(front, [c for c in cols if c != "matched"] + ["runs"], ".3g"),
+              ""]
+    return lines, analysis_stability.conclusions(runs, front, match, match_rtol=rtol,
+                                                 collapse_tol=ctol)
 
 
 # --------------------------------------------------------------------- build
 def build(records_dir, out_dir=None) -> Path:
-    """Write the report (markdown + figures) from ROOT/{tau,neural,stability}."""
+    """Write the report (markdown + figures) from ROOT/{tau,neural,stability}; the
+    "changes" paragraph compares ``beyond_loglinear/previous.json`` (beside the figures)
+    with the current records."""
     root = Path(records_dir)
     md = Path(out_dir) / "beyond_loglinear.md" if out_dir else DEFAULT_OUT
     figdir = md.parent / "beyond_loglinear"
     figdir.mkdir(parents=True, exist_ok=True)
     rel = "beyond_loglinear"
-    nl, ex, agree = _neural_section(root, figdir, rel)
-    sl, stab = _stability_section(root, figdir, rel)
-    tau_lines, tau_s, tau_rows, regret_rows = _tau_section(root, figdir, rel)
+    nl, ex, agree, neural_extra = _neural_section(root, figdir, rel)
+    sl, stab_extra = _stability_section(root, figdir, rel)
+    tau_lines, tau_s, tau_rows, regret_rows, tau_cells = _tau_section(root, figdir, rel)
     if regret_rows:
-        tau_lines += ["Regret under the shifted rewards r(alpha) at the largest n: the best "
-                      "tau of the grid against DPO and the rule (one shift direction per "
-                      "setting, so this is one draw of the shift, not an average over "
-                      "shifts):", "", markdown_table(regret_rows, list(regret_rows[0]), ".3g"),
-                      ""]
-    changes = ("**Changes since the previous version.** The conclusions state fit by fit "
-               "whether the policy-space error exponent is consistent with -1/2 (instead of "
-               "one claim for all MLPs)")
-    if tau_rows:
-        lost = analysis.rule_losses(tau_rows, regret_rows)
-        changes += ("; the temperature-rule headline says where the default rule loses to "
-                    f"DPO ({len(lost['worse50'])} of {lost['n_cells']} (setting, n) cells at "
-                    "the 50/50 shift); DPO is drawn as a baseline in every temperature figure "
-                    "and listed first in the temperature table; the best tau of the grid is "
-                    "marked as an oracle choice (picked on the evaluation reward)")
-    changes += (". The records are unchanged: the neural fits still start at the population "
-                "optimum, and the stability study keeps its seeds (counted in its section).")
+        tau_lines += ["Regret under the shifted rewards r(alpha) at the largest n (averaged "
+                      "over the shift directions): the oracle tau of the grid against DPO and "
+                      "the rule:", "", markdown_table(regret_rows, list(regret_rows[0]),
+                                                      ".3g"), ""]
+    prev = changes.read_previous(figdir / changes.PREVIOUS)
     head = ["# Beyond log-linear: neural policies, gradient stability, KLDPO temperature", "",
-            changes, "",
+            changes.changes_paragraph(prev, changes.headline(root)), "",
             "Generated by `loglinear report beyond_loglinear %s` from stored records; "
             "do not edit by hand." % root, "",
             "Regenerate everything (each study prints its runtime):", "", "```",
@@ -289,8 +245,13 @@ def build(records_dir, out_dir=None) -> Path:
             "--out reports/beyond_loglinear/records/neural",
             "loglinear beyond stability --config simulations/beyond_stability.toml "
             "--out reports/beyond_loglinear/records/stability",
-            "loglinear report beyond_loglinear reports/beyond_loglinear/records", "```", ""]
-    body = (head + analysis.conclusions(tau_rows, tau_s, ex, agree, stab, regret_rows) + [""] + nl
-            + sl + tau_lines)
+            "loglinear report beyond_loglinear reports/beyond_loglinear/records --out reports",
+            "```", ""]
+    concl = analysis.conclusions(tau_rows, tau_s, ex, agree, None, regret_rows)
+    tau_head = analysis_tau.conclusions(*tau_cells) if tau_cells else []
+    concl = concl[:2] + tau_head + concl[2:]
+    at = next((i for i, c in enumerate(concl) if c.startswith("- **tau,")), len(concl))
+    concl = concl[:at] + neural_extra + stab_extra + concl[at:]
+    body = head + concl + [""] + nl + sl + tau_lines
     md.write_text("\n".join(body) + "\n")
     return md

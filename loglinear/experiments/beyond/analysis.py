@@ -6,8 +6,13 @@
 * neural study: :func:`neural_exponents` (power-law exponents of the policy error in n with
   seed-bootstrap intervals, :func:`loglinear.stats.bootstrap_exponent`) and
   :func:`restart_agreement` (the population optimum's restarts);
-* stability study: :func:`stability_summary` (gradient variance relative to DPO);
-* :func:`conclusions`: the report's conclusions, written from those tables.
+* stability study: :func:`stability_summary` (gradient variance relative to DPO, unpaired
+  means); the seed-paired comparison at matched strength is in
+  :mod:`~loglinear.experiments.beyond.analysis_stability`;
+* :func:`conclusions`: the report's conclusions, written from those tables; the
+  temperature selectors against DPO are in :mod:`~loglinear.experiments.beyond.analysis_tau`,
+  the random-init neural fits in :mod:`~loglinear.experiments.beyond.analysis_neural`, and
+  the "changes since the previous version" in :mod:`~loglinear.experiments.beyond.changes`.
 
 The report (:mod:`loglinear.report.beyond_loglinear`) only formats these tables and draws
 the records.
@@ -15,11 +20,18 @@ the records.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ...stats import bootstrap_exponent
 
 BOOT_SEED = 20261122
+
+
+def _mean_regret(column: str) -> bool:
+    """``regret_aXX`` (the regret averaged over shift directions), not ``regret_aXX_sK``."""
+    return re.fullmatch(r"regret_a\d+", column) is not None
 
 
 # ------------------------------------------------------------------------- tau
@@ -32,7 +44,7 @@ def tau_summary(df):
     k["stalls"] = (k.path_status == "stalled").astype(float)
     k["official_oscillates"] = (k.official_status == "oscillating").astype(float)
     k["refit_diverges"] = (k.refit_contraction >= 1).astype(float)
-    regrets = [c for c in df.columns if c.startswith("regret_a")]
+    regrets = [c for c in df.columns if _mean_regret(c)]
     cols = ["implied_radius", "ess_start", "ess_solution", "worst_sample", "worst_pop",
             *regrets, "oscillates", "stalls", "official_oscillates", "refit_diverges",
             "official_min_ess", "collapse_radius"]
@@ -67,7 +79,7 @@ def dpo_baseline(df):
     """DPO's rows of the tau study, averaged over seeds per (setting, n): the regrets under
     every shifted reward and the worst-case population loss (the baseline every tau is
     compared with)."""
-    regrets = [c for c in df.columns if c.startswith("regret_a")]
+    regrets = [c for c in df.columns if _mean_regret(c)]
     d = df[df.method == "dpo"]
     return d.groupby(["setting", "n"])[[*regrets, "worst_pop"]].mean().reset_index()
 
@@ -91,7 +103,7 @@ def regret_rows(df) -> list[dict]:
     d = df[df.n == n]
     rows = []
     for setting, g in d.groupby("setting"):
-        for c in sorted((c for c in d.columns if c.startswith("regret_a")),
+        for c in sorted((c for c in d.columns if _mean_regret(c)),
                         key=lambda c: -int(c[8:])):
             k = g[g.method == "kldpo"].groupby("tau")[c].mean()
             rows.append(dict(setting=setting, n=int(n), alpha=int(c[8:]) / 100,
@@ -233,9 +245,9 @@ def _tau_conclusions(s, rows, regret_rows) -> list[str]:
         osc = g[g.oscillates > 0.5]
         ref = g[g.refit_diverges > 0.5]
         out.append(
-            "- **tau, %s.** The implied radius rho(tau) rises as tau falls but saturates "
-            "below the population collapse radius (max %.3g vs %.3g): no tau buys a larger "
-            "ball, and below tau ~ %.2g KLDPO returns (nearly) the collapsed policy. At the "
+            "- **tau, %s.** The implied radius rho(tau) rises as tau falls and saturates "
+            "at the population collapse radius (largest %.3g vs %.3g): below tau ~ %.2g "
+            "(90%% of the largest radius) KLDPO returns (nearly) the collapsed policy. At the "
             "solution the weights never collapse (ESS >= %.2f, about exp(-2 rho)), but at "
             "the DPO fit, where training from a DPO model starts, the ESS drops below 0.1 "
             "for tau <= %.2g. Algorithm 2 with DPO's step stops converging for tau <= %s, "
@@ -249,44 +261,7 @@ def _tau_conclusions(s, rows, regret_rows) -> list[str]:
                 "%.2g" % ref.tau.max() if len(ref) else "none of the grid",
                 "%.2g" % g[g.official_oscillates > 0.5].tau.max()
                 if (g.official_oscillates > 0.5).any() else "none of the grid"))
-    out.append(
-        "- **The default rule** (`loglinear.approx.calibrate.suggest_tau`): fit DPO, take its "
-        "per-pair losses, and choose the tau at which the KLDPO weights exp(l/tau) of those "
-        "losses keep an effective %g of the sample (ESS = %g; the variance of a weighted "
-        "minibatch mean grows like 1/ESS). It sits above the tau at which the "
-        "start-of-training ESS collapses and the refit iteration loses its contraction, far "
-        "above where Algorithm 2 with DPO's step oscillates, and buys a small radius, well "
-        "below the collapse radius. Results: " % (rows[0]["min_ess"], rows[0]["min_ess"]) +
-        "; ".join(
-            "%s, n=%d: tau %.2f (first-order formula gives %.2f), rho %.3g, regret "
-            "under the 50/50 shift %.3g vs best-in-grid %.3g (tau %.2g) and DPO %.3g" % (
-                r["setting"], r["n"], r["rule_tau"], r["first_order_tau"], r["rule_radius"],
-                r["rule_regret50"], r["best_regret50"], r["best_tau50"], r["dpo_regret50"])
-            for r in rows) +
-        ". The worst-case loss at the fixed evaluation radius is lowest near the tau whose "
-        "implied radius equals that radius (the exact KLDPO = KL-DRO identity), i.e. at a "
-        "much smaller tau than the rule's: the rule buys mild robustness, not the "
-        "evaluation ball. The first-order formula underestimates the exact rule (the DPO "
-        "losses are right-skewed), so use the exact one; a user who wants more robustness "
-        "should lower tau only while Algorithm 2 still converges with their step size.")
-    lost = rule_losses(rows, regret_rows)
-    if lost["worse50"]:
-        w = lost["worse50"]
-        head = ("- **Where the default rule loses to DPO.** Under the 50/50 shift the rule's "
-                "regret is above DPO's in %d of %d (setting, n) cells (rule %.3g to %.3g, "
-                "DPO %.3g to %.3g)" % (len(w), lost["n_cells"],
-                                      min(r["rule_regret50"] for r in w),
-                                      max(r["rule_regret50"] for r in w),
-                                      min(r["dpo_regret50"] for r in w),
-                                      max(r["dpo_regret50"] for r in w)))
-    else:
-        head = ("- **The default rule against DPO.** Under the 50/50 shift the rule's regret "
-                "is at or below DPO's in all %d (setting, n) cells" % lost["n_cells"])
-    if lost["n_largest"] is not None:
-        head += "; at n = %d it is worse than DPO for %s" % (lost["n_largest"], "; ".join(
-            "%s: alpha in {%s}" % (st, ", ".join("%g" % a for a in al))
-            for st, al in lost["by_alpha"].items()) or "no alpha")
-    out.insert(0, head + ".")
+    out.append(_rule_paragraph(s, rows))
     if regret_rows:
         parts = []
         for r in regret_rows:
@@ -295,14 +270,62 @@ def _tau_conclusions(s, rows, regret_rows) -> list[str]:
             parts.append("%s alpha=%g: best tau %.2g (%.3g) vs DPO %.3g, rule %.3g -> %s" % (
                 r["setting"], r["alpha"], r["best_tau"], r["best_regret"], r["dpo_regret"],
                 r["rule_regret"], verdict))
-        out.append("- **Value under shifted rewards** (regret, largest n; 'best tau' is "
-                   "picked on the evaluation reward itself, with the same seeds and one shift "
-                   "direction per setting: an oracle, not a rule one can apply): "
+        settings = sorted({r["setting"] for r in regret_rows})
+        mono = sum(all(a["best_tau"] >= b["best_tau"] for a, b in zip(g, g[1:]))
+                   for g in ([r for r in regret_rows if r["setting"] == st]
+                             for st in settings))
+        clean = [r for r in regret_rows if r["alpha"] == 1]
+        dpo_ok = sum(r["best_regret"] >= 0.95 * r["dpo_regret"] for r in clean)
+        out.append("- **Oracle tau under shifted rewards** (regret averaged over the shift "
+                   "directions, largest n; 'best tau' is picked on the evaluation reward "
+                   "itself, with the same seeds: an oracle, not a rule one can apply): "
                    + "; ".join(parts)
-                   + ". The further the evaluation reward moves from the training one "
-                   "(smaller alpha), the smaller the best tau; near the training reward DPO "
-                   "is best, as the paper's emotion experiment also shows.")
+                   + ". The best tau falls (or stays) as alpha falls in %d of %d settings; "
+                   "at alpha = 1 DPO is as good as the best tau in %d of %d." % (
+                       mono, len(settings), dpo_ok, len(clean)))
     return out
+
+
+def _rule_paragraph(s, rows) -> str:
+    """The default rule against the sweep: where its tau sits relative to the stability
+    thresholds and to the oracle taus, each comparison computed from the tables."""
+    lo, hi = min(r["rule_tau"] for r in rows), max(r["rule_tau"] for r in rows)
+
+    def side(threshold, what):
+        if not np.isfinite(threshold):
+            return f"clear of where {what} (no tau of the grid does)"
+        word = ("above" if lo > threshold else "below" if hi < threshold
+                else "on both sides of")
+        return f"{word} the largest tau at which {what} ({threshold:.2g})"
+
+    ess_t = s[s.ess_start < 0.1].tau.max() if (s.ess_start < 0.1).any() else np.nan
+    ref_t = s[s.refit_diverges > 0.5].tau.max() if (s.refit_diverges > 0.5).any() else np.nan
+    osc_t = s[s.oscillates > 0.5].tau.max() if (s.oscillates > 0.5).any() else np.nan
+    worst = [r["best_tau_worst"] for r in rows]
+    under = sum(r["first_order_tau"] < r["rule_tau"] for r in rows)
+    return (
+        "- **The default rule** (`loglinear.approx.calibrate.suggest_tau`): fit DPO, take its "
+        "per-pair losses, and choose the tau at which the KLDPO weights exp(l/tau) of those "
+        "losses keep an effective %g of the sample (the variance of a weighted minibatch "
+        "mean grows like 1/ESS). Its tau (%.2g to %.2g) lies %s, %s, and %s; it buys a "
+        "radius of %.3g to %.3g, against collapse radii of %.3g to %.3g. Results: " % (
+            rows[0]["min_ess"], lo, hi,
+            side(ess_t, "the start-of-training ESS falls below 0.1"),
+            side(ref_t, "refit-then-reweight diverges"),
+            side(osc_t, "Algorithm 2 with DPO's step oscillates"),
+            min(r["rule_radius"] for r in rows), max(r["rule_radius"] for r in rows),
+            s.collapse_radius.min(), s.collapse_radius.max())
+        + "; ".join(
+            "%s, n=%d: tau %.2f (first-order formula gives %.2f), rho %.3g, regret "
+            "under the 50/50 shift %.3g vs best-in-grid %.3g (tau %.2g) and DPO %.3g" % (
+                r["setting"], r["n"], r["rule_tau"], r["first_order_tau"], r["rule_radius"],
+                r["rule_regret50"], r["best_regret50"], r["best_tau50"], r["dpo_regret50"])
+            for r in rows)
+        + ". The worst-case population loss at the fixed evaluation radius is lowest at "
+        "tau %.2g to %.2g on the grid, %s the rule's. The first-order formula gives a "
+        "smaller tau than the exact rule in %d of %d (setting, n) cells." % (
+            min(worst), max(worst), "below" if max(worst) < lo else
+            "above" if min(worst) > hi else "overlapping", under, len(rows)))
 
 
 def conclusions(tau_rows, tau_s, ex, agree, stab, regret_rows=None) -> list[str]:

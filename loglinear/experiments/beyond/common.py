@@ -17,12 +17,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from ...env import LogLinearEnv, mix_rewards
+from ...env import LogLinearEnv
+from ...rewards import mix_rewards
 from ..config import from_mapping, load_config
 from ..rates.run import EnvSpec
 
-__all__ = ["EnvSpec", "Timer", "environment", "mixture", "parse_settings", "row_rng",
-           "shifted_reward", "study_config"]
+__all__ = ["EnvSpec", "Timer", "environment", "labelled_env", "mixture", "parse_settings",
+           "row_rng", "shifted_reward", "study_config"]
 
 
 def _stable(name: str) -> int:
@@ -44,19 +45,32 @@ def environment(spec: EnvSpec, seed: int) -> LogLinearEnv:
         reward_scale=spec.reward_scale, ref_scale=spec.ref_scale, state_dist=spec.state_dist)
 
 
-@lru_cache(maxsize=32)
-def shifted_reward(spec: EnvSpec, seed: int) -> np.ndarray:
-    """(S, A) a second linear reward of the same norm as the training one."""
+@lru_cache(maxsize=64)
+def shifted_reward(spec: EnvSpec, seed: int, shift: int = 0) -> np.ndarray:
+    """(S, A) a second linear reward of the same norm as the training one: the direction
+    number ``shift`` (independent draws; direction 0 is the one every study used first)."""
     env = environment(spec, seed)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, spec.env_seed, 1]))
-    v = rng.standard_normal(env.dim)
+    key = [seed, spec.env_seed, 1] + ([int(shift)] if shift else [])
+    v = np.random.default_rng(np.random.SeedSequence(key)).standard_normal(env.dim)
     omega2 = v / np.linalg.norm(v) * spec.reward_scale
     return env.features @ omega2
 
 
-def mixture(spec: EnvSpec, seed: int, alpha: float) -> np.ndarray:
-    """r(alpha) = alpha r_train + (1 - alpha) r_shift, an (S, A) table."""
-    return mix_rewards(environment(spec, seed).reward, shifted_reward(spec, seed), alpha)
+def mixture(spec: EnvSpec, seed: int, alpha: float, shift: int = 0) -> np.ndarray:
+    """r(alpha) = alpha r_train + (1 - alpha) r_shift, an (S, A) table (shift direction
+    number ``shift``)."""
+    return mix_rewards(environment(spec, seed).reward, shifted_reward(spec, seed, shift),
+                       alpha)
+
+
+def labelled_env(spec: EnvSpec, seed: int, alpha: float = 1.0,
+                 shift: int = 0) -> LogLinearEnv:
+    """The one environment builder of the studies: the setting's environment with its
+    preference labels drawn from r(alpha) (:func:`mixture`; alpha = 1 is the environment
+    itself). Features, reference policy and sampling policy are those of
+    :func:`environment`, so every alpha and shift shares them."""
+    env = environment(spec, seed)
+    return env if alpha == 1.0 else env.with_reward(mixture(spec, seed, alpha, shift))
 
 
 def row_rng(seed: int, *parts) -> np.random.Generator:

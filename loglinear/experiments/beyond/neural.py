@@ -8,12 +8,22 @@ For every setting and architecture (depth x width; depth 0 is log-linear):
    TV distance to the best policy (restart agreement), the Hessian spectrum at its
    solution, and the best policy's TV distance to the log-linear :math:`\pi_{\theta^*}`.
 2. **Sample fits** (``records.csv``): for each n and seed, n pairs drawn as multinomial
-   counts (the same sample for every architecture), DPO fitted by L-BFGS from the
-   population optimum's parameters (the local estimator around the population optimum,
-   which side-steps the label-switching symmetries of MLPs), then
-   ``error = sqrt(KL(pi* || pi_hat))`` and ``tv`` averaged over states, the Hessian
-   spectrum (``hess_min``, ``hess_min_pos``: smallest eigenvalue above
-   ``NULL_RTOL * hess_max``, ``hess_null``: count below it) and the sample's coverage.
+   counts (the same sample for every architecture), DPO fitted by L-BFGS in two ways:
+
+   * the **local** estimator (columns ``error``, ``kl``, ``tv``, ``objective``), started
+     from the population optimum's parameters: the sample optimum next to pi*, which
+     side-steps the label-switching symmetries of MLPs but tests no optimisation;
+   * the **random-init** estimator (columns ``*_random``): ``sample_restarts`` fits from
+     random initialisations (``init_scale``), keeping the best sample objective. Each row
+     records ``init_tv`` (the smallest TV distance between a restart's initial policy and
+     pi*: the fits do not start at the optimum), ``restarts_reached`` (how many restarts
+     reached the sample optimum: objective within ``reach_gap`` of the local fit's, or
+     below it, and policy within TV ``reach_tv`` of the local fit's) and
+     ``tv_random_to_local`` (the best restart's TV to the local fit).
+
+   Both give ``error = sqrt(KL(pi* || pi_hat))`` and ``tv`` averaged over states; the local
+   fit also gives the Hessian spectrum (``hess_min``, ``hess_min_pos``: smallest eigenvalue
+   above ``NULL_RTOL * hess_max``, ``hess_null``: count below it) and the sample's coverage.
 
 The exponent of the error in n (with seed-bootstrap CIs, :mod:`loglinear.stats`) is
 computed from these records by :func:`loglinear.experiments.beyond.analysis.neural_exponents`.
@@ -50,7 +60,8 @@ KEY = ["setting", "arch", "n", "seed"]
 COLUMNS = KEY + [
     "depth", "width", "n_params", "error", "kl", "tv", "objective", "grad_norm", "iterations",
     "status", "hess_min", "hess_min_pos", "hess_null", "hess_max", "lambda_min",
-    "lambda_min_sample", "seconds"]
+    "lambda_min_sample", "error_random", "kl_random", "tv_random", "objective_random",
+    "init_tv", "restarts_reached", "sample_restarts", "tv_random_to_local", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,10 @@ class NeuralConfig(StudyConfig):
         n: sample sizes.
         seeds: replicates per (setting, n).
         restarts: random restarts on the exact population.
+        sample_restarts: random-init restarts per sample fit (0: local fits only).
+        reach_tv, reach_gap: a restart reaches the sample optimum when its policy is within
+            TV ``reach_tv`` of the local fit's and its objective at most ``reach_gap``
+            above the local fit's.
         init_scale: scale of the random initialisation.
         max_iter: L-BFGS iterations per fit.
         gtol: gradient tolerance.
@@ -94,6 +109,9 @@ class NeuralConfig(StudyConfig):
     n: tuple[int, ...] = (300, 1000, 3000, 10000, 30000)
     seeds: int = 5
     restarts: int = 4
+    sample_restarts: int = 4
+    reach_tv: float = 1e-3
+    reach_gap: float = 1e-6
     init_scale: float = 1.0
     max_iter: int = 1000
     gtol: float = 1e-8
@@ -110,6 +128,9 @@ class NeuralConfig(StudyConfig):
             raise ValueError("need >= 2 sample sizes >= 2, seeds >= 2 and restarts >= 1")
         if not self.init_scale > 0 or self.max_iter < 1 or not self.gtol > 0:
             raise ValueError("init_scale, max_iter and gtol must be positive")
+        if self.sample_restarts < 0 or not (self.reach_tv > 0 and self.reach_gap >= 0):
+            raise ValueError(f"need sample_restarts >= 0, reach_tv > 0 and reach_gap >= 0, "
+                             f"got {self.sample_restarts}, {self.reach_tv}, {self.reach_gap}")
 
 
 
@@ -175,14 +196,54 @@ def sample_row(config: NeuralConfig, spec: EnvSpec, arch: Arch, n: int, seed: in
     f = nn.fit(pol, pairs, beta=env.beta, params0=params_star, max_iter=config.max_iter,
                gtol=config.gtol)
     pi_star = pol.policy(params_star, env.features)
-    kl, tv = nn.policy_divergence(pi_star, pol.policy(f.params, env.features), env.state_dist)
+    pi_local = pol.policy(f.params, env.features)
+    kl, tv = nn.policy_divergence(pi_star, pi_local, env.state_dist)
     eigs = nn.hessian_eigs(pol, f.params, pairs, beta=env.beta)
     return dict(setting=spec.name, arch=arch.name, n=n, seed=seed, depth=arch.depth,
                 width=arch.width * (arch.depth > 0), n_params=pol.n_params,
                 error=float(np.sqrt(kl)), kl=kl,
                 tv=tv, objective=f.objective, grad_norm=f.grad_norm, iterations=f.iterations,
                 status=f.status, **_hess(eigs), lambda_min=coverage(env.population()).lambda_min,
-                lambda_min_sample=coverage(data).lambda_min, seconds=time.perf_counter() - t0)
+                lambda_min_sample=coverage(data).lambda_min,
+                **random_init_fits(config, spec, arch, n, seed, pairs, pi_star, pi_local,
+                                   f.objective),
+                seconds=time.perf_counter() - t0)
+
+
+def random_init_fits(config: NeuralConfig, spec: EnvSpec, arch: Arch, n: int, seed: int,
+                     pairs, pi_star, pi_local, objective_local: float) -> dict:
+    """The random-init estimator of one sample: ``config.sample_restarts`` L-BFGS fits from
+    random parameters (generator keyed by the row and the restart), the best objective
+    kept; the ``*_random`` columns of the module docstring (NaN when there are none)."""
+    from ...torch import neural as nn
+
+    env = environment(spec, config.seed)
+    pol = _policy(arch, env.dim)
+    nan = float("nan")
+    out = dict(error_random=nan, kl_random=nan, tv_random=nan, objective_random=nan,
+               init_tv=nan, restarts_reached=0, sample_restarts=config.sample_restarts,
+               tv_random_to_local=nan)
+    best, init_tv = None, []
+    for r in range(config.sample_restarts):
+        p0 = pol.init(row_rng(config.seed, spec.name, arch.name, n, seed, "sample-init", r),
+                      scale=config.init_scale)
+        init_tv.append(nn.policy_divergence(pi_star, pol.policy(p0, env.features),
+                                            env.state_dist)[1])
+        fit = nn.fit(pol, pairs, beta=env.beta, params0=p0, max_iter=config.max_iter,
+                     gtol=config.gtol)
+        pi = pol.policy(fit.params, env.features)
+        to_local = nn.policy_divergence(pi_local, pi, env.state_dist)[1]
+        out["restarts_reached"] += int(fit.objective <= objective_local + config.reach_gap
+                                       and to_local <= config.reach_tv)
+        if best is None or fit.objective < best[0].objective:
+            best = (fit, pi, to_local)
+    if best is not None:
+        fit, pi, to_local = best
+        kl, tv = nn.policy_divergence(pi_star, pi, env.state_dist)
+        out.update(error_random=float(np.sqrt(kl)), kl_random=kl, tv_random=tv,
+                   objective_random=fit.objective, init_tv=float(min(init_tv)),
+                   tv_random_to_local=to_local)
+    return out
 
 
 def main(config: NeuralConfig, out) -> Path:

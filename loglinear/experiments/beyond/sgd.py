@@ -97,18 +97,21 @@ def diagnostics(policy, params, pairs, *, beta: float, method: str, rho: float |
 def sgd(policy, params0: np.ndarray, pairs, *, beta: float, method: str,
         rho: float | None = None, tau: float | None = None, ess_tau: float | None = None,
         hyper: float | None = None, lr: float, batch_size: int, steps: int, every: int,
-        n_batches: int, train_rng: np.random.Generator, diag_rng: np.random.Generator):
+        n_batches: int, train_rng: np.random.Generator, diag_rng: np.random.Generator,
+        extra=None):
     """Run ``steps`` SGD steps from ``params0``; yields (step, diagnostics) every ``every``
     steps (step 0 included). A non-finite iterate ends the run with (step, None).
-    Hyperparameters as in :func:`diagnostics`."""
+    Hyperparameters as in :func:`diagnostics`; ``extra`` (optional) maps the parameters
+    (a numpy array) to more columns of the diagnostics (the policy's strength)."""
     kw, t = _method_kwargs(method, rho, tau, hyper, ess_tau)
     params = torch.tensor(params0, dtype=torch.float64)
     n = pairs.sign.shape[0]
     for step in range(steps + 1):
         if step % every == 0:
-            yield step, diagnostics(policy, params, pairs, beta=beta, method=method, **kw,
-                                    ess_tau=t, batch_size=batch_size, n_batches=n_batches,
-                                    rng=diag_rng)
+            diag = diagnostics(policy, params, pairs, beta=beta, method=method, **kw,
+                               ess_tau=t, batch_size=batch_size, n_batches=n_batches,
+                               rng=diag_rng)
+            yield step, (diag if extra is None else diag | extra(params.numpy()))
         if step == steps:
             return
         idx = train_rng.integers(0, n, size=batch_size)

@@ -20,7 +20,16 @@ Every ``every`` steps it records, at the current parameters:
 * ``penalty``: the method's own penalty on the full data (WDPO: rho G; KLDPO: the robust
   premium :math:`\tau\log\sum q e^{l/\tau} - \sum q l \ge 0`; DPO: 0) and ``grad_x_rms``
   :math:`G/\rho = (\sum_i q_i\|\nabla_x l_i\|^2)^{1/2}` for every method;
-* ``loss``: the full-data DPO loss and ``ess``: the ESS fraction of the KLDPO weights.
+* ``loss``: the full-data DPO loss and ``ess``: the ESS fraction of the KLDPO weights;
+* ``kl_ref``: the policy's KL divergence to the reference policy,
+  :math:`\sum_s\mu(s)KL(\pi(\cdot|s)\|\pi_{ref}(\cdot|s))` (nats): the strength of the
+  update, at which the methods are compared (matched strength,
+  :mod:`loglinear.experiments.beyond.analysis_stability`); ``clean_loss``: the
+  population DPO loss under the clean reward (alpha = 1), the in-distribution loss.
+
+A WDPO or KLDPO run whose final full-data loss is within ``collapse_tol`` of log 2 has
+collapsed to a policy that no longer separates the pairs; the analysis counts and excludes
+such runs from its headline comparisons.
 """
 
 from __future__ import annotations
@@ -40,14 +49,15 @@ from .common import (
     Timer,
     as_config,
     environment,
-    mixture,
+    labelled_env,
     row_rng,
 )
 from .neural import Arch
 
 KEY = ["setting", "alpha", "arch", "method", "hyper", "seed", "step"]
 COLUMNS = KEY + ["lr", "batch_size", "loss", "objective", "grad_norm", "grad_var",
-                 "grad_var_rel", "mb_grad_norm", "penalty", "grad_x_rms", "ess", "seconds"]
+                 "grad_var_rel", "mb_grad_norm", "penalty", "grad_x_rms", "ess",
+                 "kl_ref", "clean_loss", "seconds"]
 METHODS = ("dpo", "wdpo", "kldpo")
 
 
@@ -66,6 +76,9 @@ class StabilityConfig(StudyConfig):
         steps: SGD steps; every: record every this many steps; lr: SGD step size.
         n_batches: minibatches per variance estimate.
         init_scale: random init scale of MLPs (depth 0 starts at theta_ref).
+        collapse_tol: a run whose final loss is within this of log 2 has collapsed.
+        match_rtol: relative tolerance on KL to the reference within which a method's
+            strength counts as matched to DPO's.
     """
 
     name: str = "beyond_stability"
@@ -84,6 +97,8 @@ class StabilityConfig(StudyConfig):
     n_batches: int = 24
     seeds: int = 2
     init_scale: float = 0.5
+    collapse_tol: float = 0.01
+    match_rtol: float = 0.25
 
     def __post_init__(self):
         object.__setattr__(self, "archs", tuple(a if isinstance(a, Arch) else Arch(**a)
@@ -105,6 +120,9 @@ class StabilityConfig(StudyConfig):
             raise ValueError("need n >= 2, 1 <= batch_size <= n and n_batches >= 2")
         if self.steps < 1 or not 1 <= self.every <= self.steps or self.seeds < 1:
             raise ValueError("need steps >= 1, 1 <= every <= steps and seeds >= 1")
+        if not (self.collapse_tol > 0 and self.match_rtol > 0):
+            raise ValueError(f"collapse_tol and match_rtol must be > 0, got "
+                             f"{self.collapse_tol}, {self.match_rtol}")
 
     def hypers(self, method: str) -> tuple[float, ...]:
         return {"dpo": (0.0,), "wdpo": self.rho, "kldpo": self.tau}[method]
@@ -118,7 +136,7 @@ def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
     from . import sgd
 
     env = environment(spec, config.seed)
-    env_a = env.with_reward(mixture(spec, config.seed, alpha))
+    env_a = labelled_env(spec, config.seed, alpha)
     data = env_a.sample(config.n, row_rng(config.seed, spec.name, "data", round(1000 * alpha),
                                           seed))
     pairs = nn.PairTensors.from_data(data, env.features)
@@ -131,6 +149,19 @@ def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
     # common random numbers: every method sees the same minibatch indices
     train_rng = row_rng(config.seed, spec.name, "batches", round(1000 * alpha), seed)
     diag_rng = row_rng(config.seed, spec.name, "diag", round(1000 * alpha), seed)
+    clean = nn.PairTensors.from_data(env.population(), env.features)
+    pi_ref = env.policy(env.theta_ref)
+
+    def strength(params) -> dict:
+        import torch
+
+        pi = pol.policy(params, env.features)
+        with torch.no_grad():
+            loss, _ = nn.pair_losses(pol, torch.tensor(params, dtype=torch.float64), clean,
+                                     beta=env.beta)
+        return dict(kl_ref=nn.policy_divergence(pi, pi_ref, env.state_dist)[0],
+                    clean_loss=float((clean.weight * loss).sum()))
+
     rows, t0 = [], time.perf_counter()
     base = dict(setting=spec.name, alpha=alpha, arch=arch.name, method=method, hyper=hyper,
                 seed=seed, lr=config.lr, batch_size=config.batch_size)
@@ -141,7 +172,7 @@ def train_rows(config: StabilityConfig, spec: EnvSpec, alpha: float, arch: Arch,
                               lr=config.lr, batch_size=config.batch_size, steps=config.steps,
                               every=config.every, ess_tau=config.tau[0],
                               n_batches=config.n_batches, train_rng=train_rng,
-                              diag_rng=diag_rng):
+                              diag_rng=diag_rng, extra=strength):
         diag = {"objective": float("nan")} if diag is None else diag   # diverged
         rows.append(dict(base, step=step, **diag, seconds=time.perf_counter() - t0))
     return rows

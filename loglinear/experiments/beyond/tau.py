@@ -8,17 +8,29 @@ population atoms), fit DPO and, for each tau in the grid, the paper-form KLDPO s
   KLDPO = KL-DRO identity, docs/theory.md §4.2);
 * ``worst_sample`` / ``worst_pop``: the exact KL worst-case loss at the fixed evaluation
   radius (``kl_value``), on the training sample and on the exact population;
-* ``regret_aXX``: the regret :math:`V^*(r_\alpha) - V_{\theta}(r_\alpha)` of the policy
-  under the shifted rewards :math:`r_\alpha = \alpha r + (1-\alpha) r'` (XX = 100 alpha);
+* ``regret_aXX_sK``: the regret :math:`V^*(r_\alpha) - V_{\theta}(r_\alpha)` of the policy
+  under the shifted rewards :math:`r_\alpha = \alpha r + (1-\alpha) r'_K` (XX = 100 alpha)
+  for ``shifts`` independent shift directions :math:`r'_K` (K = 0, 1, ...), and
+  ``regret_aXX`` its mean over the directions (alpha = 1 has one column: no shift);
 * stability: the ESS fraction of the weights at the DPO fit (``ess_start``, where
   training from a DPO model starts) and at the solution (``ess_solution``); Algorithm 2
   run from the DPO fit with the DPO step (paper and official forms: status, smallest
   ESS on the path); the refit-then-reweight contraction factor (>= 1: that iteration
   oscillates away).
 
-Rows with ``method = "dpo"`` hold the DPO baseline; ``method = "rule"`` holds the
-default rule :func:`loglinear.approx.calibrate.suggest_tau` at ``min_ess`` (docs/theory.md
-§4.3).
+Rows with ``method = "dpo"`` hold the DPO baseline, ``method = "kldpo"`` the grid. Three
+selectors choose tau without looking at the evaluation rewards (docs/theory.md §4.3):
+
+* ``rule``: the default rule :func:`loglinear.approx.calibrate.suggest_tau` at ``min_ess``;
+* ``val``: a validation split: each atom's count is thinned binomially with probability
+  ``val_fraction`` into held-out pairs; DPO and every grid tau are fitted on the rest, the
+  candidate (DPO included) with the smallest held-out DPO loss is chosen, and the row is
+  that candidate's fit on the whole sample (``val_loss`` its held-out loss);
+* ``noise``: the tau whose implied KL radius equals the sampling noise of the sample,
+  :math:`\rho_n = \chi^2_{1,\text{level}}/(2n)` (``noise_level``): the radius at which
+  the KL-DRO value is an asymptotically exact upper confidence bound on the expected loss
+  (Duchi, Glynn and Namkoong 2021). The Algorithm-2 columns of ``val`` rows are their grid
+  row's; ``noise`` rows leave them empty.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +50,7 @@ from ...approx import (
     loss_spread,
     refit_contraction,
     suggest_tau,
+    tau_for_radius_kl,
 )
 from ...estimation import coverage, kl_regularised_optimum
 from ...fit import FitError, SeparableDataError, fit_dpo
@@ -48,7 +62,7 @@ from .common import (
     StudyConfig,
     Timer,
     as_config,
-    environment,
+    labelled_env,
     mixture,
     row_rng,
 )
@@ -70,7 +84,10 @@ class TauConfig(StudyConfig):
         tau_min, tau_max, n_tau: the log grid of temperatures.
         eval_radius: the fixed KL radius at which worst-case losses are evaluated.
         alphas: weights on the training reward of the evaluation mixtures (1 = training).
+        shifts: independent shift directions r' the mixtures are evaluated with.
         min_ess: the default rule's ESS target.
+        val_fraction: expected share of the sample held out by the ``val`` selector.
+        noise_level: confidence level of the ``noise`` selector's radius.
         max_iter: Algorithm 2 steps.
         step: Algorithm 2 step; default DPO's 4 / (beta^2 max||x||^2).
     """
@@ -85,7 +102,10 @@ class TauConfig(StudyConfig):
     n_tau: int = 13
     eval_radius: float = 0.1
     alphas: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
+    shifts: int = 1
     min_ess: float = 0.9
+    val_fraction: float = 0.2
+    noise_level: float = 0.95
     max_iter: int = 1000
     step: float | None = None
 
@@ -104,6 +124,9 @@ class TauConfig(StudyConfig):
             raise ValueError("eval_radius must be > 0 and min_ess in (0, 1)")
         if any(not 0 <= a <= 1 for a in self.alphas) or not self.alphas:
             raise ValueError("alphas must lie in [0, 1]")
+        if self.shifts < 1 or not (0 < self.val_fraction < 1 and 0 < self.noise_level < 1):
+            raise ValueError(f"need shifts >= 1 and val_fraction, noise_level in (0, 1); got "
+                             f"{self.shifts}, {self.val_fraction}, {self.noise_level}")
         if self.max_iter < 1 or (self.step is not None and not self.step > 0):
             raise ValueError("max_iter must be >= 1 and step > 0")
 
@@ -113,25 +136,54 @@ class TauConfig(StudyConfig):
 
 
 
+def regret_columns(config: TauConfig) -> list[str]:
+    """``regret_aXX`` (mean over shift directions) and, for alpha < 1, ``regret_aXX_sK``."""
+    out = []
+    for a in config.alphas:
+        out.append(f"regret_a{round(100 * a)}")
+        if a < 1:
+            out += [f"regret_a{round(100 * a)}_s{k}" for k in range(config.shifts)]
+    return out
+
+
 def columns(config: TauConfig) -> list[str]:
     return KEY + [
         "status", "theta_norm", "implied_radius", "ess_start", "ess_solution", "worst_sample",
-        "worst_pop", "pop_loss", *[f"regret_a{round(100 * a)}" for a in config.alphas],
-        "path_status", "path_iters", "path_min_ess", "official_status", "official_min_ess",
+        "worst_pop", "pop_loss", *regret_columns(config), "val_loss", "path_status",
+        "path_iters", "path_min_ess", "official_status", "official_min_ess",
         "refit_contraction", "tau_first_order", "loss_sd", "lambda_min", "collapse_radius",
         "seconds"]
 
 
-def _metrics(config, spec, env, pop, data, theta, tau, theta_dpo, step) -> dict:
+def _optimum(config, spec, alpha, shift) -> float:
+    return _optimum_cached(config.seed, spec, alpha, shift if alpha < 1 else 0)
+
+
+@lru_cache(maxsize=256)
+def _optimum_cached(seed, spec, alpha, shift) -> float:
+    return kl_regularised_optimum(labelled_env(spec, seed), mixture(spec, seed, alpha, shift))
+
+
+def _regrets(config, spec, env, theta) -> dict:
+    row = {}
+    for a in config.alphas:
+        shifts = range(config.shifts) if a < 1 else [0]
+        vals = [_optimum(config, spec, a, k)
+                - env.value(theta, mixture(spec, config.seed, a, k)).objective for k in shifts]
+        row[f"regret_a{round(100 * a)}"] = float(np.mean(vals))
+        if a < 1:
+            row.update({f"regret_a{round(100 * a)}_s{k}": v for k, v in zip(shifts, vals)})
+    return row
+
+
+def _metrics(config, spec, env, pop, data, theta, tau, theta_dpo, step, *,
+             paths: bool = True) -> dict:
     beta = env.beta
     row = {"theta_norm": float(np.linalg.norm(theta - env.theta_ref)),
            "worst_sample": kl_value(theta, data, beta=beta, radius=config.eval_radius).value,
            "worst_pop": kl_value(theta, pop, beta=beta, radius=config.eval_radius).value,
-           "pop_loss": kl_value(theta, pop, beta=beta, radius=0.0).value}
-    for a in config.alphas:
-        r = mixture(spec, config.seed, a)
-        row[f"regret_a{round(100 * a)}"] = (kl_regularised_optimum(env, r)
-                                            - env.value(theta, r).objective)
+           "pop_loss": kl_value(theta, pop, beta=beta, radius=0.0).value,
+           **_regrets(config, spec, env, theta)}
     nan = float("nan")
     row.update(implied_radius=nan, ess_start=nan, ess_solution=nan, path_status="",
                path_iters=0, path_min_ess=nan, official_status="", official_min_ess=nan,
@@ -141,7 +193,8 @@ def _metrics(config, spec, env, pop, data, theta, tau, theta_dpo, step) -> dict:
                    ess_start=kldpo_ess(theta_dpo, data, beta=beta, tau=tau),
                    ess_solution=kldpo_ess(theta, data, beta=beta, tau=tau),
                    refit_contraction=refit_contraction(theta, data, beta=beta, tau=tau))
-        for form, prefix in (("paper", "path"), ("official", "official")):
+        for form in (("paper", "official") if paths else ()):
+            prefix = "path" if form == "paper" else "official"
             p = reweighting_path(data, beta=beta, tau=tau, step=step, theta0=theta_dpo,
                                  form=form, max_iter=config.max_iter)
             row[f"{prefix}_status"] = p.status
@@ -153,7 +206,7 @@ def _metrics(config, spec, env, pop, data, theta, tau, theta_dpo, step) -> dict:
 
 def unit_rows(config: TauConfig, spec: EnvSpec, n: int, seed: int) -> list[dict]:
     """All rows of one sample (setting, n, seed)."""
-    env = environment(spec, config.seed)
+    env = labelled_env(spec, config.seed)
     pop = env.population()
     cov = coverage(pop).lambda_min
     rho0 = collapse_radius_kl(env.population(centered=True), beta=env.beta)
@@ -190,7 +243,63 @@ def unit_rows(config: TauConfig, spec: EnvSpec, n: int, seed: int) -> list[dict]
     m = _metrics(config, spec, env, pop, data, rule.theta, rule.tau, theta_dpo, step)
     rows.append(dict(base, method="rule", tau=rule.tau, status="converged", **m,
                      tau_first_order=rule.tau_first_order, seconds=_now() - t0))
+    rows.append(_val_row(config, env, data, rows, base, row_rng(config.seed, spec.name, n,
+                                                                 seed, "validation")))
+    rows.append(_noise_row(config, spec, env, pop, data, theta_dpo, step, base))
     return rows
+
+
+def validation_split(data, n: int, val_fraction: float, rng: np.random.Generator):
+    """(train, held-out) parts of a sample of n pairs in compressed form (weights are
+    counts / n): each atom's count is thinned binomially with probability
+    ``val_fraction``. Raises ValueError when a part would be empty."""
+    counts = np.rint(np.asarray(data.weight) * n).astype(int)
+    held = rng.binomial(counts, val_fraction)
+    parts = []
+    for c in (counts - held, held):
+        if c.sum() == 0:
+            raise ValueError(f"a validation split of {n} pairs at fraction {val_fraction} "
+                             "left one part empty; use more pairs or another fraction")
+        parts.append(data.subset(c > 0).with_weight(c[c > 0] / c.sum()))
+    return parts[0], parts[1]
+
+
+def _val_row(config, env, data, rows, base, rng) -> dict:
+    """The ``val`` selector (module docstring): the full-sample row of the candidate with
+    the smallest held-out loss."""
+    t0 = _now()
+    train, held = validation_split(data, base["n"], config.val_fraction, rng)
+    try:
+        theta = fit_dpo(train, beta=env.beta).theta
+    except (SeparableDataError, FitError) as err:
+        return dict(base, method="val", tau=float("nan"), status=type(err).__name__,
+                    seconds=_now() - t0)
+    scores = {float("inf"): kl_value(theta, held, beta=env.beta, radius=0.0).value}
+    for tau in config.taus[::-1]:
+        try:
+            theta = fit_kldpo(train, beta=env.beta, tau=float(tau), theta0=theta).theta
+        except (SeparableDataError, FitError):
+            continue
+        scores[float(tau)] = kl_value(theta, held, beta=env.beta, radius=0.0).value
+    best = min(scores, key=scores.get)
+    chosen = next(r for r in rows if r["method"] in ("dpo", "kldpo") and r["tau"] == best)
+    return dict(chosen, method="val", val_loss=scores[best], seconds=_now() - t0)
+
+
+def _noise_row(config, spec, env, pop, data, theta_dpo, step, base) -> dict:
+    """The ``noise`` selector (module docstring)."""
+    from scipy.stats import chi2
+
+    t0 = _now()
+    radius = float(chi2.ppf(config.noise_level, 1)) / (2 * base["n"])
+    try:
+        tau = tau_for_radius_kl(radius, data, beta=env.beta)
+        fit = fit_kldpo(data, beta=env.beta, tau=tau, theta0=theta_dpo)
+    except (ValueError, SeparableDataError, FitError) as err:
+        return dict(base, method="noise", tau=float("nan"), status=type(err).__name__,
+                    seconds=_now() - t0)
+    m = _metrics(config, spec, env, pop, data, fit.theta, tau, theta_dpo, step, paths=False)
+    return dict(base, method="noise", tau=tau, status=fit.status, **m, seconds=_now() - t0)
 
 
 def _now() -> float:
