@@ -115,3 +115,36 @@ def command_line(args, *, always: tuple[str, ...] = ("out",)) -> str:
         else:
             words += [flag, str(value)]
     return shlex.join(words)
+
+
+def add_study_arguments(parser, *, example: str, study: str) -> None:
+    """``--config`` (required), ``--out``, ``--jobs``, ``--progress`` and ``--report`` of a
+    study command whose records directory the report reads (``loglinear report STUDY OUT``)."""
+    parser.add_argument("--config", required=True, help=f"study TOML (e.g. {example})")
+    parser.add_argument("--out", default=None,
+                        help="records directory, resumed if it exists (default: "
+                             "results/CONFIG, CONFIG the config file's name without .toml)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="local worker processes (joblib)")
+    add_progress_argument(parser)
+    add_report_arguments(parser, default=False,
+                         what=f"the report (as `loglinear report {study} OUT`)")
+
+
+def run_study(args, config_cls, main, study: str) -> int:
+    """Load ``--config`` as ``config_cls``, run ``main(config, out, jobs=, progress=,
+    log=print)``, and build the report with ``--report``."""
+    from loglinear.experiments.config import load_config
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be a positive number of worker processes, got "
+                         f"{args.jobs}")
+    config = load_config(config_cls, args.config)
+    out = args.out or default_out(Path(args.config).stem)
+    path = main(config, out, jobs=args.jobs, progress=args.progress, log=print)
+    print(f"records written to {path}")
+    if args.report:
+        from loglinear import report
+
+        print(f"report written to {report.build(study, path)}")
+    return 0

@@ -37,6 +37,18 @@ def design_section(frames, cfg) -> list[str]:
     eig = env[env.quantity.str.startswith("eigenvalue_")]
     agree = env[env.quantity == "label_agreement"].set_index("kind").value
     kinds = cfg["kinds"]
+    q = env[env.kind == kinds[0]].set_index("quantity").value
+    ref_note = (
+        f"The language model's own probabilities, renormalised over a prompt's candidates, "
+        f"are {'nearly deterministic' if q['model_ref_effective_candidates'] < 2 else 'spread'}"
+        f": the most likely candidate holds "
+        f"{q['model_ref_max_prob']:.2f} of the mass on average, an effective number of "
+        f"{q['model_ref_effective_candidates']:.2f} candidates out of {man['candidates']}.")
+    ref_note += (" This study uses them as π_ref." if cfg["reference"] == "model" else
+                 " This study therefore uses the uniform reference over the candidates, the "
+                 "empirical measure of the model's own draws (`reference = \"uniform\"`; "
+                 "docs/theory.md §10.2): the fits are the same under either reference, only "
+                 "the policies evaluated differ.")
     seeds, ns = cfg["seeds"], ", ".join(f"{v:,}" for v in cfg["n"])
     fits = len(frames["records"][np.isclose(frames["records"].t, 1.0)])
     out = [
@@ -50,10 +62,9 @@ def design_section(frames, cfg) -> list[str]:
         f"sampled once from {b.get('model', 'a language model')} (temperature "
         f"{b.get('temperature', '?')}). Artifact `{man['file']}`, content hash "
         f"`{man['sha256'][:12]}`.",
-        f"- **Policy class.** π_θ(a|s) ∝ π_ref(a|s) exp(θ·ψ(s, a)) with π_ref the model's "
-        f"sequence probabilities renormalised over the candidates (reference = "
-        f"`{cfg['reference']}`) and ψ the first {cfg['dim']} principal components of the "
-        f"within-prompt centred {cfg['features']} features.",
+        f"- **Policy class.** π_θ(a|s) ∝ π_ref(a|s) exp(θ·ψ(s, a)), ψ the first "
+        f"{cfg['dim']} principal components of the within-prompt centred {cfg['features']} "
+        f"features. {ref_note}",
         f"- **Labels.** Bradley–Terry on κ·r(α_o), κ = {cfg['reward_scale']:g}, α_o = "
         f"{cfg['alpha_o']:g}, r(α) the {' and '.join(kinds)} mixture of the probe's "
         f"{cfg['pair'][0]} and {cfg['pair'][1]} probabilities. A label names the "
@@ -61,7 +72,12 @@ def design_section(frames, cfg) -> list[str]:
         + ", ".join(f"{agree[k]:.3f} ({k})" for k in kinds) + ".",
         "- **Coverage.** λ_min(Σ) = " + ", ".join(f"{lam[k]:.3g} ({k})" for k in kinds)
         + "; the spectrum of Σ (" + kinds[0] + "): "
-        + ", ".join(f"{v:.3g}" for v in eig[eig.kind == kinds[0]].value) + ".",
+        + ", ".join(f"{v:.3g}" for v in eig[eig.kind == kinds[0]].value) + ". "
+        + "λ_min(Σ) as the projection keeps d components: "
+        + ", ".join(f"{r.value:.2g} (d = {r.quantity.removeprefix('lambda_min_dim')})"
+                    for r in env[(env.kind == kinds[0])
+                                 & env.quantity.str.startswith("lambda_min_dim")].itertuples())
+        + ".",
         f"- **Design.** n ∈ {{{ns}}}, {seeds} seeds per (kind, n); DPO and "
         + ", ".join(NAMES.get(e, e) for e in cfg["estimators"])
         + f" at {', '.join(f'{f:g}' for f in cfg['fractions'])} of each one's own "

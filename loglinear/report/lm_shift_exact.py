@@ -3,7 +3,7 @@ figures) from stored records (docs/theory.md §10).
 
 A view: the tables come from :mod:`loglinear.experiments.lm_shift_exact.analysis`; every
 sentence below is computed from them. Output: ``OUT/lm_shift_exact.md`` and
-``OUT/lm_shift_exact/*.png`` (OUT defaults to the records directory's parent).
+``OUT/lm_shift_exact/*.png`` (OUT defaults to the records directory).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def plot_frontier(records: pd.DataFrame, cfg: dict, *, n: int):
 def build(records_dir, out_dir=None) -> Path:
     """Write ``lm_shift_exact.md`` and its figures from the records in ``records_dir``."""
     records_dir = Path(records_dir)
-    out_dir = Path(out_dir) if out_dir is not None else records_dir.parent
+    out_dir = Path(out_dir) if out_dir is not None else records_dir
     figs = out_dir / "lm_shift_exact"
     t = an.compute(records_dir)
     frames, cfg = t["frames"], t["frames"]["config"]

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...envs import load_artifact
+from ...envs import emotion, load_artifact
 from ..config import to_jsonable, write_resolved
 from ..parallel import execute
 from ..records import RecordStore, read_records
@@ -48,6 +48,7 @@ ENV_COLUMNS = ENV_KEY + ["value"]
 RUN_KEY = ["started"]
 RUN_COLUMNS = RUN_KEY + ["jobs", "rows_before", "rows_added", "estimated_seconds", "seconds"]
 CALIBRATION_UNITS = 2
+COVERAGE_DIMS = (2, 4, 8, 16, 32, 64, 128)
 
 
 def _check_resume(config: ExactShiftConfig, out: Path) -> None:
@@ -75,6 +76,21 @@ def environment_rows(config: ExactShiftConfig, kind: str) -> list[dict]:
     # P(the label names the higher-reward candidate), over pairs of distinct candidates
     agree = float(np.sum(joint * np.maximum(p1, 1.0 - p1)) / joint.sum())
     rows.append(dict(kind=kind, quantity="label_agreement", value=agree))
+    # how concentrated the language model's own probabilities are over each prompt's
+    # candidates: the mean largest probability and effective number 1 / sum p^2
+    arrays, _ = load_artifact(config.artifact or None)
+    lp = np.asarray(arrays["logp"][arrays["split"] == 0], float)
+    p = np.exp(lp - lp.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    rows.append(dict(kind=kind, quantity="model_ref_max_prob", value=float(p.max(1).mean())))
+    # coverage of the real embeddings as the projection keeps more principal components
+    for d in COVERAGE_DIMS:
+        if d <= arrays["pca_" + config.features].shape[1]:
+            env_d = emotion(dim=d, features=config.features, path=config.artifact or None)
+            rows.append(dict(kind=kind, quantity=f"lambda_min_dim{d}",
+                             value=float(env_d.coverage().lambda_min)))
+    rows.append(dict(kind=kind, quantity="model_ref_effective_candidates",
+                     value=float(np.mean(1.0 / np.sum(p**2, axis=1)))))
     for e in config.estimators:
         for f in config.fractions:
             rows.append(dict(kind=kind, quantity=f"hyper_{e}_{f:g}",
