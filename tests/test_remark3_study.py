@@ -238,3 +238,38 @@ def test_wilson_interval_against_hand_values():
     assert all(math.isnan(v) for v in wilson(0, 0))
     with pytest.raises(ValueError, match="0 <= k <= m"):
         wilson(5, 3)
+
+
+# ------------------------------------------------------------------ bound tightness
+def test_bounds_table_measures_each_estimator_against_its_own_target():
+    """DPO's bound is judged against the error to theta*, a robust one's against the error
+    to theta(rho); only fixed-radius rows count; the quantile and counts by hand."""
+    errors = np.arange(1.0, 21.0)                                  # 20 seeds
+    rows = []
+    for est, a in (("dpo", np.nan), ("kl", 0.0), ("kl", 0.5)):
+        for s, e in enumerate(errors):
+            rows.append(dict(setting="u", estimator=est, a=a, n=1000, seed=s, status="ok",
+                             error_star=100.0 + e if est == "kl" else e,
+                             error_target=e if est == "kl" else 100.0 + e,
+                             local_bound=15.5, paper_bound=1e3))
+    table = analysis.bounds_table(pd.DataFrame(rows), delta=0.05).set_index("estimator")
+    assert set(table.index) == {"dpo", "kl"}                      # a = 0.5 left out
+    assert table.loc["dpo", "against"] == "theta_star" and table.loc["kl", "against"] == "target"
+    q95 = np.quantile(errors, 0.95)
+    for est in ("dpo", "kl"):
+        assert table.loc[est, "quantile"] == pytest.approx(q95)
+        assert table.loc[est, "ratio"] == pytest.approx(15.5 / q95)
+        assert table.loc[est, "violation_count"] == 5                   # errors 16..20
+        assert table.loc[est, "paper_ratio"] == pytest.approx(1e3 / q95)
+
+
+def test_quick_study_records_a_bound_for_every_estimator_at_a_fixed_radius(quick):
+    _, out, _ = quick
+    df = analysis.load_records(out)
+    fixed = df[(df.status == "ok") & (df.a.isna() | (df.a == 0.0)) & (df.n >= 1000)]
+    assert fixed.local_bound.notna().all() and fixed.paper_bound.notna().all()
+    assert (fixed.local_bound > 0).all() and (fixed.paper_bound > fixed.local_bound).all()
+    analysis.write_tables(out)
+    bt = analysis.read_tables(out).bounds
+    assert set(bt.estimator) == {"dpo", "kl", "w1", "w2", "wdpo", "kldpo"}
+    assert set(bt.against[bt.estimator != "dpo"]) == {"target"}

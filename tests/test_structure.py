@@ -17,8 +17,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "loglinear"
 
 LAYERS = [
-    ("foundation", ("loglinear._compat", "loglinear._checks", "loglinear.rewards", "loglinear.registry", "loglinear.data",
-                    "loglinear.io")),
+    ("foundation", ("loglinear._compat", "loglinear._checks", "loglinear.rewards",
+                    "loglinear.registry", "loglinear.data", "loglinear.io")),
     ("math", ("loglinear.losses", "loglinear.newton", "loglinear.stats")),
     ("fit", ("loglinear.fit", "loglinear.estimation", "loglinear._local_extra")),
     ("env", ("loglinear.env", "loglinear.envs")),

@@ -202,3 +202,25 @@ def write_resolved(config, path) -> Path:
     resolved = to_jsonable(config) | {PROVENANCE_KEY: run_metadata()}
     path.write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def start_study(config, cls, out, *, jobs, check_resume) -> tuple[Path, str, float]:
+    """The opening of a study's ``main``: check the config's type and ``jobs``, create
+    ``out``, refuse a directory of another design (``check_resume(config, out)``) and write
+    ``out/config.json``. Returns ``(out, started, t_start)``: the directory, the UTC start
+    time (ISO) and the ``time.perf_counter()`` reading at the start."""
+    import time
+    from datetime import datetime, timezone
+
+    if not isinstance(config, cls):
+        raise TypeError(f"main takes a {cls.__name__}, got {type(config).__name__}; read a "
+                        f"TOML file with loglinear.experiments.config.load_config("
+                        f"{cls.__name__}, path)")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
+    t_start, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_resume(config, out)
+    write_resolved(config, out / "config.json")
+    return out, started, t_start

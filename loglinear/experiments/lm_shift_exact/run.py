@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ...envs import emotion, load_artifact
-from ..config import to_jsonable, write_resolved
+from ..config import start_study, to_jsonable
 from ..parallel import execute
 from ..records import RecordStore, read_records
 from .config import ExactShiftConfig
@@ -113,16 +112,9 @@ def main(config: ExactShiftConfig, out, *, jobs: int = 1, progress: bool = True,
          log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) the study into ``out``; returns it. ``log`` receives the estimated
     and the measured wall time."""
-    if not isinstance(config, ExactShiftConfig):
-        raise TypeError(f"main takes an ExactShiftConfig, got {type(config).__name__}")
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
+    out, started, t_start = start_study(config, ExactShiftConfig, out, jobs=jobs,
+                                        check_resume=_check_resume)
     say = log or (lambda _msg: None)
-    t_start, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(config, out)
-    write_resolved(config, out / "config.json")
     _write_artifact_facts(config, out / "artifact.json")
     cols = row_columns(config)
     with RecordStore(out / "environment.csv", ENV_COLUMNS, ENV_KEY) as store:

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..._robust_bounds import paper_robust_bound, robust_local_bound
 from ...approx import fit_kldpo, fit_wdpo, kldpo_objective, tau_for_radius_kl, wdpo_objective
 from ...bounds import dpo_local_bound, paper_dpo_bound
 from ...fit import fit_dpo
@@ -60,9 +61,12 @@ class Remark3Fit:
         solve: ``solve(data, *, beta, hyper, bound) -> result`` on Theta = {||w|| <= bound}.
         value: ``value(theta, data, *, beta, hyper) -> V(theta)``, the robust objective.
         judge: ``judge(result) -> (status, failure)``: ``("ok", "")`` when certified.
-        bounds: ``bounds(result, data, *, beta, n, bound, delta) -> dict`` of the
-            finite-sample bounds on ||w-hat - w*|| that apply (docs/theory.md §9: DPO's
-            local bound and the paper's Proposition 1), or ``None``.
+        bounds: ``bounds(result, data, *, beta, n, bound, delta, a=None) -> dict`` of
+            the finite-sample bounds on the error to the estimator's own target that
+            apply, ``local_bound`` and ``paper_bound`` (DPO, target theta*: §9.2's local
+            bound and the paper's Proposition 1; the robust estimators at a fixed radius,
+            target theta(rho): §9.5's local bound and the paper's Theorem 1 or 2; an empty
+            dict where none is computed: a shrinking schedule, a != 0), or ``None``.
     """
 
     name: str
@@ -116,7 +120,7 @@ def _judge_approx(res) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------- pieces
-def _dpo_bounds(res, data, *, beta, n, bound, delta) -> dict:
+def _dpo_bounds(res, data, *, beta, n, bound, delta, a=None) -> dict:
     """docs/theory.md §9.2's local bound and the paper's Proposition 1 (§5.4), both on
     ||w-hat - w*||; a singular Hessian at w-hat gives no finite local bound (inf)."""
     try:
@@ -126,6 +130,22 @@ def _dpo_bounds(res, data, *, beta, n, bound, delta) -> dict:
         local = np.inf
     return dict(local_bound=float(local),
                 paper_bound=paper_dpo_bound(data, n, beta=beta, bound=bound, delta=delta))
+
+
+def _robust_bounds(res, data, *, beta, n, bound, delta, a=None) -> dict:
+    """At a fixed radius (a = 0; ``None``: not told), docs/theory.md §9.5's local bound
+    and the paper's Theorem 1 or 2 (§5.3), both on ||w-hat - w(rho)||; where the estimator
+    has no normal limit (collapsed, on the sphere, a kink) there is no finite local bound
+    (inf). Under a shrinking schedule nothing is computed (the columns stay empty)."""
+    if a is not None and float(a) != 0.0:
+        return {}
+    try:
+        local = robust_local_bound(res, data, beta=beta, delta=delta, n=n).value
+    except ValueError:
+        local = np.inf
+    return dict(local_bound=float(local),
+                paper_bound=paper_robust_bound(res, data, n, beta=beta, bound=bound,
+                                               delta=delta))
 
 
 def _dpo_value(theta, data, *, beta, hyper):
@@ -169,23 +189,23 @@ for _f in (
                                                             bound=bound),
                lambda theta, data, *, beta, hyper: kl_value(theta, data, beta=beta,
                                                             radius=hyper).value,
-               _judge_robust),
+               _judge_robust, _robust_bounds),
     Remark3Fit("w1", "radius", False, "w1", "w1", _wasserstein_calibrate(1),
-               _wasserstein_solve(1), _wasserstein_v(1), _judge_robust),
+               _wasserstein_solve(1), _wasserstein_v(1), _judge_robust, _robust_bounds),
     Remark3Fit("w2", "radius", False, "w2", "w2", _wasserstein_calibrate(2),
-               _wasserstein_solve(2), _wasserstein_v(2), _judge_robust),
+               _wasserstein_solve(2), _wasserstein_v(2), _judge_robust, _robust_bounds),
     Remark3Fit("wdpo", "rho", False, "wdpo", "w2", _wasserstein_calibrate(2),
                lambda data, *, beta, hyper, bound: fit_wdpo(data, beta=beta, rho=hyper,
                                                             form="paper", bound=bound),
                lambda theta, data, *, beta, hyper: wdpo_objective(theta, data, beta=beta,
                                                                   rho=hyper)[0],
-               _judge_approx),
+               _judge_approx, _robust_bounds),
     Remark3Fit("kldpo", "tau", True, "kldpo", "kl", _kldpo_calibrate,
                lambda data, *, beta, hyper, bound: fit_kldpo(data, beta=beta, tau=hyper,
                                                              form="paper", bound=bound),
                lambda theta, data, *, beta, hyper: kldpo_objective(theta, data, beta=beta,
                                                                    tau=hyper)[0],
-               _judge_approx),
+               _judge_approx, _robust_bounds),
 ):
     FITS.register(_f.name, _f)
 del _f

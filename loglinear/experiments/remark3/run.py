@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..config import to_jsonable, write_resolved
+from ..config import start_study, to_jsonable
 from ..parallel import execute
 from ..records import RecordStore, read_records
 from .config import Remark3Config
@@ -168,18 +167,9 @@ def main(config: Remark3Config, out, *, jobs: int = 1, progress: bool = True,
         progress: show tqdm bars.
         log: where the time estimate and the measured time go (``None``: nowhere).
     """
-    if not isinstance(config, Remark3Config):
-        raise TypeError(f"main takes a Remark3Config, got {type(config).__name__}; read a "
-                        "TOML file with loglinear.experiments.config.load_config("
-                        "Remark3Config, path)")
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive number of worker processes, got {jobs}")
+    out, started, t_start = start_study(config, Remark3Config, out, jobs=jobs,
+                                        check_resume=_check_resume)
     say = log or (lambda _msg: None)
-    t_start, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(config, out)
-    write_resolved(config, out / "config.json")
     constants = _constants(config, out)
     the_plan = plan(config, constants)
     targets = _targets(config, out, the_plan, jobs=jobs, progress=progress)

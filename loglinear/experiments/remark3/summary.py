@@ -6,7 +6,9 @@ contains -1/2 or lies below it (lo <= -1/2); "the fastest schedule reaching n^-1
 smallest a from which every larger a reaches it in every setting; a schedule "keeps the
 certificate" when (i) holds in at least 95% of samples at the largest n, and ``a_keep`` is the
 fastest schedule that keeps it along with every slower one; certificate and interval
-coverages are pooled over settings (``setting == "all"``) with Wilson intervals.
+coverages are pooled over settings (``setting == "all"``) with Wilson intervals; a bound is
+"within 5x" in a (setting, n) group when its median is at most TIGHT times the empirical 95%
+quantile of the error it bounds (n >= MIN_INTERVAL_N, a fixed radius).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .fits import get_fit
 HALF = -0.5
 NOMINAL = 0.95          # the certificate level a "keeping" schedule must reach
 MIN_INTERVAL_N = 1000   # interval coverage and bound tightness are quoted for n >= this
+TIGHT = 5.0             # a bound is "tight" within this factor of the 95% error quantile
 
 
 def _f(v):
@@ -169,14 +172,30 @@ def _intervals(iv: pd.DataFrame, estimators, n_max) -> dict:
 
 
 def _bounds(bt: pd.DataFrame) -> dict:
+    """Per estimator, over its (setting, n >= MIN_INTERVAL_N) groups: the tightness ratio
+    (median, range over the finite ones), how many groups are within TIGHT of the 95%
+    quantile, the vacuous groups (half or more of the bounds infinite), the violations
+    pooled (count of replicates, Wilson interval) and per group (the worst rate), the
+    paper's ratio, and the smallest n from which every larger group is within TIGHT."""
     g = bt[bt.n >= MIN_INTERVAL_N]
-    if g.empty:
-        return dict(groups=0)
-    return dict(groups=len(g), ratio_median=_f(g.ratio.median()), ratio_max=_f(g.ratio.max()),
-                ratio_min=_f(g.ratio.min()), violations_max=_f(g.violations.max()),
-                violations_mean=_f(g.violations.mean()),
-                paper_ratio_median=_f(g.paper_ratio.median()),
-                replicates=int(g.replicates.min()))
+    out = {}
+    for e, h in g.groupby("estimator", sort=True):
+        ok = h.ratio <= TIGHT
+        finite = h.ratio[np.isfinite(h.ratio)]
+        k, m = int(h.violation_count.sum()), int(h.replicates.sum())
+        lo, hi = wilson(k, m)
+        bad = h.n[~ok]
+        out[e] = dict(against=str(h.against.iloc[0]), groups=len(h), within=int(ok.sum()),
+                      vacuous=int((h.vacuous >= 0.5).sum()), ratio_median=_f(h.ratio.median()),
+                      ratio_min=_f(finite.min()) if len(finite) else None,
+                      ratio_max=_f(finite.max()) if len(finite) else None,
+                      violations=k, replicates=m, violation_rate=k / m if m else None,
+                      violation_lo=_f(lo), violation_hi=_f(hi),
+                      violations_max=_f(h.violations.max()),
+                      paper_ratio_median=_f(h.paper_ratio.median()),
+                      n_tight=_f(min((n for n in h.n if n > bad.max()), default=np.nan)
+                                 if len(bad) else h.n.min()))
+    return dict(groups=len(g), tight=TIGHT, by_estimator=out)
 
 
 def summarise(records: pd.DataFrame, frames: dict, config: dict, runs: pd.DataFrame,

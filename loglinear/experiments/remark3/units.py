@@ -176,8 +176,9 @@ def unit_rows(config: Remark3Config, setting: str, n: int, seed: int, jobs: list
             row.update(_intervals(res, data, beta=beta, n=n, level=config.level, theta=w,
                                   target=target, w_star=w_star))
             if fit.bounds is not None:
+                # the robust bounds hold at a fixed radius: computed for a = 0 only
                 row.update(fit.bounds(res, data, beta=beta, n=n, bound=bound,
-                                      delta=config.delta))
+                                      delta=config.delta, a=a))
         row.update(status=status, failure=failure, seconds=time.perf_counter() - t0)
         rows.append(row)
     return rows
