@@ -155,22 +155,33 @@ def rates(frames, *, rng_seed: int = 0) -> pd.DataFrame:
 
 
 def approximation_gap(frames) -> pd.DataFrame:
-    """How far each surrogate's population target sits from its exact ball's at the same
-    fraction: KL between the two policies' reward at alpha = 1 and alpha_o, and the
-    difference in their gains (``targets.csv``)."""
+    """How far each surrogate sits from its exact ball at the same fraction: the population
+    targets' gains at alpha = 1 and KL to the reference (``targets.csv``), and on the
+    samples of the largest n the surrogate's gain at alpha = 1 minus the exact fit's on the
+    same sample (mean and interval over seeds)."""
     cfg = frames["config"]
     t = with_gains(frames["targets"], frames["oracles"], cfg["alphas"])
+    f = fits(frames)
+    f = f[f.n == max(cfg["n"])].set_index(["kind", "fraction", "seed", "estimator"]).gain_a1
     rows = []
     for surrogate, exact in (("wdpo", "w2"), ("kldpo", "kl")):
         for (kind, frac), g in t.groupby(["kind", "fraction"]):
             s, e = g[g.estimator == surrogate], g[g.estimator == exact]
             if s.empty or e.empty:
                 continue
+            try:
+                diff = (f.xs((kind, frac, surrogate), level=[0, 1, 3])
+                        - f.xs((kind, frac, exact), level=[0, 1, 3])).to_numpy()
+            except KeyError:
+                diff = np.array([])
+            sample = _ci_row(diff)
             rows.append(dict(kind=kind, fraction=float(frac), surrogate=surrogate, exact=exact,
                              gain_1_surrogate=float(s.gain_a1.iloc[0]),
                              gain_1_exact=float(e.gain_a1.iloc[0]),
                              kl_ref_surrogate=float(s.kl_ref.iloc[0]),
-                             kl_ref_exact=float(e.kl_ref.iloc[0])))
+                             kl_ref_exact=float(e.kl_ref.iloc[0]),
+                             sample_diff=sample["mean"], sample_lo=sample["lo"],
+                             sample_hi=sample["hi"], sample_seeds=sample["seeds"]))
     return pd.DataFrame(rows)
 
 
