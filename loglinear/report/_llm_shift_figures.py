@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import plots as views
-from ..experiments.llm_shift.analysis import REFERENCE
+from ..experiments.llm_shift.analysis import REFERENCE, is_dpo
 
 REWARD_LABEL = "mean reward of sampled completions"
 
@@ -84,7 +84,8 @@ def plot_alpha_sweep(summary, paired=None, *, alpha_o: float, emotions,
 def plot_frontier(front, *, alphas, alpha_o: float):
     """Reward against KL to the reference, one panel per alpha: every trained policy (small
     markers, one per seed; horizontal bars: the KL's Monte Carlo standard error) and each
-    method's mean over seeds (large marker)."""
+    method's mean over seeds (large marker); with DPO at several beta, a line through their
+    means (DPO's frontier)."""
     plt = views.pyplot()
     fig, axes = plt.subplots(1, len(alphas), figsize=(5.2 * len(alphas), 3.8), squeeze=False)
     handles = []
@@ -97,6 +98,10 @@ def plot_frontier(front, *, alphas, alpha_o: float):
             h = ax.scatter([g["kl"].mean()], [g[col].mean()], s=80, color=st["color"],
                            marker=st["marker"], edgecolor="k", zorder=3, label=method)
             handles.append(h)
+        dpo = front[front.method.map(is_dpo)].groupby("method")[["kl", col]].mean()
+        if len(dpo) >= 2:  # DPO at several beta: its frontier, through the means
+            dpo = dpo.sort_values("kl")
+            ax.plot(dpo["kl"], dpo[col], color=views.estimator_color("dpo"), lw=1, zorder=2)
         ax.set_xlabel("KL(π ‖ π_ref) per completion (nats)")
         ax.set_ylabel(f"{REWARD_LABEL}, r(α = {alpha:g})")
         where = "training mixture" if np.isclose(alpha, alpha_o) else "shifted"

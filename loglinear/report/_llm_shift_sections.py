@@ -43,7 +43,7 @@ def paired_lines(paired, kind, alpha_o, ends, n_seeds) -> list[str]:
     return lines
 
 
-def frontier_lines(runs, kl_pairs, tpc) -> list[str]:
+def frontier_lines(runs, kl_pairs, tpc, matched=None) -> list[str]:
     by = runs[runs.method != REFERENCE].groupby("method", sort=False)["kl"]
     levels = "; ".join(f"{m} {v.mean():.3g} nats ({v.mean() / tpc:.2g} per token)"
                        for m, v in by)
@@ -52,10 +52,17 @@ def frontier_lines(runs, kl_pairs, tpc) -> list[str]:
     return [f"- KL(π ‖ π_ref) per completion of {tpc:.3g} new tokens (mean over seeds): "
             f"{levels}.", f"- KL minus DPO's, paired by seed: {diffs}.",
             "- A method that ends at a lower KL is also more regularised, so a reward "
-            "difference at α = 1 may be regularisation rather than robustness. The records "
-            "hold only the final policy of each (method, seed), so the figure shows points, "
-            "not frontiers: a comparison at matched KL needs DPO at several β or the "
-            "policies of intermediate checkpoints, which this study did not store."]
+            "difference at α = 1 may be regularisation rather than robustness."
+            + (" This study trained DPO at one β only, so the figure shows points, not "
+               "frontiers, and no comparison at matched KL is possible."
+               if matched is None or matched.empty else
+               " DPO at several β traces a frontier per seed (the line in the figure, means "
+               "over seeds); each method is compared with it at its own KL:"),
+            *([] if matched is None or matched.empty else [
+                f"  - {r.method} at α = {r.alpha:g}: reward minus DPO's at matched KL "
+                f"{fmt_ci(r.diff, r.lo, r.hi)} over {r.n} seeds"
+                + (f" ({r.dropped} seed(s) outside DPO's KL range)" if r.dropped else "")
+                for r in matched.itertuples()])]
 
 
 def trace_lines(bands) -> list[str]:

@@ -261,7 +261,8 @@ def _study_section(records_dir: Path, out: Path, h: str) -> list[str]:
         "*Small markers: one trained policy per seed (horizontal bars: the Monte Carlo "
         "standard error of its KL); large markers: the mean over seeds.*",
         "",
-        *sections.frontier_lines(runs, analysis.paired_runs(runs, "kl"), tpc),
+        *sections.frontier_lines(runs, analysis.paired_runs(runs, "kl"), tpc,
+                                 analysis.matched_kl(front, alphas=far)),
         "",
         *sections.degeneracy(samples, h, fluency),
         *sections.throughput(runs, h),

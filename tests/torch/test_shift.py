@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -254,9 +255,20 @@ def test_smoke_study_end_to_end(tmp_path, probe_file, monkeypatch):
     monkeypatch.setattr(sd, "sample_completions", lambda *a, **k: calls.append(1))
     with pytest.warns(DeprecationWarning, match="main"):
         assert shift.run(config, log=lambda *_: None)["complete"] and not calls
+    monkeypatch.undo()
+    # DPO at another temperature can be added to the finished study: the records it has
+    # stay, the new method's rows are appended, and the report compares at matched KL
+    before = (out / "eval.csv").read_text()
+    more = replace(config, methods=config.methods + ("dpo:2",))
+    assert shift.main(more, log=lambda *_: None) == out
+    after = (out / "eval.csv").read_text()
+    assert after.startswith(before) and "dpo:2," in after[len(before):]
+    runs = se_read(out / "runs.csv")
+    assert set(runs.method) == {"reference", "dpo", "wdpo-paper:1", "kldpo-official:0.5",
+                                "dpo:2"}
     report = build(out, tmp_path / "report")
     text = report.read_text()
-    assert "CPU smoke study" in text
+    assert "CPU smoke study" in text and "DPO at several β traces a frontier" in text
     assert (tmp_path / "report" / "llm_shift" / "run" / "alpha_sweep.png").exists()
     # a root of several studies: one section each, pretrained-model studies before tiny ones
     other = tmp_path / "pretrained"

@@ -119,6 +119,43 @@ def frontier(eval_frame, runs, *, kind: str, alphas) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def is_dpo(method: str) -> bool:
+    """DPO at the study's temperature (``dpo``) or at its own (``dpo:BETA``)."""
+    return method == BASELINE or str(method).startswith(BASELINE + ":")
+
+
+def matched_kl(front: pd.DataFrame, *, alphas, level: float = 0.95) -> pd.DataFrame:
+    """Each non-DPO method minus DPO at the same KL to the reference, paired by seed.
+
+    For every seed the DPO policies (``dpo`` and every ``dpo:BETA``) give a frontier of
+    (KL, reward) points; a method's reward is compared with that frontier interpolated to the
+    method's KL (linear in log KL). A KL outside the seed's frontier range leaves the pair
+    out (counted in ``dropped``). Needs at least two DPO temperatures; returns rows
+    ``method, alpha, diff, lo, hi, n, dropped`` (mean and Student-t interval over seeds).
+    """
+    rows = []
+    dpo = front[front.method.map(is_dpo)]
+    if dpo.method.nunique() < 2:
+        return pd.DataFrame(columns=["method", "alpha", "diff", "lo", "hi", "n", "dropped"])
+    others = front[~front.method.map(is_dpo) & (front.method != REFERENCE)]
+    for method, g in others.groupby("method", sort=False):
+        for alpha in alphas:
+            col, diffs = f"reward@{alpha:g}", []
+            for _, r in g.iterrows():
+                f = dpo[dpo.seed == r["seed"]].sort_values("kl")
+                x = np.log(f.kl.to_numpy(float))
+                k = float(r["kl"])
+                ok = len(f) >= 2 and k > 0 and x[0] <= np.log(k) <= x[-1]
+                diffs.append(r[col] - np.interp(np.log(k), x, f[col]) if ok else np.nan)
+            d = np.asarray(diffs, float)
+            kept = d[np.isfinite(d)]
+            ci = (mean_ci(kept, level=level) if kept.size else
+                  {"mean": np.nan, "lo": np.nan, "hi": np.nan, "n": 0})
+            rows.append(dict(method=method, alpha=float(alpha), diff=ci["mean"], lo=ci["lo"],
+                             hi=ci["hi"], n=int(ci["n"]), dropped=int(d.size - kept.size)))
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------- degeneracy
 def text_degeneracy(text: str) -> dict:
     """Text-only statistics of one completion (words are runs of non-space characters):

@@ -30,15 +30,20 @@ HYPERPARAMETER = {"dpo": None, "wdpo": "rho", "kldpo": "tau"}
 @dataclass(frozen=True)
 class MethodSpec:
     """One training method: ``kind`` in KINDS, ``form`` in FORMS, and its hyperparameter
-    by name: ``rho`` (WDPO radius rho_o) or ``tau`` (KLDPO temperature); None otherwise."""
+    by name: ``rho`` (WDPO radius rho_o) or ``tau`` (KLDPO temperature); None otherwise.
+    ``beta``: DPO's temperature for this method alone (None: the study's ``beta``), so that
+    DPO at several temperatures traces a reward-KL frontier."""
 
     name: str
     kind: str
     form: str = "paper"
     rho: float | None = None
     tau: float | None = None
+    beta: float | None = None
 
     def __post_init__(self):
+        if self.beta is not None and not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"method {self.name!r}: beta must be finite and > 0")
         if self.kind not in KINDS or self.form not in FORMS:
             raise ValueError(f"method {self.name!r}: kind must be in {KINDS} and form in "
                              f"{FORMS}")
@@ -70,11 +75,18 @@ def run_dirname(method_name: str) -> str:
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``"dpo"`` | ``"wdpo-FORM:RHO"`` | ``"kldpo-FORM:TAU"`` -> :class:`MethodSpec`."""
-    allowed = "'dpo', 'wdpo-paper:RHO', 'wdpo-official:RHO', 'kldpo-paper:TAU', " \
+    """``"dpo"`` | ``"dpo:BETA"`` | ``"wdpo-FORM:RHO"`` | ``"kldpo-FORM:TAU"`` ->
+    :class:`MethodSpec` (``"dpo:BETA"``: DPO at its own temperature BETA)."""
+    allowed = "'dpo', 'dpo:BETA', 'wdpo-paper:RHO', 'wdpo-official:RHO', 'kldpo-paper:TAU', " \
               "'kldpo-official:TAU'"
     if text == "dpo":
         return MethodSpec("dpo", "dpo")
+    if text.startswith("dpo:"):
+        try:
+            beta = float(text[4:])
+        except ValueError:
+            raise ValueError(f"cannot parse method {text!r}; allowed forms: {allowed}") from None
+        return MethodSpec(text, "dpo", beta=beta)
     try:
         head, value = text.split(":")
         kind, form = head.split("-")

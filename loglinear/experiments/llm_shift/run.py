@@ -185,6 +185,9 @@ def _same_config(path: Path, config: ShiftConfig) -> None:
         new = to_jsonable(config)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                       and k not in ("label", PROVENANCE_KEY))
+        # methods may be added to a study (the finished ones keep their records)
+        if "methods" in diff and set(old.get("methods", [])) <= set(new.get("methods", [])):
+            diff.remove("methods")
         if diff:
             raise ValueError(f"{path.parent} holds a run with a different config (fields "
                              f"{diff}); use another 'out' directory or delete it")
@@ -266,7 +269,8 @@ def _run(config: ShiftConfig, *, max_seconds: float | None, log) -> dict:
                     model, ref_fn = base, None
                 else:
                     model, ref_fn = _policy(base, config, seed)
-                    stats = train(model, pairs, method=method, beta=config.beta, lr=config.lr,
+                    beta = config.beta if method.beta is None else method.beta
+                    stats = train(model, pairs, method=method, beta=beta, lr=config.lr,
                                   batch_size=config.batch_size, epochs=config.epochs,
                                   seed=seed, run_dir=run_dir,
                                   checkpoint_every=config.checkpoint_every,
