@@ -29,7 +29,8 @@ for _r in (CommittedReport("rates", "rates/records", "."),
            CommittedReport("three_d", "three_d"),
            CommittedReport("beyond_loglinear", "beyond_loglinear/records"),
            CommittedReport("llm_shift", "llm_shift"),
-           CommittedReport("remark3", "remark3/records", ".")):
+           CommittedReport("remark3", "remark3/records", "."),
+           CommittedReport("lm_shift_exact", "lm_shift_exact/records", ".")):
     COMMITTED.register(_r.study, _r)
 
 

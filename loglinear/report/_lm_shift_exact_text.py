@@ -144,37 +144,45 @@ def approximation_section(gap: pd.DataFrame) -> list[str]:
 
 
 def rates_section(rates: pd.DataFrame, frames, cfg) -> list[str]:
+    tail = int(rates.min_n.max())
     out = ["## 4. Rates in a real-feature environment", "",
            "Seed-bootstrap exponents (95% intervals) of the RMSE against n: ‖ŵ − w*‖ to DPO's "
-           "population optimum, and √KL(π_target ‖ π̂) to each estimator's own target.", ""]
-    rows = []
-    for r in rates.itertuples():
-        if r.error == "sqrt_policy_kl":
-            continue
-        rows.append({"kind": r.kind, "method": NAMES.get(r.estimator, r.estimator),
-                     "fraction": "—" if r.estimator == "dpo" else f"{r.fraction:g}",
-                     "error": {"theta_err": "‖ŵ − w*‖",
-                               "sqrt_target_kl": "√KL to own target"}[r.error],
-                     "exponent": ci(r.exponent, r.lo, r.hi, 3)})
+           "population optimum, and √KL(π_target ‖ π̂) to each estimator's own target; over "
+           f"every n and over n ≥ {tail:,} (the predictions are asymptotic).", ""]
+    label = {"theta_err": "‖ŵ − w*‖", "sqrt_target_kl": "√KL to own target"}
+    key = ["kind", "estimator", "fraction", "error"]
+    r = rates[rates.error.isin(list(label))]
+    wide = r[r.min_n == 0].merge(r[r.min_n == tail], on=key, suffixes=("", "_tail"))
+    rows = [{"kind": w.kind, "method": NAMES.get(w.estimator, w.estimator),
+             "fraction": "—" if w.estimator == "dpo" else f"{w.fraction:g}",
+             "error": label[w.error], "exponent, all n": ci(w.exponent, w.lo, w.hi),
+             f"exponent, n ≥ {tail:,}": ci(w.exponent_tail, w.lo_tail, w.hi_tail)}
+            for w in wide.itertuples()]
     out += [markdown_table(rows), ""]
-    d = rates[(rates.estimator == "dpo") & (rates.error == "theta_err")]
-    for r in d.itertuples():
-        has = r.lo <= -0.5 <= r.hi
-        out.append(f"- DPO ({r.kind}): exponent {ci(r.exponent, r.lo, r.hi)}; the interval "
-                   f"{'contains' if has else 'excludes'} −1/2.")
-    own = rates[(rates.estimator != "dpo") & (rates.error == "sqrt_target_kl")]
+    for w in wide[(wide.estimator == "dpo") & (wide.error == "theta_err")].itertuples():
+        has = w.lo_tail <= -0.5 <= w.hi_tail
+        out.append(f"- DPO ({w.kind}): exponent {ci(w.exponent_tail, w.lo_tail, w.hi_tail)} "
+                   f"for n ≥ {tail:,}; the interval {'contains' if has else 'excludes'} −1/2.")
+    own = wide[(wide.estimator != "dpo") & (wide.error == "sqrt_target_kl")]
+    star = wide[(wide.estimator != "dpo") & (wide.error == "theta_err")]
     if len(own):
-        inside = int(((own.lo <= -0.5) & (own.hi >= -0.5)).sum())
-        out.append(f"- Robust estimators to their own targets: {inside} of {len(own)} "
-                   "exponent intervals contain −1/2 (docs/theory.md §8.1 predicts −1/2 at a "
-                   "fixed radius).")
+        inside = int(((own.lo_tail <= -0.5) & (own.hi_tail >= -0.5)).sum())
+        out.append(f"- Robust estimators to their own targets, n ≥ {tail:,}: {inside} of "
+                   f"{len(own)} exponent intervals contain −1/2 (docs/theory.md §8.1 predicts "
+                   f"−1/2 at a fixed radius); exponents from {own.exponent_tail.min():.3f} to "
+                   f"{own.exponent_tail.max():.3f}.")
+        out.append(f"- The same estimators against w*: exponents from "
+                   f"{star.exponent_tail.min():.3f} to {star.exponent_tail.max():.3f} for "
+                   f"n ≥ {tail:,}: at a fixed radius the error to w* stalls at the bias "
+                   "‖w(ρ) − w*‖ (docs/theory.md §8.3).")
     out.append("")
     return out
 
 
-def verdict_section(t, cfg, frac) -> list[str]:
+def verdict_section(t, cfg, frac, smollm2=None) -> list[str]:
     n_max = int(max(cfg["n"]))
     deg, paired = t["degradation"], t["paired"]
+    dirs = t["directions"].set_index("kind")
     out = ["## 5. Verdict", ""]
     for kind in cfg["kinds"]:
         q = deg[(deg.kind == kind) & (deg.n == n_max) & (deg.estimator == "dpo")] \
@@ -201,5 +209,43 @@ def verdict_section(t, cfg, frac) -> list[str]:
         out.append(f"- **In-distribution cost ({kind}):** {int((c.hi < 0).sum())} of {len(c)} "
                    "cells are significantly below DPO at α_o at DPO's temperature, "
                    f"{int((c.lo > 0).sum())} above.")
+        sh = p[p.comparison == "shift_same_beta"].set_index(["estimator", "fraction"])["mean"]
+        io = c.set_index(["estimator", "fraction"])["mean"]
+        ratio = (sh / io).median()
+        mk = p[p.comparison.str.endswith("matched_kl")]["mean"].abs().max()
+        q = deg[(deg.kind == kind) & (deg.n == n_max) & (deg.estimator == "dpo")] \
+            .set_index("quantity")["mean"]
+        dpo_ratio = q["gain_1"] / q["gain_alpha_o"]
+        out.append(
+            f"- **Why ({kind}).** The population optimum at α = 1 points elsewhere: its cosine "
+            f"with the one at α_o is {dirs.loc[kind, 'cosine']:.2f}. Every method is trained "
+            "on labels at α_o, and a ball around that training distribution keeps its labels, "
+            "so the robust fits shrink DPO's estimate towards the reference rather than turn "
+            f"it: at DPO's temperature their loss at α = 1 is a median {ratio:.2f} times their "
+            f"loss at α_o (pure shrinkage along DPO's direction predicts DPO's own "
+            f"G(1)/G(α_o) = {dpo_ratio:.2f}), and at matched KL they sit within {mk:.3f} of "
+            "DPO's frontier.")
+    out += ["", "**The paper's claim in this setting.** "
+            + _claim(deg, paired, cfg, n_max)]
+    if smollm2 is not None:
+        out += ["", smollm2]
     out.append("")
     return out
+
+
+def _claim(deg, paired, cfg, n_max) -> str:
+    p = paired[paired.n == n_max]
+    shift = p[p.comparison.isin(["shift_same_beta", "shift_matched_kl"])]
+    helps = int((shift.lo > 0).sum())
+    d = deg[(deg.n == n_max) & (deg.estimator == "dpo") & (deg.quantity == "degradation")]
+    part1 = (f"DPO does degrade under the shift: it loses {d['mean'].min():.2f} to "
+             f"{d['mean'].max():.2f} of the attainable gain between α_o and α = 1 "
+             f"(n = {n_max:,}, {len(d)} kinds). ")
+    if helps == 0:
+        return part1 + ("No robust method recovers any of it: in none of the "
+                        f"{len(shift)} (kind, method, fraction, comparison) cells does a "
+                        "robust method beat DPO at α = 1, at DPO's temperature or at matched "
+                        "KL. The claim that WDPO and KLDPO hold under preference shift does not "
+                        "reproduce here.")
+    return part1 + (f"Robust methods beat DPO at α = 1 in {helps} of {len(shift)} (kind, "
+                    "method, fraction, comparison) cells.")

@@ -8,6 +8,7 @@ sentence below is computed from them. Output: ``OUT/lm_shift_exact.md`` and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ def plot_alpha_sweep(fits: pd.DataFrame, cfg: dict, *, n: int, fraction: float):
         ax.set_title(f"{kind} mixture, n = {n:,}")
         ax.set_xlabel(r"evaluation mixture weight $\alpha$ (training: $\alpha_o$, dotted)")
     axes[0][0].set_ylabel(r"normalised gain $G_\alpha$ (share of attainable)")
+    fig.tight_layout()
     legend_outside(fig, list(handles.values()), list(handles))
     return fig
 
@@ -98,6 +100,7 @@ def plot_paired(paired: pd.DataFrame, cfg: dict, *, fraction: float):
                 ax.set_ylabel(r"paired difference in $G$")
             if row == 1:
                 ax.set_xlabel("n (preference pairs)")
+    fig.tight_layout()
     legend_outside(fig, list(handles.values()), list(handles))
     return fig
 
@@ -107,7 +110,8 @@ def plot_frontier(records: pd.DataFrame, cfg: dict, *, n: int):
     per t) and each robust fit (mean per fraction), at alpha = 1 and alpha_o."""
     plt = pyplot()
     kinds = cfg["kinds"]
-    fig, axes = plt.subplots(2, len(kinds), figsize=(4.6 * len(kinds), 6.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(4.6 * len(kinds), 6.6), squeeze=False,
+                             sharex="col")
     handles = {}
     for col, kind in enumerate(kinds):
         sub = records[(records.kind == kind) & (records.n == n)]
@@ -126,11 +130,44 @@ def plot_frontier(records: pd.DataFrame, cfg: dict, *, n: int):
             ax.set_xscale("log")
             ax.set_title(f"{kind}, n = {n:,}: " + (r"$\alpha = 1$" if a == 1.0
                                                    else r"$\alpha_o$"))
-            ax.set_xlabel(r"KL($\pi$ ‖ $\pi_{ref}$) on held-out prompts (nats)")
+            if row == 1:
+                ax.set_xlabel(r"KL($\pi$ ‖ $\pi_{ref}$) on held-out prompts (nats)")
             if col == 0:
                 ax.set_ylabel(r"normalised gain $G_\alpha$")
+    fig.tight_layout()
     legend_outside(fig, list(handles.values()), list(handles))
     return fig
+
+
+def smollm2_line(records_dir, cfg) -> str | None:
+    """The SmolLM2 training study's paired differences at alpha = 1 and alpha_o, read from
+    its records beside this study's (``reports/llm_shift/cpu_smollm2``), for comparison."""
+    from ..experiments.llm_shift.analysis import paired_differences
+    from ..experiments.records import read_records
+
+    path = Path(records_dir).resolve().parent.parent / "llm_shift" / "cpu_smollm2"
+    if not (path / "eval.csv").exists():
+        return None
+    scfg = json.loads((path / "config.json").read_text())
+    d = paired_differences(read_records(path / "eval.csv"), kind=scfg["label_kind"])
+    d = d[~d.method.str.startswith("dpo") & (d.method != "reference")]
+    parts, gains, costs = [], 0, 0
+    a_o = float(scfg["alpha_o"])
+    for method, g in d.groupby("method", sort=False):
+        g = g.set_index("alpha")
+        a1 = float(g.index.max())
+        parts.append(f"{method}: {ci(*g.loc[a1, ['diff', 'lo', 'hi']])} at α = {a1:g}, "
+                     f"{ci(*g.loc[a_o, ['diff', 'lo', 'hi']])} at α_o")
+        gains += int(g.loc[a1, "lo"] > 0)
+        costs += int(g.loc[a_o, "hi"] < 0)
+    n = int(d.n_seeds.max()) if len(d) else 0
+    m = d.method.nunique()
+    return ("**Against the SmolLM2 training study** (`reports/llm_shift.md`, LoRA on the "
+            f"real model, {n} seeds, raw probe reward minus DPO's, paired by seed): "
+            + "; ".join(parts) + f". There, {gains} of {m} robust methods gain significantly "
+            f"at α = 1 and {costs} of {m} cost significantly at α_o, at DPO's temperature; "
+            "the exact environment measures the same differences with 100 seeds and at "
+            "matched KL.")
 
 
 # -------------------------------------------------------------------- build
@@ -175,7 +212,7 @@ def build(records_dir, out_dir=None) -> Path:
               "robust point above the curve beats DPO at the same KL.*", ""]
     lines += approximation_section(t["gap"])
     lines += rates_section(t["rates"], frames, cfg)
-    lines += verdict_section(t, cfg, frac)
+    lines += verdict_section(t, cfg, frac, smollm2_line(records_dir, cfg))
     out = out_dir / "lm_shift_exact.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out

@@ -128,11 +128,14 @@ def paired(frames) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def rates(frames, *, rng_seed: int = 0) -> pd.DataFrame:
-    """Seed-bootstrap exponents of the RMSE against n: DPO to w*, each robust fit to w* and
-    (in policy space) to its own target."""
+TAIL_N = 1000  # the "tail" exponents fit n >= TAIL_N (the predictions are asymptotic)
+
+
+def rates(frames, *, rng_seed: int = 0, min_n: int = 0) -> pd.DataFrame:
+    """Seed-bootstrap exponents of the RMSE against n (n >= ``min_n``): DPO to w*, each
+    robust fit to w* and (in policy space) to its own target."""
     f = fits(frames)
-    f = f[f.n > 0]
+    f = f[(f.n > 0) & (f.n >= min_n)]
     rows = []
     for (kind, est, frac), g in f.groupby(["kind", "estimator", "fraction"]):
         for what, col in (("theta_err", "theta_err"), ("sqrt_policy_kl", "policy_kl"),
@@ -150,7 +153,23 @@ def rates(frames, *, rng_seed: int = 0) -> pd.DataFrame:
             except ValueError:  # too few sizes or seeds, or a zero error
                 continue
             rows.append(dict(kind=kind, estimator=est, fraction=float(frac), error=what,
-                             exponent=ci.estimate, lo=ci.lo, hi=ci.hi, r2=r2))
+                             min_n=int(min_n), exponent=ci.estimate, lo=ci.lo, hi=ci.hi,
+                             r2=r2))
+    return pd.DataFrame(rows)
+
+
+def directions(frames) -> pd.DataFrame:
+    """Per kind, the cosine between the population optimum at alpha_o (what every method is
+    trained towards) and the one at alpha = 1 (what the shifted preference rewards)."""
+    cfg = frames["config"]
+    o = frames["oracles"]
+    rows = []
+    for kind, g in o.groupby("kind"):
+        at = {float(a): np.array([float(v) for v in str(t).split()])
+              for a, t in zip(g.alpha, g.theta)}
+        u, v = at[float(cfg["alpha_o"])], at[1.0]
+        rows.append(dict(kind=kind, cosine=float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v))),
+                         norm_alpha_o=float(np.linalg.norm(u)), norm_1=float(np.linalg.norm(v))))
     return pd.DataFrame(rows)
 
 
@@ -189,4 +208,6 @@ def compute(records_dir) -> dict:
     """Every table of the report."""
     frames = load(records_dir)
     return dict(frames=frames, degradation=degradation(frames), paired=paired(frames),
-                rates=rates(frames), gap=approximation_gap(frames))
+                rates=pd.concat([rates(frames), rates(frames, min_n=TAIL_N)],
+                                ignore_index=True),
+                gap=approximation_gap(frames), directions=directions(frames))
