@@ -170,6 +170,22 @@ def smollm2_line(records_dir, cfg) -> str | None:
             "matched KL.")
 
 
+def synthetic_line(records_dir) -> str | None:
+    """DPO's tail exponent and lambda_min in the synthetic settings of the rates study
+    (``reports/rates/records``), beside the real-feature ones."""
+    path = Path(records_dir).resolve().parent.parent / "rates" / "records"
+    if not (path / "exponents.csv").exists() or not (path / "coverage.csv").exists():
+        return None
+    e = pd.read_csv(path / "exponents.csv")
+    e = e[e.estimator == "dpo"].set_index("setting")
+    c = pd.read_csv(path / "coverage.csv")
+    lam = c[c.estimator == "dpo"].groupby("setting").lambda_min.median()
+    parts = [f"{st} λ_min {lam.get(st, np.nan):.2g}, exponent "
+             f"{ci(r.slope_asym, r.lo_asym, r.hi_asym)}" for st, r in e.iterrows()]
+    return ("- Next to the synthetic settings of `reports/rates.md` (DPO, tail exponents, "
+            "λ_min the median over environment draws): " + "; ".join(parts) + ".")
+
+
 # -------------------------------------------------------------------- build
 def build(records_dir, out_dir=None) -> Path:
     """Write ``lm_shift_exact.md`` and its figures from the records in ``records_dir``."""
@@ -212,6 +228,9 @@ def build(records_dir, out_dir=None) -> Path:
               "robust point above the curve beats DPO at the same KL.*", ""]
     lines += approximation_section(t["gap"])
     lines += rates_section(t["rates"], frames, cfg)
+    synthetic = synthetic_line(records_dir)
+    if synthetic is not None:
+        lines.insert(len(lines) - 1, synthetic)
     lines += verdict_section(t, cfg, frac, smollm2_line(records_dir, cfg))
     out = out_dir / "lm_shift_exact.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
