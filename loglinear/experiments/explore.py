@@ -54,12 +54,12 @@ def sigma_from_covariances(env: LogLinearEnv) -> np.ndarray:
     return 2.0 * np.einsum("s,sde->de", mu, cov)
 
 
-def random_env(rng: np.random.Generator, *, spectrum_decay: float | None = None,
+def random_env(rng: np.random.Generator | int, *, spectrum_decay: float | None = None,
                **params) -> LogLinearEnv:
     r"""``LogLinearEnv.random`` with one derived knob.
 
     Args:
-        rng: the source of randomness.
+        rng: the source of randomness: a Generator or an integer seed.
         spectrum_decay: r in (0, 1]; feature coordinate j is scaled by r^j, so the last
             coordinate is the worst covered (None or 1: isotropic features).
         **params: passed to ``LogLinearEnv.random`` (n_states, n_actions, dim, beta,

@@ -29,6 +29,8 @@ from typing import Callable
 
 import numpy as np
 
+from ...data import as_generator
+
 
 def load_prompts() -> dict:
     """The shipped story openings: ``{"train": [...], "heldout": [...]}``."""
@@ -37,15 +39,18 @@ def load_prompts() -> dict:
     return {"train": list(data["train"]), "heldout": list(data["heldout"])}
 
 
-def select_prompts(prompts: list[str], n: int, *, rng: np.random.Generator) -> list[str]:
-    """``n`` distinct prompts drawn without replacement (all of them, shuffled, if n = len)."""
+def select_prompts(prompts: list[str], n: int, *, rng: np.random.Generator | int
+                   ) -> list[str]:
+    """``n`` distinct prompts drawn without replacement (all of them, shuffled, if n = len);
+    ``rng`` is a Generator or an integer seed."""
+    rng = as_generator(rng)
     if not 1 <= n <= len(prompts):
         raise ValueError(f"n must lie in [1, {len(prompts)}], got {n}")
     return [prompts[i] for i in rng.choice(len(prompts), size=n, replace=False)]
 
 
 def bt_labels(reward_a: np.ndarray, reward_b: np.ndarray, *, scale: float,
-              rng: np.random.Generator) -> np.ndarray:
+              rng: np.random.Generator | int) -> np.ndarray:
     r"""Bradley-Terry labels, y_i = 1 when completion a is preferred.
 
     .. math:: P(y_i = 1) = \sigma(\kappa (r^a_i - r^b_i))
@@ -64,7 +69,7 @@ def bt_labels(reward_a: np.ndarray, reward_b: np.ndarray, *, scale: float,
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
     p = 0.5 * (1.0 + np.tanh(0.5 * scale * (reward_a - reward_b)))  # stable sigmoid
-    return (rng.random(reward_a.shape) < p).astype(int)
+    return (as_generator(rng).random(reward_a.shape) < p).astype(int)
 
 
 def cache_key(**parts) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from loglinear.data import as_generator
 from loglinear.rewards import SCORE_FLOOR, mix_rewards
 
 CLASSES = ("anger", "fear", "joy", "sadness", "neutral")
@@ -176,7 +177,8 @@ class EmotionProbe:
                    float(z["temperature"]), float(z["l2"]), tuple(float(v) for v in z["cv_nll"]))
 
 
-def fit_probe(emb: np.ndarray, labels: np.ndarray, *, classes=CLASSES, rng: np.random.Generator,
+def fit_probe(emb: np.ndarray, labels: np.ndarray, *, classes=CLASSES,
+              rng: np.random.Generator | int,
               groups: np.ndarray | None = None, n_folds: int = 5,
               l2_grid=L2_GRID) -> EmotionProbe:
     r"""Fit the softmax probe, choosing the ridge penalty and temperature out of fold.
@@ -192,6 +194,7 @@ def fit_probe(emb: np.ndarray, labels: np.ndarray, *, classes=CLASSES, rng: np.r
         emb: (n, D) embeddings; labels: (n,) integer classes in [0, K).
         groups: (n,) integer group ids (default: every sentence its own group).
     """
+    rng = as_generator(rng)
     emb = np.asarray(emb, float)
     labels = np.asarray(labels)
     k = len(classes)
