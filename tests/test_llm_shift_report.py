@@ -146,3 +146,25 @@ def test_fluency_table_by_hand():
     assert dpo["diff_hi"] - dpo["diff"] == pytest.approx(t1 * sd / math.sqrt(2), rel=1e-9)
     with pytest.raises(ValueError, match="reference"):
         analysis.fluency_table(fl[fl.method == "dpo"])
+
+
+def test_matched_kl_against_a_hand_interpolation():
+    from loglinear.experiments.llm_shift.analysis import matched_kl
+
+    # per seed, DPO at two temperatures: (KL 1, reward 0.1) and (KL 4, reward 0.3); a method
+    # at KL 2 sits halfway in log KL, where DPO's reward is 0.2
+    front = pd.DataFrame({
+        "method": ["dpo", "dpo:1", "wdpo"] * 3 + ["kldpo"] * 3,
+        "seed": [0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2],
+        "kl": [4.0, 1.0, 2.0] * 3 + [8.0, 8.0, 2.0],
+        "reward@1": [0.3, 0.1, 0.25, 0.3, 0.1, 0.21, 0.3, 0.1, 0.26, 0.5, 0.5, 0.2]})
+    m = matched_kl(front, alphas=[1.0]).set_index("method")
+    diffs = np.array([0.05, 0.01, 0.06])
+    half = 4.302652729911275 * diffs.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+    assert m.loc["wdpo", "diff"] == pytest.approx(diffs.mean())
+    assert m.loc["wdpo", "hi"] - m.loc["wdpo", "diff"] == pytest.approx(half)
+    # KL 8 lies outside every seed's frontier: two seeds dropped, one kept (difference 0)
+    assert m.loc["kldpo", "dropped"] == 2 and m.loc["kldpo", "n"] == 1
+    assert m.loc["kldpo", "diff"] == pytest.approx(0.0, abs=1e-12)
+    # one DPO temperature only: no frontier, no comparison
+    assert matched_kl(front[front.method != "dpo:1"], alphas=[1.0]).empty
