@@ -70,15 +70,19 @@ def study_dirs(records_dir) -> list[Path]:
 
 def _changes(studies) -> list[str]:
     """The "changes since the previous version" paragraph, its counts from the records."""
-    n_sig, n_all = 0, 0
+    n_sig, n_all, extended = 0, 0, []
     n_flu = sum((d / "fluency.csv").exists() for d in studies)
     for d in studies:
         cfg = json.loads((d / "config.json").read_text())
         paired = analysis.paired_differences(pd.read_csv(d / "eval.csv"),
                                              kind=cfg["kinds"][0])
-        paired = paired[paired.method != REFERENCE]
+        paired = paired[(paired.method != REFERENCE) & ~paired.method.map(analysis.is_dpo)]
         n_sig += int(paired["excludes_zero"].sum())
         n_all += len(paired)
+        temps = [m.split(":", 1)[1] for m in cfg["methods"] if analysis.is_dpo(m) and ":" in m]
+        if temps:
+            extended.append(f"{cfg['label']} with DPO at β = {', '.join(temps)} "
+                            f"({len(cfg['seeds'])} seeds each)")
     return [
         "**Changes since the previous version.** Methods are now compared with DPO paired "
         "by seed (the per-seed difference, then its mean and Student-t interval over seeds) "
@@ -91,8 +95,13 @@ def _changes(studies) -> list[str]:
         "with bands. The throughput table now shows its "
         "spread across seeds and is flagged as noise where the spread covers the "
         "difference. `alpha_sweep.png` has labelled axes and error bars in place of "
-        "overlapping bands. The training and evaluation records are the same as before (no "
-        "re-run of the studies).",
+        "overlapping bands. "
+        + ("The training and evaluation records of the earlier methods are the same as "
+           "before; " + "; ".join(extended) + " was extended, so that DPO traces a reward-KL "
+           "frontier and every method is compared with it at matched KL."
+           if extended else
+           "The training and evaluation records are the same as before (no re-run of the "
+           "studies)."),
         "",
     ]
 
